@@ -1,0 +1,1 @@
+"""whisperfleet operator: kopf handlers, pure manifest builders, status aggregation."""
