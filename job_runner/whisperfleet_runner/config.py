@@ -117,5 +117,104 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields in work order: {sorted(unknown)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    values = {
+        k: tuple(v) if isinstance(v, list) and k in ("formats", "include") else v
+        for k, v in data.items()
+    }
     return cls(**values)
+
+
+# --- reports: what planner and shard pods write to their termination message ------------
+# The operator parses these; both sides use these classes, so the shape has one definition.
+
+
+@dataclass
+class PlanReport:
+    """The planner's termination message. On failure, error_reason/error_message are set."""
+
+    files: int = 0
+    bytes: int = 0
+    shards: int = 0
+    manifest_uri: str = ""
+    error_reason: str = ""  # CamelCase, e.g. BucketNotFound, NoMatchingFiles, AccessDenied
+    error_message: str = ""  # human readable, never contains credentials
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> PlanReport:
+        return _build(cls, json.loads(text))
+
+
+@dataclass
+class GpuIdentity:
+    uuid: str
+    name: str
+    memory_mib: int
+    device_index: int
+    pci_bus_id: str = ""
+    compute_capability: str = ""
+    mig_profile: str = ""
+
+
+@dataclass
+class FileFailure:
+    uri: str
+    reason: str
+
+
+@dataclass
+class ShardReport:
+    """A shard's summary; serialised to at most TERMINATION_MESSAGE_LIMIT bytes."""
+
+    shard: int = 0
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    device: str = ""
+    node: str = ""
+    pod: str = ""
+    gpus: list[GpuIdentity] = field(default_factory=list)
+    failures: list[FileFailure] = field(default_factory=list)  # the first ones; ledger has all
+    error_reason: str = ""  # set when the shard could not run at all (NoGPU, StorageError…)
+    error_message: str = ""
+
+    @property
+    def real_time_factor(self) -> float:
+        """Audio seconds transcribed per wall second (higher is faster)."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_json(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """Compact JSON of at most `limit` bytes: drops failures (then trims text) to fit."""
+        data = asdict(self)
+        data["audio_seconds"] = round(self.audio_seconds, 2)
+        data["wall_seconds"] = round(self.wall_seconds, 2)
+        data["real_time_factor"] = round(self.real_time_factor, 2)
+
+        def dump() -> str:
+            return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+        text = dump()
+        while len(text.encode()) > limit and data["failures"]:
+            data["failures"].pop()
+            text = dump()
+        for key in ("error_message",):
+            while len(text.encode()) > limit and data[key]:
+                data[key] = data[key][: len(data[key]) // 2]
+                text = dump()
+        if len(text.encode()) > limit:  # pathological: a single enormous field somewhere
+            data["gpus"] = data["gpus"][:8]
+            text = dump()
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> ShardReport:
+        data = json.loads(text)
+        data.pop("real_time_factor", None)
+        data["gpus"] = [_build(GpuIdentity, g) for g in data.get("gpus", [])]
+        data["failures"] = [_build(FileFailure, f) for f in data.get("failures", [])]
+        return _build(cls, data)
