@@ -26,8 +26,10 @@ def test_both_import_packages_are_installed() -> None:
     import whisperfleet_operator
     import whisperfleet_runner
 
-    assert Path(whisperfleet_runner.__file__).parent == REPO / "job_runner" / "whisperfleet_runner"
-    assert Path(whisperfleet_operator.__file__).parent == REPO / "operator" / "whisperfleet_operator"
+    runner_dir = Path(whisperfleet_runner.__file__).parent
+    operator_dir = Path(whisperfleet_operator.__file__).parent
+    assert runner_dir == REPO / "job_runner" / "whisperfleet_runner"
+    assert operator_dir == REPO / "operator" / "whisperfleet_operator"
 
 
 def test_operator_never_imports_faster_whisper() -> None:
