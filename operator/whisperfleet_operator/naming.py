@@ -1,0 +1,86 @@
+"""Deterministic names and labels for everything the operator creates.
+
+Names derive from the TranscriptionJob's name plus a short hash of its uid, so:
+- an operator restart computes the same name again and finds the existing Job (no second Job);
+- a TranscriptionJob deleted and recreated under the same name gets fresh Jobs, never the
+  old ones still being garbage-collected;
+- names fit where Kubernetes copies them: the Job controller puts the Job name into the
+  `batch.kubernetes.io/job-name` label (63 chars) and Indexed pods get the hostname
+  `<job>-<index>`, a DNS label (63 chars), so the Job name is capped well below that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+GROUP = "whisperfleet.io"
+VERSION = "v1alpha1"
+KIND = "TranscriptionJob"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_JOB_UID = f"{GROUP}/job-uid"  # the TranscriptionJob's uid (names may exceed 63 chars)
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+
+COMPONENT_PLANNER = "planner"
+COMPONENT_WORKER = "worker"
+
+MAX_NAME = 52  # leaves room for "-<index>" (up to 10 digits) in Indexed pods' hostnames
+_HASH_LEN = 6
+
+
+def _uid(tj: dict[str, Any]) -> str:
+    uid = (tj.get("metadata") or {}).get("uid")
+    if not uid:
+        raise ValueError("TranscriptionJob has no metadata.uid; names must derive from it")
+    return str(uid)
+
+
+def _derived(tj: dict[str, Any], suffix: str) -> str:
+    name = str((tj.get("metadata") or {}).get("name") or "")
+    if not name:
+        raise ValueError("TranscriptionJob has no metadata.name")
+    digest = hashlib.sha256(_uid(tj).encode()).hexdigest()[:_HASH_LEN]
+    tail = f"-{suffix}-{digest}"
+    # Dots are legal in object names but not in the pods' DNS-label hostnames.
+    stem = re.sub(r"[^a-z0-9-]", "-", name.lower())[: MAX_NAME - len(tail)].strip("-")
+    return f"{stem or 'tj'}{tail}"
+
+
+def planner_job_name(tj: dict[str, Any]) -> str:
+    return _derived(tj, "plan")
+
+
+def worker_job_name(tj: dict[str, Any]) -> str:
+    return _derived(tj, "work")
+
+
+def claim_template_name(tj: dict[str, Any]) -> str:
+    return _derived(tj, "gpu")
+
+
+def labels_for(tj: dict[str, Any], component: str) -> dict[str, str]:
+    """Labels on the Jobs, their pods and claim templates; select pods of one TranscriptionJob
+    with `LABEL_JOB_UID` (plus `LABEL_COMPONENT` for planner vs worker)."""
+    return {
+        LABEL_NAME: "whisperfleet",
+        LABEL_MANAGED_BY: "whisperfleet-operator",
+        LABEL_COMPONENT: component,
+        LABEL_JOB_UID: _uid(tj),
+    }
+
+
+def owner_reference(tj: dict[str, Any]) -> dict[str, Any]:
+    """Controller owner reference: deleting the TranscriptionJob deletes what it owns."""
+    meta = tj.get("metadata") or {}
+    return {
+        "apiVersion": tj.get("apiVersion") or f"{GROUP}/{VERSION}",
+        "kind": tj.get("kind") or KIND,
+        "name": meta["name"],
+        "uid": _uid(tj),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

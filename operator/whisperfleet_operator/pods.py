@@ -1,0 +1,151 @@
+"""Pod-spec pieces shared by planner and worker pods.
+
+Every pod runs under the `restricted` Pod Security Standard with a read-only root
+filesystem; the few writable paths (/tmp, a home for library caches) are emptyDirs.
+Storage credentials reach pods only through `envFrom` of the user's Secret: the operator
+never reads, copies or inlines them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from whisperfleet_runner import config
+
+from .settings import OperatorSettings
+
+CONTAINER_NAME = "runner"
+HOME_DIR = "/home/whisperfleet"
+TMP_DIR = "/tmp"
+MODEL_CACHE_VOLUME = "model-cache"
+
+
+def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_group,
+        "fsGroup": settings.run_as_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def storage_env(tj: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, envFrom) for object storage: endpoint/region as plain values, secrets by ref."""
+    storage = (tj.get("spec") or {}).get("storage") or {}
+    env: list[dict[str, Any]] = []
+    if storage.get("endpoint"):
+        # botocore (and so s3fs) reads AWS_ENDPOINT_URL for every AWS client.
+        env.append({"name": "AWS_ENDPOINT_URL", "value": str(storage["endpoint"])})
+    if storage.get("region"):
+        # AWS_DEFAULT_REGION for botocore, AWS_REGION for the newer SDKs and tools.
+        env.append({"name": "AWS_DEFAULT_REGION", "value": str(storage["region"])})
+        env.append({"name": "AWS_REGION", "value": str(storage["region"])})
+    env_from: list[dict[str, Any]] = []
+    if storage.get("secretName"):
+        env_from.append({"secretRef": {"name": str(storage["secretName"])}})
+    return env, env_from
+
+
+def runtime_env() -> list[dict[str, Any]]:
+    """Identity via the downward API and writable homes for library caches."""
+    field = [("NODE_NAME", "spec.nodeName"), ("POD_NAME", "metadata.name"),
+             ("POD_NAMESPACE", "metadata.namespace")]
+    env: list[dict[str, Any]] = [
+        {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in field
+    ]
+    env += [
+        {"name": "HOME", "value": HOME_DIR},
+        {"name": "XDG_CACHE_HOME", "value": f"{HOME_DIR}/.cache"},
+        {"name": "HF_HOME", "value": f"{HOME_DIR}/.cache/huggingface"},
+        {"name": "TMPDIR", "value": TMP_DIR},
+    ]
+    return env
+
+
+def scratch_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) for the writable paths a read-only root filesystem lacks."""
+    volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": TMP_DIR}, {"name": "home", "mountPath": HOME_DIR}]
+    return volumes, mounts
+
+
+def model_cache(claim: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict]]:
+    """(volumes, mounts, env) mounting the pre-staged model PVC read-only, or nothing."""
+    if not claim:
+        return [], [], []
+    volumes = [{
+        "name": MODEL_CACHE_VOLUME,
+        "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+    }]
+    mounts = [{"name": MODEL_CACHE_VOLUME, "mountPath": config.MODEL_CACHE_MOUNT, "readOnly": True}]
+    env = [{"name": config.ENV_MODEL_CACHE, "value": config.MODEL_CACHE_MOUNT}]
+    return volumes, mounts, env
+
+
+def image_for(tj: dict[str, Any], settings: OperatorSettings) -> str:
+    """The job's own runner image override, else the operator's; planner and workers share it
+    so both run the same version of the runner."""
+    workers = (tj.get("spec") or {}).get("workers") or {}
+    return str(workers.get("image") or settings.runner_image)
+
+
+def image_pull_secrets(tj: dict[str, Any], settings: OperatorSettings) -> list[dict[str, str]]:
+    workers = (tj.get("spec") or {}).get("workers") or {}
+    names: list[str] = []
+    for item in [*(workers.get("imagePullSecrets") or []), *settings.image_pull_secrets]:
+        name = item.get("name") if isinstance(item, dict) else item
+        if name and name not in names:
+            names.append(str(name))
+    return [{"name": n} for n in names]
+
+
+def base_container(
+    tj: dict[str, Any], settings: OperatorSettings, args: list[str], work_order_json: str
+) -> dict[str, Any]:
+    """The runner container both pod kinds start from; callers add resources and mounts."""
+    env, env_from = storage_env(tj)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image_for(tj, settings),
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["whisperfleet"],
+        "args": args,
+        "env": [{"name": config.ENV_WORK_ORDER, "value": work_order_json}, *runtime_env(), *env],
+        "securityContext": container_security_context(),
+        "terminationMessagePath": config.TERMINATION_MESSAGE_PATH,
+        # The runner writes its report there; if it dies first, the log tail explains why.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": scratch_volumes()[1],
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    return container
+
+
+def base_pod_spec(tj: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """Pod spec without containers: no API token, restricted security, scratch volumes."""
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the Job controller retries; required by podFailurePolicy
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,  # keep the env small and free of unrelated services
+        "securityContext": pod_security_context(settings),
+        "volumes": scratch_volumes()[0],
+    }
+    if settings.worker_service_account:
+        spec["serviceAccountName"] = settings.worker_service_account
+    secrets = image_pull_secrets(tj, settings)
+    if secrets:
+        spec["imagePullSecrets"] = secrets
+    return spec

@@ -1,0 +1,123 @@
+"""Operator-wide settings, read once from the operator pod's environment.
+
+The Helm chart sets these variables; every one has a default that works out of the box.
+
+| variable                                  | field                       |
+|-------------------------------------------|-----------------------------|
+| WHISPERFLEET_RUNNER_IMAGE                 | runner_image                |
+| WHISPERFLEET_IMAGE_PULL_POLICY            | image_pull_policy           |
+| WHISPERFLEET_IMAGE_PULL_SECRETS           | image_pull_secrets (a,b)    |
+| WHISPERFLEET_MODEL_CACHE_CLAIM            | model_cache_claim           |
+| WHISPERFLEET_WORKER_RESOURCES             | worker_resources (JSON)     |
+| WHISPERFLEET_PLANNER_RESOURCES            | planner_resources (JSON)    |
+| WHISPERFLEET_WORKER_SERVICE_ACCOUNT       | worker_service_account      |
+| WHISPERFLEET_NAMESPACES                   | namespaces (a,b; empty=all) |
+| WHISPERFLEET_RUN_AS_USER / _RUN_AS_GROUP  | run_as_user / run_as_group  |
+| WHISPERFLEET_PLANNER_BACKOFF_LIMIT        | planner_backoff_limit       |
+| WHISPERFLEET_PLANNER_DEADLINE_SECONDS     | planner_deadline_seconds    |
+| WHISPERFLEET_DRA_ATTRIBUTE_DOMAIN         | dra_attribute_domain        |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+DEFAULT_RUNNER_IMAGE = "ghcr.io/whisperfleet/whisperfleet-runner:0.1.0"
+
+
+def _default_worker_resources() -> dict[str, dict[str, str]]:
+    # Decoding audio and the CTranslate2 host side need a few cores and several GiB;
+    # the limit guards the node against a runaway decode of a huge file.
+    return {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}}
+
+
+def _default_planner_resources() -> dict[str, dict[str, str]]:
+    return {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    runner_image: str = DEFAULT_RUNNER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    model_cache_claim: str = ""  # PVC used when a TranscriptionJob names none; "" = no cache
+    worker_resources: dict[str, Any] = field(default_factory=_default_worker_resources)
+    planner_resources: dict[str, Any] = field(default_factory=_default_planner_resources)
+    worker_service_account: str = ""  # "" = namespace default; its token is never mounted
+    namespaces: tuple[str, ...] = ()  # namespaces the operator watches; () = cluster-wide
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    planner_backoff_limit: int = 2
+    planner_deadline_seconds: int = 3600
+    dra_attribute_domain: str = "gpu.nvidia.com"  # NVIDIA DRA driver's attribute domain
+
+    def __post_init__(self) -> None:
+        if not self.runner_image:
+            raise ValueError("WHISPERFLEET_RUNNER_IMAGE must not be empty")
+        if self.image_pull_policy not in PULL_POLICIES:
+            raise ValueError(
+                f"WHISPERFLEET_IMAGE_PULL_POLICY must be one of {', '.join(PULL_POLICIES)}, "
+                f"got {self.image_pull_policy!r}"
+            )
+        # The restricted Pod Security Standard refuses uid/gid 0 with runAsNonRoot.
+        if self.run_as_user <= 0 or self.run_as_group <= 0:
+            raise ValueError("WHISPERFLEET_RUN_AS_USER/GROUP must be positive (non-root)")
+        if self.planner_backoff_limit < 0 or self.planner_deadline_seconds < 0:
+            raise ValueError("planner backoff limit and deadline must not be negative")
+        for name in ("worker_resources", "planner_resources"):
+            _check_resources(name, getattr(self, name))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if env is None else env
+        kwargs: dict[str, Any] = {}
+        strings = {
+            "WHISPERFLEET_RUNNER_IMAGE": "runner_image",
+            "WHISPERFLEET_IMAGE_PULL_POLICY": "image_pull_policy",
+            "WHISPERFLEET_MODEL_CACHE_CLAIM": "model_cache_claim",
+            "WHISPERFLEET_WORKER_SERVICE_ACCOUNT": "worker_service_account",
+            "WHISPERFLEET_DRA_ATTRIBUTE_DOMAIN": "dra_attribute_domain",
+        }
+        for var, name in strings.items():
+            if var in env:
+                kwargs[name] = env[var].strip()
+        for var, name in {
+            "WHISPERFLEET_IMAGE_PULL_SECRETS": "image_pull_secrets",
+            "WHISPERFLEET_NAMESPACES": "namespaces",
+        }.items():
+            if var in env:
+                kwargs[name] = tuple(p.strip() for p in env[var].split(",") if p.strip())
+        for var, name in {
+            "WHISPERFLEET_RUN_AS_USER": "run_as_user",
+            "WHISPERFLEET_RUN_AS_GROUP": "run_as_group",
+            "WHISPERFLEET_PLANNER_BACKOFF_LIMIT": "planner_backoff_limit",
+            "WHISPERFLEET_PLANNER_DEADLINE_SECONDS": "planner_deadline_seconds",
+        }.items():
+            if env.get(var, "").strip():
+                try:
+                    kwargs[name] = int(env[var])
+                except ValueError:
+                    raise ValueError(f"{var} must be an integer, got {env[var]!r}") from None
+        for var, name in {
+            "WHISPERFLEET_WORKER_RESOURCES": "worker_resources",
+            "WHISPERFLEET_PLANNER_RESOURCES": "planner_resources",
+        }.items():
+            if env.get(var, "").strip():
+                try:
+                    kwargs[name] = json.loads(env[var])
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{var} is not valid JSON: {exc}") from None
+        return cls(**kwargs)
+
+
+def _check_resources(name: str, value: Any) -> None:
+    if not isinstance(value, dict) or set(value) - {"requests", "limits"}:
+        raise ValueError(f"{name} must be an object with only 'requests' and 'limits'")
+    for part in value.values():
+        if not isinstance(part, dict) or not all(isinstance(v, (str, int)) for v in part.values()):
+            raise ValueError(f"{name}: requests/limits must map resource names to quantities")

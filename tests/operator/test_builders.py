@@ -1,0 +1,443 @@
+"""The operator's pure manifest builders: names, work order, planner Job, worker Job.
+
+Every built object is validated offline against the Kubernetes OpenAPI schemas (strict:
+unknown fields are errors), so a typo in a field name fails here, not in a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from whisperfleet_operator import jobs, naming, workorder
+from whisperfleet_operator.settings import OperatorSettings
+from whisperfleet_runner import config
+
+K8S = kubernetes_validate.latest_version()  # the newest schemas it ships (>= 1.35)
+SECRET_VALUE = "wJalrXUtnFEMI-not-a-real-key"
+
+
+def make_tj(**spec: Any) -> dict[str, Any]:
+    """A TranscriptionJob as the API server hands it to the operator (DESIGN §3)."""
+    base: dict[str, Any] = {
+        "input": {"uri": "s3://media/podcasts/"},
+        "output": {"uri": "s3://media/transcripts/nov/"},
+        "storage": {"secretName": "s3-credentials"},
+        "workers": {"parallelism": 4},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "whisperfleet.io/v1alpha1",
+        "kind": "TranscriptionJob",
+        "metadata": {
+            "name": "podcasts-nov",
+            "namespace": "media",
+            "uid": "6f1c9d2e-1111-4a4a-9b9b-0123456789ab",
+            "generation": 1,
+        },
+        "spec": base,
+    }
+
+
+def validate(obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    (only,) = job["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env_of(job: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(job)["env"]}
+
+
+PLAN = config.PlanReport(files=40, bytes=10**9, shards=12, manifest_uri="s3://x/m.jsonl")
+SETTINGS = OperatorSettings()
+
+
+def test_schemas_are_recent_enough() -> None:
+    # resource.k8s.io/v1 and backoffLimitPerIndex need a 1.34+ schema set.
+    assert tuple(int(p) for p in K8S.split(".")[:2]) >= (1, 35)
+
+
+# --- names ---------------------------------------------------------------------------------
+
+
+def test_names_are_deterministic_distinct_and_short() -> None:
+    tj = make_tj()
+    names = {naming.planner_job_name(tj), naming.worker_job_name(tj),
+             naming.claim_template_name(tj)}
+    assert len(names) == 3
+    again = copy.deepcopy(tj)
+    assert naming.worker_job_name(again) == naming.worker_job_name(tj)  # operator restart
+    assert naming.worker_job_name(tj).startswith("podcasts-nov-work-")
+
+
+def test_recreated_job_with_same_name_gets_new_names() -> None:
+    old, new = make_tj(), make_tj()
+    new["metadata"]["uid"] = "0d4a7c2b-2222-4b4b-8c8c-ba9876543210"
+    assert naming.worker_job_name(old) != naming.worker_job_name(new)
+    assert naming.planner_job_name(old) != naming.planner_job_name(new)
+
+
+def test_long_and_dotted_names_fit_pod_hostnames() -> None:
+    tj = make_tj()
+    tj["metadata"]["name"] = "a." + "very-long-name." * 16 + "z"
+    name = naming.worker_job_name(tj)
+    # Indexed pods are named/hostnamed "<job>-<index>": a DNS label of at most 63 chars.
+    assert len(f"{name}-99999") <= 63
+    assert all(c.isalnum() or c == "-" for c in name) and name[0].isalnum()
+    validate(jobs.build_worker_job(tj, PLAN, SETTINGS))
+
+
+def test_names_need_a_uid() -> None:
+    tj = make_tj()
+    del tj["metadata"]["uid"]
+    with pytest.raises(ValueError, match="uid"):
+        naming.worker_job_name(tj)
+
+
+# --- work order ----------------------------------------------------------------------------
+
+
+def test_work_order_defaults_from_config() -> None:
+    order = workorder.work_order_for(make_tj())
+    assert order.job_uid == "6f1c9d2e-1111-4a4a-9b9b-0123456789ab"
+    assert order.device == "cuda"
+    assert order.include == config.DEFAULT_INCLUDE
+    assert order.output.formats == config.DEFAULT_FORMATS
+    assert order.model.name == config.DEFAULT_MODEL and order.model.cache_dir is None
+    assert order.transcription.language is None and order.transcription.initial_prompt is None
+    assert order.transcription.beam_size == config.DEFAULT_BEAM_SIZE
+    assert order.shards == 0
+
+
+def test_work_order_maps_every_spec_field() -> None:
+    tj = make_tj(
+        input={"uri": "gs://b/in/", "include": ["*.flac"]},
+        output={"uri": "gs://b/out/", "formats": ["json", "tsv"], "overwrite": True},
+        model={"name": "tiny.en", "computeType": "int8", "cacheVolume": {"claimName": "models"}},
+        transcription={"language": "de", "task": "translate", "beamSize": 2, "batchSize": 1,
+                       "vadFilter": False, "wordTimestamps": True, "initialPrompt": "Hallo"},
+        shards=7,
+    )
+    order = workorder.work_order_for(tj)
+    assert (order.input_uri, order.include) == ("gs://b/in/", ("*.flac",))
+    assert order.output == config.OutputOptions("gs://b/out/", ("json", "tsv"), True)
+    assert order.model == config.ModelOptions("tiny.en", "int8", config.MODEL_CACHE_MOUNT)
+    t = order.transcription
+    assert (t.language, t.task, t.beam_size, t.batch_size) == ("de", "translate", 2, 1)
+    assert (t.vad_filter, t.word_timestamps, t.initial_prompt) == (False, True, "Hallo")
+    assert order.shards == 7
+    # What the pod receives round-trips through the contract unchanged.
+    assert config.WorkOrder.from_json(order.to_json()) == order
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"input": {}}, "spec.input.uri"),
+        ({"output": {"uri": ""}}, "spec.output.uri"),
+        ({"output": {"uri": "s3://b/", "formats": ["docx"]}}, "spec.output.formats"),
+        ({"model": {"computeType": "fp8"}}, "spec.model.computeType"),
+        ({"transcription": {"task": "summarise"}}, "spec.transcription.task"),
+        ({"shards": -1}, "spec.shards"),
+    ],
+)
+def test_bad_spec_is_refused_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        workorder.work_order_for(make_tj(**spec))
+
+
+# --- planner Job ---------------------------------------------------------------------------
+
+
+def test_planner_job() -> None:
+    tj = make_tj(storage={"secretName": "s3-credentials", "endpoint": "http://minio.minio:9000",
+                          "region": "eu-west-1"})
+    job = jobs.build_planner_job(tj, SETTINGS)
+    validate(job)
+    assert job["metadata"]["name"] == naming.planner_job_name(tj)
+    assert job["metadata"]["namespace"] == "media"
+    spec = job["spec"]
+    assert "completionMode" not in spec and spec.get("parallelism", 1) == 1
+    assert 0 <= spec["backoffLimit"] <= 3
+    c = container(job)
+    assert c["image"] == SETTINGS.runner_image
+    assert c["command"] == ["whisperfleet"] and c["args"] == ["plan", "--workers", "4"]
+    asked = {**c["resources"].get("requests", {}), **c["resources"].get("limits", {})}
+    assert not [k for k in asked if k.startswith("nvidia.com/")]  # the planner needs no GPU
+    assert "resourceClaims" not in spec["template"]["spec"]
+    env = env_of(job)
+    order = config.WorkOrder.from_json(env[config.ENV_WORK_ORDER])
+    assert order == workorder.work_order_for(tj)
+    assert env["AWS_ENDPOINT_URL"] == "http://minio.minio:9000"
+    assert env["AWS_DEFAULT_REGION"] == env["AWS_REGION"] == "eu-west-1"
+    assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["terminationMessagePath"] == config.TERMINATION_MESSAGE_PATH
+    pod = spec["template"]["spec"]
+    assert "tolerations" not in pod and "affinity" not in pod  # runs on any node
+    # A missing bucket or bad spec fails the planner at once instead of retrying.
+    fail_job = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert set(fail_job[0]["onExitCodes"]["values"]) == {config.EXIT_USAGE, config.EXIT_STORAGE}
+
+
+def test_storage_env_without_endpoint_region_or_secret() -> None:
+    tj = make_tj(storage={})
+    for job in (jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS)):
+        validate(job)
+        env = env_of(job)
+        assert not {"AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"} & set(env)
+        assert "envFrom" not in container(job)
+
+
+# --- worker Job ----------------------------------------------------------------------------
+
+
+def test_worker_job_shape() -> None:
+    tj = make_tj(retries={"perShard": 2, "maxFailedShards": 3})
+    job = jobs.build_worker_job(tj, PLAN, SETTINGS)
+    validate(job)
+    spec = job["spec"]
+    assert job["metadata"]["name"] == naming.worker_job_name(tj)
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == PLAN.shards
+    assert spec["parallelism"] == 4
+    assert spec["backoffLimitPerIndex"] == 2
+    assert spec["maxFailedIndexes"] == 3
+    assert spec["podReplacementPolicy"] == "Failed"
+    assert spec["suspend"] is False
+    assert "activeDeadlineSeconds" not in spec and "ttlSecondsAfterFinished" not in spec
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    c = container(job)
+    assert c["args"] == ["run-shard"]
+    env = env_of(job)
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    # CUDA reads it at initialisation: it must precede anything else the runner sees.
+    assert c["env"][0]["name"] == "CUDA_DEVICE_ORDER"
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    order = config.WorkOrder.from_json(env[config.ENV_WORK_ORDER])
+    assert order.shards == PLAN.shards and order.device == "cuda"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_pod_failure_policy() -> None:
+    rules = jobs.build_worker_job(make_tj(), PLAN, SETTINGS)["spec"]["podFailurePolicy"]["rules"]
+    # Evictions and preemptions come first so they are never counted as failures.
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    by_code = {code: r["action"] for r in rules if "onExitCodes" in r
+               for code in r["onExitCodes"]["values"]}
+    assert by_code[config.EXIT_BAD_INPUT] == "FailIndex"  # bad media: no retry of the shard
+    assert by_code[config.EXIT_USAGE] == "FailJob"  # a bad work order fails everywhere
+    assert config.EXIT_NO_GPU not in by_code  # counted: a replacement may get a good GPU
+    assert all(r["onExitCodes"]["containerName"] == "runner" for r in rules[1:])
+
+
+def test_max_failed_shards_zero_means_no_early_stop_and_is_capped() -> None:
+    job = jobs.build_worker_job(make_tj(), PLAN, SETTINGS)
+    assert "maxFailedIndexes" not in job["spec"]
+    job = jobs.build_worker_job(make_tj(retries={"maxFailedShards": 99}), PLAN, SETTINGS)
+    validate(job)
+    assert job["spec"]["maxFailedIndexes"] == PLAN.shards
+
+
+def test_deadline_ttl_suspend_and_queue() -> None:
+    tj = make_tj(activeDeadlineSeconds=7200, ttlSecondsAfterFinished=86400, suspend=True)
+    job = jobs.build_worker_job(tj, PLAN, SETTINGS)
+    validate(job)
+    assert job["spec"]["activeDeadlineSeconds"] == 7200
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    assert job["spec"]["suspend"] is True
+    assert naming.LABEL_KUEUE_QUEUE not in job["metadata"]["labels"]
+
+    queued = jobs.build_worker_job(make_tj(queueName="gpu-queue"), PLAN, SETTINGS)
+    validate(queued)
+    assert queued["metadata"]["labels"][naming.LABEL_KUEUE_QUEUE] == "gpu-queue"
+    assert queued["spec"]["suspend"] is True  # Kueue admits it by unsuspending
+
+
+def test_restricted_pod_security_and_no_api_token() -> None:
+    tj = make_tj()
+    for job in (jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS)):
+        pod = job["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True
+        assert psc["runAsUser"] > 0 and psc["runAsGroup"] > 0
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = container(job)["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["readOnlyRootFilesystem"] is True
+        # The writable paths a read-only root needs are emptyDirs, and HOME points into one.
+        mounts = {m["mountPath"]: m["name"] for m in container(job)["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        home = env_of(job)["HOME"]
+        for path in ("/tmp", home):
+            assert "emptyDir" in volumes[mounts[path]]
+        assert env_of(job)["HF_HOME"].startswith(home)
+        assert not pod.get("hostNetwork") and not pod.get("hostPID")
+
+
+def test_secret_values_are_never_inlined() -> None:
+    tj = make_tj(storage={"secretName": "s3-credentials", "region": "us-east-1"})
+    # Even if someone tucks credentials into the spec, only the Secret reference travels.
+    tj["spec"]["storage"]["accessKeyId"] = SECRET_VALUE
+    for job in (jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS)):
+        text = json.dumps(job)
+        assert SECRET_VALUE not in text
+        assert container(job)["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+        names = {e["name"] for e in container(job)["env"]}
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & names
+
+
+def test_owner_reference_and_labels() -> None:
+    tj = make_tj()
+    for job in (jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS)):
+        (ref,) = job["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "whisperfleet.io/v1alpha1", "kind": "TranscriptionJob",
+            "name": "podcasts-nov", "uid": tj["metadata"]["uid"],
+            "controller": True, "blockOwnerDeletion": True,
+        }
+        pod_labels = job["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels[naming.LABEL_JOB_UID] == tj["metadata"]["uid"]
+    planner = jobs.build_planner_job(tj, SETTINGS)
+    worker = jobs.build_worker_job(tj, PLAN, SETTINGS)
+    assert planner["metadata"]["labels"][naming.LABEL_COMPONENT] == naming.COMPONENT_PLANNER
+    assert worker["metadata"]["labels"][naming.LABEL_COMPONENT] == naming.COMPONENT_WORKER
+
+
+def test_model_cache_volume_is_mounted_read_only() -> None:
+    tj = make_tj(model={"name": "large-v3", "cacheVolume": {"claimName": "whisper-models"}})
+    job = jobs.build_worker_job(tj, PLAN, SETTINGS)
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    (vol,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert vol["persistentVolumeClaim"] == {"claimName": "whisper-models", "readOnly": True}
+    (mount,) = [m for m in container(job)["volumeMounts"] if m["name"] == vol["name"]]
+    assert mount == {"name": vol["name"], "mountPath": config.MODEL_CACHE_MOUNT, "readOnly": True}
+    env = env_of(job)
+    assert env[config.ENV_MODEL_CACHE] == config.MODEL_CACHE_MOUNT
+    order = config.WorkOrder.from_json(env[config.ENV_WORK_ORDER])
+    assert order.model.cache_dir == config.MODEL_CACHE_MOUNT
+    # The planner needs no models.
+    planner = jobs.build_planner_job(tj, SETTINGS)
+    assert all("persistentVolumeClaim" not in v for v in planner["spec"]["template"]["spec"]
+               ["volumes"])
+
+
+def test_operator_default_model_cache_and_none() -> None:
+    settings = OperatorSettings(model_cache_claim="shared-models")
+    job = jobs.build_worker_job(make_tj(), PLAN, settings)
+    validate(job)
+    claims = [v["persistentVolumeClaim"]["claimName"]
+              for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["shared-models"]
+    bare = jobs.build_worker_job(make_tj(), PLAN, SETTINGS)
+    assert config.ENV_MODEL_CACHE not in env_of(bare)
+    assert all("persistentVolumeClaim" not in v
+               for v in bare["spec"]["template"]["spec"]["volumes"])
+
+
+def test_pass_through_of_worker_scheduling_and_image_options() -> None:
+    tj = make_tj(workers={
+        "parallelism": 2,
+        "nodeSelector": {"pool": "gpu-a"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "asr",
+                         "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 10, "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"app": "x"}}}}]}},
+        "priorityClassName": "batch-low",
+        "resources": {"requests": {"cpu": "6", "memory": "24Gi"}, "limits": {"memory": "32Gi"}},
+        "image": "registry.example/whisperfleet-runner:dev",
+        "imagePullSecrets": [{"name": "regcred"}],
+    })
+    settings = OperatorSettings(image_pull_policy="Always", image_pull_secrets=("ops-cred",),
+                                worker_service_account="asr-workers")
+    job = jobs.build_worker_job(tj, PLAN, settings)
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["parallelism"] == 2
+    assert pod["nodeSelector"] == {"pool": "gpu-a"}
+    assert {"key": "dedicated", "operator": "Equal", "value": "asr",
+            "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["affinity"]["podAntiAffinity"] == tj["spec"]["workers"]["affinity"][
+        "podAntiAffinity"]
+    assert pod["priorityClassName"] == "batch-low"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "ops-cred"}]
+    assert pod["serviceAccountName"] == "asr-workers"
+    assert pod["automountServiceAccountToken"] is False
+    c = container(job)
+    assert c["image"] == "registry.example/whisperfleet-runner:dev"
+    assert c["imagePullPolicy"] == "Always"
+    assert c["resources"]["requests"] == {"cpu": "6", "memory": "24Gi"}
+    assert c["resources"]["limits"] == {"memory": "32Gi", "nvidia.com/gpu": "1"}
+    # The planner runs the same runner image, but on any node.
+    planner = jobs.build_planner_job(tj, settings)
+    validate(planner)
+    assert container(planner)["image"] == "registry.example/whisperfleet-runner:dev"
+    assert "nodeSelector" not in planner["spec"]["template"]["spec"]
+
+
+def test_worker_job_refuses_empty_plan_and_bad_numbers() -> None:
+    with pytest.raises(ValueError, match="0 shards"):
+        jobs.build_worker_job(make_tj(), config.PlanReport(shards=0), SETTINGS)
+    with pytest.raises(ValueError, match="parallelism"):
+        jobs.build_worker_job(make_tj(workers={"parallelism": 0}), PLAN, SETTINGS)
+    with pytest.raises(ValueError, match="perShard"):
+        jobs.build_worker_job(make_tj(retries={"perShard": -1}), PLAN, SETTINGS)
+
+
+def test_builders_do_not_mutate_their_input() -> None:
+    tj = make_tj(workers={"parallelism": 2, "affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "gpu": {"minMemoryMiB": 20000}})
+    before = copy.deepcopy(tj)
+    jobs.build_planner_job(tj, SETTINGS)
+    jobs.build_worker_job(tj, PLAN, SETTINGS)
+    assert tj == before
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def test_settings_from_env() -> None:
+    s = OperatorSettings.from_env({
+        "WHISPERFLEET_RUNNER_IMAGE": "reg/runner:1",
+        "WHISPERFLEET_IMAGE_PULL_POLICY": "Always",
+        "WHISPERFLEET_MODEL_CACHE_CLAIM": "models",
+        "WHISPERFLEET_NAMESPACES": "a, b,,",
+        "WHISPERFLEET_RUN_AS_USER": "2000",
+        "WHISPERFLEET_WORKER_RESOURCES": '{"requests": {"cpu": "1"}}',
+    })
+    assert s.runner_image == "reg/runner:1" and s.image_pull_policy == "Always"
+    assert s.model_cache_claim == "models" and s.namespaces == ("a", "b")
+    assert s.run_as_user == 2000 and s.worker_resources == {"requests": {"cpu": "1"}}
+    assert OperatorSettings.from_env({}) == OperatorSettings()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WHISPERFLEET_IMAGE_PULL_POLICY": "Sometimes"}, "IMAGE_PULL_POLICY"),
+        ({"WHISPERFLEET_RUN_AS_USER": "0"}, "non-root"),
+        ({"WHISPERFLEET_RUN_AS_USER": "root"}, "RUN_AS_USER must be an integer"),
+        ({"WHISPERFLEET_WORKER_RESOURCES": "{cpu: 1"}, "WORKER_RESOURCES is not valid JSON"),
+        ({"WHISPERFLEET_WORKER_RESOURCES": '{"cpu": "1"}'}, "requests"),
+        ({"WHISPERFLEET_RUNNER_IMAGE": ""}, "RUNNER_IMAGE"),
+    ],
+)
+def test_bad_settings_are_refused_clearly(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OperatorSettings.from_env(env)
