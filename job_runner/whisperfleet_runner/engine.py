@@ -1,0 +1,208 @@
+"""The transcription engine: one faster-whisper model per process, batched or sequential.
+
+`get_engine` caches engines by their arguments, so the shard runner and the CLI workers load
+the model once per process however many files they transcribe. On CUDA out-of-memory the
+engine halves the batch size and retries the file (down to 1), and keeps the lower size for
+the rest of the process: the memory a batch needs does not depend on the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+from whisperfleet_runner import models
+from whisperfleet_runner.audio import SAMPLE_RATE
+from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.transcript import Segment, Transcript, Word
+
+log = logging.getLogger(__name__)
+
+# Whisper's window. Without VAD the batched pipeline needs explicit clips of at most this.
+CHUNK_SECONDS = 30
+# How CTranslate2 (CUDA / cuBLAS) words an allocation failure.
+_OOM_MARKERS = ("out of memory", "alloc_failed")
+
+
+class EngineError(RuntimeError):
+    """Transcription failed for a reason other than the input media."""
+
+
+class OutOfMemoryError(EngineError):
+    """CUDA ran out of memory even at batch size 1."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in _OOM_MARKERS)
+
+
+def resolve_compute_type(compute_type: str, device: str, device_index: int = 0) -> str:
+    """Map "auto" to a concrete type: int8 on CPU, float16 on GPUs that support it
+    (compute capability >= 7.0, Tensor Cores), int8_float32 on older GPUs."""
+    if compute_type != "auto":
+        return compute_type
+    if device == "cpu":
+        return "int8"
+    import ctranslate2
+
+    supported = ctranslate2.get_supported_compute_types(device, device_index)
+    return "float16" if "float16" in supported else "int8_float32"
+
+
+class Engine:
+    """A loaded Whisper model on one device (or a list of GPUs) that transcribes arrays."""
+
+    def __init__(
+        self,
+        model: ModelOptions,
+        device: str = "cpu",
+        device_index: list[int] | int = 0,
+        compute_type: str = "int8",
+        cpu_threads: int = 0,
+        num_workers: int = 1,
+    ) -> None:
+        # `compute_type` is the one used; callers pass model.compute_type (or a resolved one).
+        self.options = model
+        self.device = device
+        indices = list(device_index) if isinstance(device_index, (list, tuple)) else [device_index]
+        self.device_label = "cpu" if device == "cpu" else f"{device}:{','.join(map(str, indices))}"
+        requested = resolve_compute_type(compute_type, device, indices[0])
+        self.model_path = models.resolve_model(model.name, model.cache_dir)
+        started = time.monotonic()
+        self.whisper = WhisperModel(
+            self.model_path,
+            device=device,
+            device_index=device_index,
+            compute_type=requested,
+            cpu_threads=cpu_threads,
+            num_workers=num_workers,
+        )
+        # CTranslate2 may substitute a type the device lacks (int8 -> int8_float32 on CPU).
+        self.compute_type: str = self.whisper.model.compute_type
+        self._batch_cap: int | None = None  # lowered after an out-of-memory
+        log.info(
+            "loaded model %s from %s on %s (%s) in %.1f s",
+            model.name, self.model_path, self.device_label, self.compute_type,
+            time.monotonic() - started,
+        )
+
+    @property
+    def batch_cap(self) -> int | None:
+        """The batch size ceiling set by an earlier out-of-memory, if any."""
+        return self._batch_cap
+
+    def transcribe(
+        self, audio: np.ndarray, source: str, options: TranscriptionOptions
+    ) -> Transcript:
+        """Transcribe 16 kHz mono float32 `audio`; `source` names the file in results and logs."""
+        batched = options.batch_size > 1
+        batch = options.batch_size if self._batch_cap is None else min(
+            options.batch_size, self._batch_cap
+        )
+        while True:
+            try:
+                segments, info = self._run(audio, options, batched, max(1, batch))
+                break
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if batch <= 1:
+                    raise OutOfMemoryError(
+                        f"{source}: CUDA out of memory on {self.device_label} even at batch size "
+                        f"1 (model {self.options.name}, {self.compute_type}): use a smaller model, "
+                        "a lighter compute type (int8_float16) or a GPU with more free memory"
+                    ) from exc
+                batch //= 2
+                self._batch_cap = batch
+                log.warning(
+                    "%s: CUDA out of memory on %s; retrying the file with batch size %d",
+                    source, self.device_label, batch,
+                )
+        return Transcript(
+            source=source,
+            language=info.language,
+            language_probability=float(info.language_probability),
+            duration=float(info.duration),
+            model=self.options.name,
+            compute_type=self.compute_type,
+            device=self.device_label,
+            segments=segments,
+        )
+
+    def _run(
+        self, audio: np.ndarray, options: TranscriptionOptions, batched: bool, batch: int
+    ) -> tuple[list[Segment], Any]:
+        kwargs: dict[str, Any] = {
+            "language": options.language or None,
+            "task": options.task,
+            "beam_size": options.beam_size,
+            "vad_filter": options.vad_filter,
+            "word_timestamps": options.word_timestamps,
+            "initial_prompt": options.initial_prompt or None,
+        }
+        if batched:
+            if not options.vad_filter:
+                # faster-whisper 1.2.1 raises "No clip timestamps found" for audio >= 30 s
+                # without VAD; fixed 30 s windows are what sequential mode would see.
+                kwargs["clip_timestamps"] = _windows(audio)
+            # A pipeline per call: it keeps per-file state, and threads may share the model.
+            raw, info = BatchedInferencePipeline(self.whisper).transcribe(
+                audio, batch_size=batch, **kwargs
+            )
+        else:
+            raw, info = self.whisper.transcribe(audio, **kwargs)
+        # Segments are generated lazily: errors (out-of-memory too) surface while iterating.
+        segments = [_segment(s, options.word_timestamps) for s in raw]
+        return segments, info
+
+
+def _windows(audio: np.ndarray) -> list[dict[str, float]]:
+    seconds = audio.shape[-1] / SAMPLE_RATE
+    starts = np.arange(0.0, seconds, CHUNK_SECONDS)
+    return [{"start": float(s), "end": float(min(s + CHUNK_SECONDS, seconds))} for s in starts]
+
+
+def _segment(seg: Any, words: bool) -> Segment:
+    return Segment(
+        id=int(seg.id),
+        start=float(seg.start),
+        end=float(seg.end),
+        text=seg.text,
+        avg_logprob=float(seg.avg_logprob),
+        no_speech_prob=float(seg.no_speech_prob),
+        words=[
+            Word(start=float(w.start), end=float(w.end), word=w.word,
+                 probability=float(w.probability))
+            for w in (seg.words or [])
+        ] if words else None,
+    )
+
+
+_engines: dict[tuple[Any, ...], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(
+    model: ModelOptions,
+    device: str = "cpu",
+    device_index: list[int] | int = 0,
+    compute_type: str = "int8",
+    cpu_threads: int = 0,
+    num_workers: int = 1,
+) -> Engine:
+    """The process-wide Engine for these arguments; the model loads on the first call only."""
+    indices = tuple(device_index) if isinstance(device_index, (list, tuple)) else (device_index,)
+    key = (dataclasses.astuple(model), device, indices, compute_type, cpu_threads, num_workers)
+    with _engines_lock:  # held while loading, so two threads never load the same model twice
+        engine = _engines.get(key)
+        if engine is None:
+            engine = Engine(model, device, device_index, compute_type, cpu_threads, num_workers)
+            _engines[key] = engine
+        return engine

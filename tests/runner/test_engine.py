@@ -1,0 +1,190 @@
+"""The engine with the real bundled tiny.en on CPU (int8): both modes, silence, OOM retry.
+
+Only the out-of-memory error itself is injected (a CPU cannot run out of CUDA memory); the
+transcription that follows it runs the real model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+from whisperfleet_runner import audio
+from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.engine import (
+    Engine,
+    OutOfMemoryError,
+    get_engine,
+    is_out_of_memory,
+    resolve_compute_type,
+)
+
+pytestmark = pytest.mark.slow
+TINY = ModelOptions(name="tiny.en", compute_type="int8")
+# The message CTranslate2 raises when a CUDA allocation fails.
+CUDA_OOM = "CUDA failed with error out of memory"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return get_engine(TINY, device="cpu", compute_type="int8")
+
+
+def load(audio_dir: Path, name: str) -> np.ndarray:
+    return audio.decode((audio_dir / name).read_bytes(), name)
+
+
+@pytest.mark.parametrize("name", ["hello.wav", "hello.mp3"])
+@pytest.mark.parametrize("batch_size", [8, 1], ids=["batched", "sequential"])
+def test_transcribes_speech(engine: Engine, audio_dir: Path, name: str, batch_size: int) -> None:
+    options = TranscriptionOptions(batch_size=batch_size)
+    result = engine.transcribe(load(audio_dir, name), f"file:///{name}", options)
+    text = result.text.lower()
+    assert "hello" in text and "world" in text
+    assert result.language == "en"
+    assert result.duration == pytest.approx(3.99, abs=0.05)
+    assert result.source == f"file:///{name}"
+    assert (result.model, result.device) == ("tiny.en", "cpu")
+    assert result.compute_type.startswith("int8")
+    assert all(0 <= s.start < s.end <= result.duration + 0.5 for s in result.segments)
+    assert all(s.words is None for s in result.segments)
+
+
+@pytest.mark.parametrize("batch_size", [8, 1], ids=["batched", "sequential"])
+def test_silence_gives_an_empty_transcript(
+    engine: Engine, audio_dir: Path, batch_size: int
+) -> None:
+    result = engine.transcribe(
+        load(audio_dir, "silence.wav"), "silence.wav", TranscriptionOptions(batch_size=batch_size)
+    )
+    assert result.segments == []
+    assert result.text == ""
+    assert result.duration == pytest.approx(12.0)
+
+
+def test_word_timestamps(engine: Engine, audio_dir: Path) -> None:
+    options = TranscriptionOptions(word_timestamps=True, language="en")
+    result = engine.transcribe(load(audio_dir, "hello.wav"), "hello.wav", options)
+    words = [w for s in result.segments for w in s.words or []]
+    assert words[0].word.strip().lower().startswith("hello")
+    assert all(a.start <= b.start for a, b in itertools.pairwise(words))
+    assert result.language_probability == 1.0  # given, not detected
+
+
+def test_batched_without_vad_handles_audio_longer_than_a_window(
+    engine: Engine, audio_dir: Path
+) -> None:
+    # faster-whisper 1.2.1 alone raises "No clip timestamps found" here.
+    hello = load(audio_dir, "hello.wav")
+    gap = np.zeros(audio.SAMPLE_RATE, np.float32)
+    long = np.concatenate([hello, gap] * 8)  # ~40 s
+    result = engine.transcribe(long, "long.wav", TranscriptionOptions(vad_filter=False))
+    assert result.duration > 30
+    assert result.text.lower().count("hello") >= 6
+    assert result.segments[-1].end > 30
+
+
+def test_get_engine_loads_the_model_once() -> None:
+    first = get_engine(TINY, device="cpu", compute_type="int8")
+    again = get_engine(ModelOptions(name="tiny.en", compute_type="int8"), "cpu", 0, "int8")
+    assert again is first and again.whisper is first.whisper
+
+
+def test_compute_type_auto_on_cpu_is_int8() -> None:
+    assert resolve_compute_type("auto", "cpu") == "int8"
+    assert resolve_compute_type("float32", "cpu") == "float32"
+
+
+def test_out_of_memory_is_recognised_by_its_text() -> None:
+    assert is_out_of_memory(RuntimeError(CUDA_OOM))
+    assert is_out_of_memory(RuntimeError("cuBLAS failed with status CUBLAS_STATUS_ALLOC_FAILED"))
+    assert not is_out_of_memory(RuntimeError("unsupported device cuda"))
+
+
+def _oom_while_iterating(real: Any, calls: list[int], oom_above: int) -> Any:
+    """Wrap the pipeline's transcribe: above `oom_above`, the segment generator raises the
+    CUDA OOM when first iterated — where CTranslate2 raises it (generate runs lazily)."""
+
+    def transcribe(self: BatchedInferencePipeline, audio: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["batch_size"])
+        segments, info = real(self, audio, **kwargs)
+        if kwargs["batch_size"] <= oom_above:
+            return segments, info
+
+        def failing() -> Iterator[Any]:
+            raise RuntimeError(CUDA_OOM)
+            yield  # a generator, like faster-whisper's
+
+        return failing(), info
+
+    return transcribe
+
+
+def test_out_of_memory_halves_the_batch_and_retries_the_file(
+    audio_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh = Engine(TINY, device="cpu", compute_type="int8")  # its batch cap must start unset
+    calls: list[int] = []
+    real = BatchedInferencePipeline.transcribe
+    monkeypatch.setattr(
+        BatchedInferencePipeline, "transcribe", _oom_while_iterating(real, calls, oom_above=2)
+    )
+    hello = load(audio_dir, "hello.wav")
+    with caplog.at_level(logging.WARNING, logger="whisperfleet_runner.engine"):
+        result = fresh.transcribe(hello, "hello.wav", TranscriptionOptions(batch_size=8))
+    assert calls == [8, 4, 2]
+    assert "hello" in result.text.lower()
+    halvings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert [m.rsplit(" ", 1)[-1] for m in halvings] == ["4", "2"]
+    # The lower size sticks: the next file starts at 2 instead of failing twice again.
+    fresh.transcribe(hello, "again.wav", TranscriptionOptions(batch_size=8))
+    assert calls == [8, 4, 2, 2]
+    assert fresh.batch_cap == 2
+
+
+def test_out_of_memory_at_batch_size_one_is_a_clear_error(
+    audio_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = Engine(TINY, device="cpu", compute_type="int8")
+    calls: list[int] = []
+    real = BatchedInferencePipeline.transcribe
+    monkeypatch.setattr(
+        BatchedInferencePipeline, "transcribe", _oom_while_iterating(real, calls, oom_above=0)
+    )
+    with pytest.raises(OutOfMemoryError, match=r"hello\.wav: CUDA out of memory on cpu even at "
+                                                r"batch size 1 .*smaller model"):
+        fresh.transcribe(load(audio_dir, "hello.wav"), "hello.wav", TranscriptionOptions())
+    assert calls == [8, 4, 2, 1]
+
+
+def test_sequential_out_of_memory_is_not_retried(
+    engine: Engine, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[int] = []
+
+    def oom(self: WhisperModel, audio: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        raise RuntimeError(CUDA_OOM)
+
+    monkeypatch.setattr(WhisperModel, "transcribe", oom)
+    with pytest.raises(OutOfMemoryError):
+        engine.transcribe(load(audio_dir, "hello.wav"), "h.wav", TranscriptionOptions(batch_size=1))
+    assert attempts == [1]
+
+
+def test_other_runtime_errors_pass_through(
+    engine: Engine, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: BatchedInferencePipeline, audio: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("some other CTranslate2 failure")
+
+    monkeypatch.setattr(BatchedInferencePipeline, "transcribe", broken)
+    with pytest.raises(RuntimeError, match="some other CTranslate2 failure"):
+        engine.transcribe(load(audio_dir, "hello.wav"), "h.wav", TranscriptionOptions())
+    assert engine.batch_cap is None
