@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +89,33 @@ def s3_bucket(s3_env: dict[str, str]) -> str:
     name = f"wf-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
     return name
+
+
+
+@pytest.fixture
+def fake_nvml(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[list[dict[str, Any]] | None], dict[str, str]]]:
+    """Route `import pynvml` to tests/fakes/pynvml, the one mocked boundary (no GPU here).
+
+    Call the returned function with a device list (see tests/fakes/README.md; None = no
+    driver). It returns os.environ as a dict, whose PYTHONPATH puts the fake first too,
+    for subprocesses and spawned workers.
+    """
+    monkeypatch.syspath_prepend(str(FAKES))
+    saved = sys.modules.pop("pynvml", None)
+    import pynvml
+
+    assert getattr(pynvml, "IS_FAKE", False), pynvml.__file__
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(FAKES), path) if p))
+    monkeypatch.setenv(pynvml.ENV_VAR, "none")
+
+    def install(devices: list[dict[str, Any]] | None) -> dict[str, str]:
+        monkeypatch.setenv(pynvml.ENV_VAR, "none" if devices is None else json.dumps(devices))
+        return dict(os.environ)
+
+    yield install
+    sys.modules.pop("pynvml", None)
+    if saved is not None:
+        sys.modules["pynvml"] = saved

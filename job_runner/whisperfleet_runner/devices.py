@@ -1,0 +1,402 @@
+"""Which GPU(s) this process may use, and the `device_index` faster-whisper gets (DESIGN §4).
+
+Pure logic over `nvml.list_gpus()` and an environment mapping; nothing here touches CUDA.
+Call `ensure_pci_bus_order()` (or apply a selection's env) BEFORE anything initialises CUDA
+(i.e. before ctranslate2 / faster-whisper loads a model): CUDA reads CUDA_DEVICE_ORDER and
+CUDA_VISIBLE_DEVICES once, and its default "fastest first" order disagrees with NVML's
+PCI-bus order, which would map index-valued entries onto the wrong GPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from whisperfleet_runner import config, nvml
+from whisperfleet_runner.nvml import GpuInfo
+
+log = logging.getLogger(__name__)
+
+VOLUME_MOUNTS_DIR = "/var/run/nvidia-container-devices"
+_NOTHING = ("", "none", "void")
+_INDEX = re.compile(r"^(\d+)(?::(\d+))?$")  # "2" or the MIG address "2:1"
+
+
+class NoGpuError(RuntimeError):
+    """A GPU was required but none is usable; the process should exit with `exit_code`."""
+
+    exit_code = config.EXIT_NO_GPU
+
+    def __init__(self, message: str, choice: LocalChoice | None = None) -> None:
+        super().__init__(message)
+        self.choice = choice  # for choose_local: what was seen and why each GPU was refused
+
+
+class GpuNotVisibleError(NoGpuError):
+    """A GPU this pod was allocated is not visible to NVML (driver/toolkit misconfiguration)."""
+
+
+@dataclass
+class DeviceSelection:
+    device: str  # "cuda" or "cpu"
+    device_index: list[int]  # CUDA ordinals for faster-whisper, valid once env_updates() applied
+    gpus: list[GpuInfo]  # gpus[i] is CUDA ordinal device_index[i]
+    warnings: list[str] = field(default_factory=list)
+    cuda_visible_devices: str | None = None  # set when this process must be restricted
+
+    def env_updates(self) -> dict[str, str]:
+        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        if self.cuda_visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
+        return env
+
+    def apply(self, environ: MutableMapping[str, str] | None = None) -> None:
+        """Export env_updates() into `environ` (os.environ); must precede CUDA initialisation."""
+        (os.environ if environ is None else environ).update(self.env_updates())
+
+    def identities(self) -> list[config.GpuIdentity]:
+        return [to_identity(g, i) for g, i in zip(self.gpus, self.device_index, strict=True)]
+
+    @property
+    def compute_capability(self) -> str:
+        """The lowest compute capability among the chosen GPUs ("" on CPU)."""
+        known = [g.compute_capability for g in self.gpus if g.compute_capability]
+        return min(known, key=_cc_tuple, default="")
+
+
+def ensure_pci_bus_order(environ: MutableMapping[str, str] | None = None) -> None:
+    """Make CUDA number devices in PCI-bus order, as NVML and nvidia-smi do.
+
+    Must run before ctranslate2 (or anything else) initialises CUDA in this process.
+    """
+    env = os.environ if environ is None else environ
+    previous = env.get("CUDA_DEVICE_ORDER")
+    if previous not in (None, "PCI_BUS_ID"):
+        log.warning("overriding CUDA_DEVICE_ORDER=%s with PCI_BUS_ID to match NVML", previous)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+
+
+def select_allocated(
+    device: str = "auto",
+    environ: Mapping[str, str] | None = None,
+    volume_mounts_dir: str | Path = VOLUME_MOUNTS_DIR,
+) -> DeviceSelection:
+    """Map the GPUs this pod was allocated to CUDA ordinals (see module docstring).
+
+    NVIDIA_VISIBLE_DEVICES: unset = no allocation information (a bare host: use what NVML
+    sees); `all` = every GPU; `none`/`void`/empty = no GPU; a list of UUIDs, indices or MIG
+    ids; or the volume-mounts directory, whose entries name the devices. The device plugin's
+    volume-mount list also wins over an image's `all`. Raises NoGpuError (device="cuda" and
+    nothing usable) or GpuNotVisibleError (an allocated GPU NVML cannot see).
+    """
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
+    if device == "cpu":
+        return DeviceSelection("cpu", [], [])
+    env = os.environ if environ is None else environ
+    source, wanted = _read_allocation(env, Path(volume_mounts_dir))
+    warnings: list[str] = []
+    try:
+        visible = nvml.list_gpus()
+        unavailable = ""
+    except nvml.NvmlUnavailable as exc:
+        visible, unavailable = [], str(exc)
+
+    if wanted is None:
+        allocated = list(visible)
+    else:
+        allocated = _match_allocation(source, wanted, visible, unavailable)
+    if "CUDA_VISIBLE_DEVICES" in env:
+        cuda_view = _cuda_enumeration(visible, env["CUDA_VISIBLE_DEVICES"], warnings)
+    else:
+        cuda_view = list(visible)
+    chosen = [g for g in cuda_view if g in allocated]
+    for gpu in allocated if wanted is not None else []:  # unset/all: nothing was allocated
+        if gpu not in cuda_view:
+            warnings.append(f"allocated {gpu.describe()} is hidden by CUDA_VISIBLE_DEVICES="
+                            f"{env['CUDA_VISIBLE_DEVICES']!r} and will not be used")
+    extra = [g for g in cuda_view if g not in allocated]
+    restrict = bool(extra)
+    if extra:
+        warnings.append(
+            f"{len(cuda_view)} GPU(s) are visible but {source} allocates {len(allocated)} "
+            f"(the NVIDIA_VISIBLE_DEVICES=all leak?); restricting this process to "
+            f"{[g.uuid for g in chosen]} and ignoring {[g.uuid for g in extra]}"
+        )
+    elif source == "NVIDIA_VISIBLE_DEVICES=all" and chosen:
+        warnings.append(f"NVIDIA_VISIBLE_DEVICES=all: using every visible GPU ({len(chosen)})")
+
+    if not chosen:
+        reason = _why_no_gpu(source, wanted, visible, unavailable, env)
+        if device == "cuda":
+            raise NoGpuError(f"device cuda was requested but no GPU is usable: {reason}")
+        warnings = [f"no usable GPU ({reason}); running on CPU"]
+        for line in warnings:
+            log.warning("%s", line)
+        return DeviceSelection("cpu", [], [], warnings, "" if restrict else None)
+
+    selection = DeviceSelection(
+        device="cuda",
+        device_index=list(range(len(chosen))),
+        gpus=chosen,
+        warnings=warnings,
+        cuda_visible_devices=",".join(g.uuid for g in chosen) if restrict else None,
+    )
+    for line in warnings:
+        log.warning("%s", line)
+    for ordinal, gpu in zip(selection.device_index, chosen, strict=True):
+        log.info("CUDA device %d: %s", ordinal, gpu.describe())
+    return selection
+
+
+def _read_allocation(env: Mapping[str, str], volume_dir: Path) -> tuple[str, list[str] | None]:
+    """(description for messages, allocated ids or None for "no restriction")."""
+    raw = env.get("NVIDIA_VISIBLE_DEVICES")
+    value = raw.strip() if raw is not None else None
+    if value is not None and value.startswith("/"):
+        folder = volume_dir if value.rstrip("/") == VOLUME_MOUNTS_DIR else Path(value)
+        return f"the volume mounts in {folder}", _volume_entries(folder) or []
+    if value is None or value.lower() == "all":
+        mounted = _volume_entries(volume_dir)
+        if mounted:  # the device plugin's volume-mount list is the real allocation
+            return f"the volume mounts in {volume_dir}", mounted
+        return ("NVIDIA_VISIBLE_DEVICES=all" if value else "NVIDIA_VISIBLE_DEVICES (unset)"), None
+    if value.lower() in _NOTHING:
+        return f"NVIDIA_VISIBLE_DEVICES={value!r}", []
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    return f"NVIDIA_VISIBLE_DEVICES={value}", ids
+
+
+def _volume_entries(folder: Path) -> list[str] | None:
+    if not folder.is_dir():
+        return None
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _match_allocation(
+    source: str, wanted: list[str], visible: list[GpuInfo], unavailable: str
+) -> list[GpuInfo]:
+    found: list[GpuInfo] = []
+    missing: list[str] = []
+    for ident in wanted:
+        matches = _lookup(visible, ident, prefix=False)
+        found.extend(g for g in matches if g not in found)
+        if not matches:
+            missing.append(ident)
+    indices_only = all(_INDEX.match(i) for i in wanted)
+    if missing and indices_only and len(visible) == len(wanted):
+        # The container runtime renumbers: host GPUs 2,3 appear as NVML 0,1 inside the pod.
+        return list(visible)
+    if missing:
+        seen = ", ".join(g.uuid for g in visible) or "none"
+        why = f"NVML is unavailable: {unavailable}" if unavailable else f"NVML sees: {seen}"
+        raise GpuNotVisibleError(
+            f"allocated GPU {', '.join(missing)} (from {source}) is not visible; {why}"
+        )
+    return [g for g in visible if g in found]  # NVML (PCI) order, as CUDA will number them
+
+
+def _lookup(gpus: Sequence[GpuInfo], ident: str, *, prefix: bool) -> list[GpuInfo]:
+    """GPUs named by an index ("2", every MIG instance of GPU 2), "2:1", or a uuid (prefix)."""
+    index = _INDEX.match(ident)
+    if index:
+        gpu_index, mig = int(index.group(1)), index.group(2)
+        return [g for g in gpus if g.index == gpu_index
+                and (mig is None or g.mig_index == int(mig))]
+    key = ident.lower()
+    if prefix:
+        return [g for g in gpus if g.uuid.lower().startswith(key)]
+    return [g for g in gpus if g.uuid.lower() == key]
+
+
+def _cuda_enumeration(visible: list[GpuInfo], value: str, warnings: list[str]) -> list[GpuInfo]:
+    """What CUDA enumerates under CUDA_VISIBLE_DEVICES=value, in that order.
+
+    Entries are CUDA ordinals (PCI order), UUIDs or unique UUID prefixes ("GPU-8f3", "MIG-…").
+    Like CUDA, the first invalid entry (unknown, ambiguous or repeated) hides itself and
+    every entry after it.
+    """
+    entries = [e.strip() for e in value.split(",")]
+    result: list[GpuInfo] = []
+    if not value.strip():
+        return result
+    for pos, entry in enumerate(entries):
+        if entry.isdigit():
+            matches = [visible[int(entry)]] if int(entry) < len(visible) else []
+        elif entry[:4].upper() in ("GPU-", "MIG-"):
+            matches = _lookup(visible, entry, prefix=True)
+        else:
+            matches = []
+        if len(matches) != 1 or matches[0] in result:
+            warnings.append(
+                f"CUDA_VISIBLE_DEVICES entry {entry!r} is invalid (unknown, ambiguous or "
+                f"repeated); CUDA ignores it and every entry after it: {','.join(entries[pos:])}"
+            )
+            break
+        result.append(matches[0])
+    return result
+
+
+def _why_no_gpu(
+    source: str,
+    wanted: list[str] | None,
+    visible: list[GpuInfo],
+    unavailable: str,
+    env: Mapping[str, str],
+) -> str:
+    if wanted == []:
+        return f"{source} allocates no GPU"
+    if unavailable:
+        return f"NVML is unavailable: {unavailable}"
+    if not visible:
+        return "NVML sees no GPU"
+    return f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} hides every allocated GPU"
+
+
+@dataclass
+class Refusal:
+    """Why a GPU (or a requested GPU that does not exist) is not used."""
+
+    target: str  # "GPU 1 GPU-…" or the --gpus entry that matched nothing
+    reason: str
+    gpu: GpuInfo | None = None
+
+
+@dataclass
+class LocalChoice:
+    device: str  # "cuda" or "cpu"
+    gpus: list[GpuInfo]  # chosen, in NVML order; one worker per GPU
+    seen: list[GpuInfo] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def report(self) -> list[str]:
+        """Which GPUs were seen and why each was refused, one line each, for the user."""
+        chosen = {g.uuid for g in self.gpus}
+        lines = [f"{g.describe()}: used" for g in self.seen if g.uuid in chosen]
+        lines += [f"{r.target}: refused, {r.reason}" for r in self.refused]
+        return lines or ["no GPU seen"]
+
+
+def choose_local(
+    gpus: str = "all", min_free_mib: int = 0, device: str = "auto"
+) -> LocalChoice:
+    """Pick GPUs on this machine for the local CLI.
+
+    `gpus` is "all" or a comma list of nvidia-smi indices ("0,2"; "0:1" for a MIG instance)
+    and/or UUIDs or unique UUID prefixes. GPUs with less than `min_free_mib` free are refused
+    as busy. Nothing usable: device="cuda" raises NoGpuError, "auto" falls back to CPU.
+    """
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
+    if device == "cpu":
+        return LocalChoice("cpu", [])
+    entries = _parse_gpu_list(gpus)
+    warnings: list[str] = []
+    try:
+        seen = nvml.list_gpus()
+    except nvml.NvmlUnavailable as exc:
+        seen = []
+        warnings.append(f"NVML is unavailable: {exc}")
+    refused: list[Refusal] = []
+    wanted: list[GpuInfo] = list(seen) if entries is None else []
+    for entry in entries or []:
+        matches = _lookup(seen, entry, prefix=not _INDEX.match(entry))
+        if not matches or (len(matches) > 1 and not _INDEX.match(entry)):
+            known = ", ".join(g.label for g in seen) or "none"
+            what = "ambiguous" if matches else "not found"
+            refused.append(Refusal(entry, f"{what} (--gpus {entry}; GPUs seen: {known})"))
+            continue
+        wanted.extend(g for g in matches if g not in wanted)
+    chosen: list[GpuInfo] = []
+    for gpu in seen:
+        target = f"GPU {gpu.label} {gpu.uuid} ({gpu.name})"
+        if gpu not in wanted:
+            refused.append(Refusal(target, f"not selected by --gpus {gpus}", gpu))
+        elif gpu.memory_free_mib < min_free_mib:
+            refused.append(Refusal(
+                target, f"busy: {gpu.memory_free_mib} MiB free < {min_free_mib} MiB required", gpu
+            ))
+        else:
+            chosen.append(gpu)
+    choice = LocalChoice("cuda" if chosen else "cpu", chosen, seen, refused, warnings)
+    if not chosen:
+        why = "; ".join(warnings + [f"{r.target}: {r.reason}" for r in refused]) or "no GPU seen"
+        if device == "cuda":
+            raise NoGpuError(f"device cuda was requested but no GPU is usable: {why}", choice)
+        choice.warnings = [f"no usable GPU ({why}); running on CPU"]
+    return choice
+
+
+def _parse_gpu_list(spec: str) -> list[str] | None:
+    text = spec.strip()
+    if text.lower() == "all":
+        return None
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if not entries:
+        raise ValueError("--gpus is empty; use all, indices like 0,2, or GPU UUIDs")
+    for entry in entries:
+        if not (_INDEX.match(entry) or entry[:4].upper() in ("GPU-", "MIG-")):
+            raise ValueError(
+                f"--gpus entry {entry!r} is neither an nvidia-smi index (0,2), a MIG address "
+                f"(0:1) nor a UUID (GPU-…, MIG-…)"
+            )
+    return entries
+
+
+_UNITS = {"": 2**20, "b": 1, "k": 10**3, "kb": 10**3, "ki": 2**10, "kib": 2**10,
+          "m": 10**6, "mb": 10**6, "mi": 2**20, "mib": 2**20, "g": 10**9, "gb": 10**9,
+          "gi": 2**30, "gib": 2**30, "t": 10**12, "tb": 10**12, "ti": 2**40, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """A memory size in MiB (rounded down): "4GiB" → 4096, "4Gi", "512MiB", "4GB" (decimal);
+    a bare number is MiB."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise ValueError(f"cannot read memory size {text!r}; use e.g. 4GiB, 512MiB or 4096")
+    return int(float(match.group(1)) * _UNITS[unit]) // 2**20
+
+
+def bind_environment(gpus: Sequence[GpuInfo]) -> dict[str, str]:
+    """Env for a worker process that must see only `gpus`; its device_index is then 0..n-1."""
+    return {
+        "CUDA_VISIBLE_DEVICES": ",".join(g.uuid for g in gpus),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
+
+
+def resolve_compute_type(requested: str, device: str, compute_capability: str | None) -> str:
+    """`auto` → float16 on cc ≥ 7.0 (Tensor Cores), int8_float32 below or unknown, int8 on CPU."""
+    if requested not in config.COMPUTE_TYPES:
+        raise ValueError(
+            f"unknown compute type {requested!r}; choose one of {', '.join(config.COMPUTE_TYPES)}"
+        )
+    if requested != "auto":
+        return requested
+    if device == "cpu":
+        return "int8"
+    cc = _cc_tuple(compute_capability or "")
+    return "float16" if cc >= (7, 0) else "int8_float32"
+
+
+def _cc_tuple(cc: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", cc)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def to_identity(gpu: GpuInfo, device_index: int) -> config.GpuIdentity:
+    return config.GpuIdentity(
+        uuid=gpu.uuid,
+        name=gpu.name,
+        memory_mib=gpu.memory_total_mib,
+        device_index=device_index,
+        pci_bus_id=gpu.pci_bus_id,
+        compute_capability=gpu.compute_capability,
+        mig_profile=gpu.mig_profile,
+    )
