@@ -31,6 +31,7 @@ from whisperfleet_runner.keys import (
     output_uris,
     protocol,
 )
+from whisperfleet_runner.storage_errors import StorageError, wrap_error
 
 __all__ = [
     "InputFile",
@@ -47,6 +48,7 @@ __all__ = [
     "read_bytes",
     "read_jsonl",
     "read_text",
+    "wrap_error",
     "write_jsonl",
     "write_text",
 ]
@@ -60,94 +62,6 @@ class InputFile:
     uri: str  # reads exactly this object
     key: str  # relative to the input root, exactly as stored (may hold `//`, `./`, `../`)
     size: int
-
-
-# --- errors -----------------------------------------------------------------------------
-class StorageError(Exception):
-    """Storage unusable for a URI. `reason` is CamelCase (BucketNotFound, AccessDenied,
-    InvalidCredentials, NoCredentials, NotFound, InvalidUri, Unreachable, MissingDriver,
-    StorageError); the message names the URI and what to do, and never holds credentials."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        self.reason = reason
-        super().__init__(_scrub(message))
-
-
-_SECRET_ENV = (
-    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
-    "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET",
-)
-_BAD_CREDENTIALS = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "InvalidClientTokenId", "AuthorizationHeaderMalformed", "TokenRefreshRequired",
-}
-_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden"}
-_CREDENTIAL_HINT = (
-    "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the profile/role) in the storage secret"
-)
-
-
-def _scrub(text: str) -> str:
-    """Remove secret values and URL user-info (`s3://key:secret@…`) from a message."""
-    text = re.sub(r"(://)[^/@\s:]*:[^/@\s]*@", r"\1***@", text)
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def wrap_error(uri: str, exc: BaseException) -> StorageError:
-    """Translate fsspec/s3fs/botocore/OS errors into a StorageError with a useful reason."""
-    if isinstance(exc, StorageError):
-        return exc
-    code = ""
-    for cause in _causes(exc):
-        response = getattr(cause, "response", None)
-        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
-            code = str(response["Error"]["Code"])
-            break
-    names = {type(c).__name__ for c in _causes(exc)}
-    bucket = uri.split("://", 1)[-1].split("/", 1)[0]
-    if code in ("NoSuchBucket",) or (code == "" and "bucket does not exist" in str(exc)):
-        return StorageError(
-            "BucketNotFound",
-            f"bucket {bucket!r} of {uri} does not exist: check the URI, the region and the "
-            "endpoint (AWS_ENDPOINT_URL)",
-        )
-    if code in _BAD_CREDENTIALS:
-        return StorageError("InvalidCredentials", f"{uri}: credentials rejected ({code}); "
-                            + _CREDENTIAL_HINT)
-    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
-        return StorageError("NoCredentials", f"{uri}: no usable credentials found; "
-                            + _CREDENTIAL_HINT)
-    if code in _DENIED or (not code and isinstance(exc, PermissionError)):
-        return StorageError("AccessDenied", f"access denied to {uri}"
-                            + (f" ({code})" if code else "")
-                            + ": grant list/read on the input and write on the output")
-    if code in ("NoSuchKey", "404", "NotFound") or isinstance(exc, FileNotFoundError):
-        return StorageError("NotFound", f"{uri} does not exist")
-    if code in ("InvalidBucketName",) or isinstance(exc, ValueError):
-        return StorageError("InvalidUri", f"{uri} is not a usable storage URI: {exc}")
-    if isinstance(exc, ImportError):
-        return StorageError("MissingDriver", f"no filesystem driver for {uri} ({exc}): install "
-                            "whisperfleet[gcs] for gs://, whisperfleet[azure] for az://")
-    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                "ConnectionError", "ConnectionRefusedError", "ReadTimeoutError"}:
-        return StorageError("Unreachable", f"cannot reach the storage endpoint for {uri}: "
-                            "check AWS_ENDPOINT_URL / network access")
-    detail = f"{code}: " if code else ""
-    return StorageError("StorageError", f"{uri}: {detail}{type(exc).__name__}: {exc}")
 
 
 # --- filesystems ------------------------------------------------------------------------
