@@ -173,6 +173,7 @@ class ShardReport:
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
+    bad_input: int = 0  # of `failed`: bad media or unsafe keys, which no retry can fix
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     device: str = ""

@@ -1,0 +1,174 @@
+"""`whisperfleet run-shard`: the worker pod's entry point.
+
+Normally it runs manifest lines `shard == JOB_COMPLETION_INDEX` of a planned job. With
+`--input … --output …` it runs the listed inputs directly (no manifest, no ledger unless a
+work order names the job), which is handy for a one-off pod or for debugging a shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from whisperfleet_runner import config
+from whisperfleet_runner.cli import main
+from whisperfleet_runner.cli_plan import (
+    configure_pod_logging,
+    emit_report,
+    load_work_order,
+    termination_log_option,
+    work_order_option,
+)
+
+log = logging.getLogger(__name__)
+
+# Shard-level errors that are not about storage; every other error_reason came from storage.
+_USAGE_REASONS = ("BadManifest", "BadWorkOrder", "ModelNotFound", "NoMatchingFiles")
+
+
+def exit_code(report: config.ShardReport) -> int:
+    """The pod's exit code; the operator's podFailurePolicy keys on it.
+
+    Bad media / unsafe keys alone give EXIT_BAD_INPUT (retrying cannot help: FailIndex);
+    any other file failure gives 1, so Kubernetes retries the index and the retry skips
+    the files already written.
+    """
+    if report.error_reason == "NoGPU":
+        return config.EXIT_NO_GPU
+    if report.error_reason in _USAGE_REASONS:
+        return config.EXIT_USAGE
+    if report.error_reason == "ModelLoad":
+        return 1
+    if report.error_reason:
+        return config.EXIT_STORAGE
+    if report.failed > report.bad_input:
+        return 1
+    if report.failed:
+        return config.EXIT_BAD_INPUT
+    return config.EXIT_OK
+
+
+@main.command("run-shard")
+@work_order_option
+@click.option("--index", type=click.IntRange(min=0), default=None,
+              help=f"Shard to run (default: env {config.ENV_COMPLETION_INDEX}).")
+@click.option("--input", "inputs", multiple=True, metavar="URI",
+              help="Run these inputs directly instead of a manifest shard (repeatable).")
+@click.option("--output", metavar="URI", default=None, help="Output prefix for --input runs.")
+@click.option("--model", default=None, help="Model for --input runs without a work order.")
+@click.option("--device", type=click.Choice(["cuda", "cpu", "auto"]), default=None,
+              help="Device for --input runs (work order default: cuda).")
+@click.option("--formats", default=None, help="Comma-separated formats for --input runs.")
+@click.option("--overwrite", is_flag=True, default=False, help="Redo files whose outputs exist.")
+@termination_log_option
+def run_shard_command(
+    work_order_path: str | None,
+    index: int | None,
+    inputs: tuple[str, ...],
+    output: str | None,
+    model: str | None,
+    device: str | None,
+    formats: str | None,
+    overwrite: bool,
+    termination_log: str | None,
+) -> None:
+    """Transcribe one shard of a planned job (or the given --input URIs)."""
+    configure_pod_logging()
+    from whisperfleet_runner import shard
+
+    if inputs:
+        order = _direct_order(work_order_path, inputs, output, model, device, formats, overwrite)
+        report = _run_direct(order, inputs, index or 0)
+    else:
+        if output or model or device or formats:
+            raise click.UsageError("--output/--model/--device/--formats need --input")
+        order = load_work_order(work_order_path)
+        assert order is not None
+        if overwrite:
+            order.output.overwrite = True
+        report = shard.run_shard(order, _shard_index(index), os.environ)
+    emit_report(report.to_json(), termination_log)
+    log.info("shard %d: %d succeeded, %d skipped, %d failed, %.1f audio s in %.1f s",
+             report.shard, report.succeeded, report.skipped, report.failed,
+             report.audio_seconds, report.wall_seconds)
+    sys.exit(exit_code(report))
+
+
+def _shard_index(index: int | None) -> int:
+    if index is not None:
+        return index
+    raw = os.environ.get(config.ENV_COMPLETION_INDEX, "")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise click.UsageError(
+            f"no shard index: pass --index or set {config.ENV_COMPLETION_INDEX} "
+            f"(got {raw!r})"
+        ) from None
+    if value < 0:
+        raise click.UsageError(f"{config.ENV_COMPLETION_INDEX} must be >= 0, got {value}")
+    return value
+
+
+def _direct_order(
+    work_order_path: str | None,
+    inputs: tuple[str, ...],
+    output: str | None,
+    model: str | None,
+    device: str | None,
+    formats: str | None,
+    overwrite: bool,
+) -> config.WorkOrder:
+    order = load_work_order(work_order_path, required=False)
+    if order is None:
+        if not output:
+            raise click.UsageError("--input needs --output (or a work order naming the output)")
+        order = config.WorkOrder(job_uid="direct", input_uri=inputs[0],
+                                 output=config.OutputOptions(uri=output))
+    if output:
+        order.output.uri = output
+    order.input_uri = inputs[0]
+    if model:
+        order.model.name = model
+    if device:
+        order.device = device
+    if formats:
+        chosen = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
+        unknown = [f for f in chosen if f not in config.FORMATS]
+        if unknown or not chosen:
+            raise click.UsageError(
+                f"unknown format(s) {', '.join(unknown) or '(none)'}; "
+                f"choose from {', '.join(config.FORMATS)}"
+            )
+        order.output.formats = chosen
+    if overwrite:
+        order.output.overwrite = True
+    return order
+
+
+def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
+                ) -> config.ShardReport:
+    from whisperfleet_runner import shard, storage
+
+    files: list[storage.InputFile] = []
+    for uri in inputs:
+        try:
+            # Two inputs holding one key collide on their outputs; run_files fails the later.
+            files.extend(storage.list_inputs(uri, order.include))
+        except storage.StorageError as exc:
+            return _error(index, exc.reason, str(exc))
+    if not files:
+        return _error(index, "NoMatchingFiles",
+                      f"no files under {', '.join(inputs)} match {', '.join(order.include)}")
+    files.sort(key=lambda f: -f.size)  # longest first: the tail of the run is short files
+    return shard.run_on_allocated(order, files, os.environ, shard=index)
+
+
+def _error(index: int, reason: str, message: str) -> config.ShardReport:
+    log.error("%s: %s", reason, message)
+    return config.ShardReport(shard=index, node=os.environ.get("NODE_NAME", ""),
+                              pod=os.environ.get("POD_NAME", ""),
+                              error_reason=reason, error_message=message)

@@ -1,0 +1,300 @@
+"""Transcribe a set of files into their outputs: the shard pod's work, reusable by local workers.
+
+`run_files` is the loop (no click, no environment): for each file it confines the output
+keys, skips files whose outputs exist, decodes, transcribes, renders and publishes every
+format, and records the outcome. One bad file never stops the others. `run_shard` wraps it
+for a pod: read the manifest, pick the allocated devices, run this shard's files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any
+
+from whisperfleet_runner import audio, formats, storage
+from whisperfleet_runner.config import FileFailure, GpuIdentity, ShardReport, WorkOrder
+from whisperfleet_runner.ledger import (
+    FAILED,
+    SKIPPED,
+    SUCCEEDED,
+    LedgerRecord,
+    LedgerWriter,
+    attempt_name,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_FAILURES = 20  # the report carries the first ones; the ledger has them all
+
+EngineGetter = Callable[[], Any]  # returns an object with .transcribe(audio, source, options)
+Progress = Callable[[LedgerRecord], None]
+
+
+class EngineLoadError(RuntimeError):
+    """The model could not be loaded: no file of the shard can run (reported, not per file)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _LazyEngine:
+    """Calls the getter at most once, on first use, so an all-skipped shard loads no model."""
+
+    def __init__(self, getter: EngineGetter) -> None:
+        self._getter = getter
+        self._engine: Any = None
+
+    def get(self) -> Any:
+        if self._engine is None:
+            try:
+                self._engine = self._getter()
+            except Exception as exc:
+                from whisperfleet_runner.models import ModelNotFoundError
+
+                reason = "ModelNotFound" if isinstance(exc, ModelNotFoundError) else "ModelLoad"
+                raise EngineLoadError(reason, f"cannot load the model: {exc}") from exc
+        return self._engine
+
+
+class _FileFailed(Exception):
+    def __init__(self, reason: str, *, bad_input: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.bad_input = bad_input
+
+
+def run_files(
+    files: Iterable[storage.InputFile],
+    order: WorkOrder,
+    get_engine: EngineGetter,
+    *,
+    ledger: LedgerWriter | None = None,
+    shard: int = 0,
+    device: str = "",
+    gpus: list[GpuIdentity] | None = None,
+    progress: Progress | None = None,
+) -> ShardReport:
+    """Transcribe `files` as `order` says; every file attempted ends in one ledger record.
+
+    When the model cannot be loaded the loop stops: the report's error_reason says why and
+    the remaining files get no record (a retry, or a fixed spec, will do them).
+    """
+    started = time.monotonic()
+    report = ShardReport(shard=shard, device=device, gpus=list(gpus or []))
+    engine = _LazyEngine(get_engine)
+    claimed: dict[str, str] = {}  # output uri -> the input that owns it in this run
+    try:
+        for file in files:
+            try:
+                record, bad_input = _run_one(
+                    file, order, engine, claimed, shard=shard, device=device
+                )
+            except EngineLoadError as exc:
+                report.error_reason, report.error_message = exc.reason, str(exc)
+                log.error("%s", exc)
+                break
+            _count(report, record)
+            report.bad_input += bad_input
+            if ledger is not None:
+                ledger.add(record)
+            if progress is not None:
+                progress(record)
+    finally:
+        if ledger is not None:
+            ledger.close()
+        report.wall_seconds = time.monotonic() - started
+    return report
+
+
+def _count(report: ShardReport, record: LedgerRecord) -> None:
+    report.total += 1
+    if record.status == SUCCEEDED:
+        report.succeeded += 1
+        report.audio_seconds += record.audio_seconds
+    elif record.status == SKIPPED:
+        report.skipped += 1
+    else:
+        report.failed += 1
+        if len(report.failures) < MAX_REPORTED_FAILURES:
+            report.failures.append(FileFailure(uri=record.uri, reason=record.reason))
+
+
+def _run_one(
+    file: storage.InputFile,
+    order: WorkOrder,
+    engine: _LazyEngine,
+    claimed: dict[str, str],
+    *,
+    shard: int,
+    device: str,
+) -> tuple[LedgerRecord, bool]:
+    """The file's record, and whether it failed as bad input (which no retry can fix)."""
+    bad_input = False
+    started = time.monotonic()
+    record = LedgerRecord(uri=file.uri, key=file.key, status=FAILED, shard=shard, device=device)
+    try:
+        outputs = _output_uris(file, order)
+        _claim(file, outputs, claimed)
+        record.outputs = list(outputs.values())
+        if not order.output.overwrite and _exists(record.outputs):
+            record.status, record.reason = SKIPPED, "outputs exist"
+            log.info("%s: skipped, its outputs exist", file.uri)
+        else:
+            record.audio_seconds = _transcribe(file, order, engine, outputs)
+            record.status = SUCCEEDED
+    except _FileFailed as exc:
+        record.reason, bad_input = exc.reason, exc.bad_input
+        log.warning("%s failed: %s", file.uri, exc.reason)
+    record.wall_seconds = time.monotonic() - started
+    record.time = time.time()
+    return record, bad_input
+
+
+def _output_uris(file: storage.InputFile, order: WorkOrder) -> dict[str, str]:
+    try:
+        return dict(storage.output_uris(file.key, order.output.uri, order.output.formats))
+    except storage.UnsafeKeyError as exc:
+        raise _FileFailed(str(exc), bad_input=True) from exc
+
+
+def _claim(file: storage.InputFile, outputs: dict[str, str], claimed: dict[str, str]) -> None:
+    """Refuse a file whose outputs belong to an earlier file of this run (talk.wav/talk.mp3):
+    it would overwrite them, or be skipped as if it were done."""
+    owner = next((claimed[u] for u in outputs.values() if u in claimed), None)
+    if owner is not None and owner != file.uri:
+        raise _FileFailed(
+            f"output collision: its outputs ({next(iter(outputs.values()))} …) are those of "
+            f"{owner}; rename one of the two",
+            bad_input=True,
+        )
+    claimed.update(dict.fromkeys(outputs.values(), file.uri))
+
+
+def _exists(uris: list[str]) -> bool:
+    try:
+        return storage.outputs_exist(uris)
+    except storage.StorageError as exc:
+        raise _FileFailed(_storage_reason("checking outputs", exc), bad_input=False) from exc
+
+
+def _transcribe(
+    file: storage.InputFile, order: WorkOrder, engine: _LazyEngine, outputs: dict[str, str]
+) -> float:
+    """Read, decode, transcribe, render and publish one file; returns its audio seconds."""
+    try:
+        data = storage.read_bytes(file.uri)
+    except storage.StorageError as exc:
+        raise _FileFailed(_storage_reason("reading the input", exc), bad_input=False) from exc
+    try:
+        samples = audio.decode(data, file.key or file.uri)
+    except audio.BadMediaError as exc:
+        raise _FileFailed(f"bad media: {exc.reason}", bad_input=True) from exc
+    del data  # encoded bytes can be large; only the samples are needed from here on
+    model = engine.get()  # EngineLoadError propagates: it is the shard's problem, not the file's
+    try:
+        transcript = model.transcribe(samples, file.uri, order.transcription)
+    except Exception as exc:  # one file's inference error must not stop the others
+        log.exception("transcription of %s failed", file.uri)
+        raise _FileFailed(
+            f"transcription failed: {type(exc).__name__}: {exc}", bad_input=False
+        ) from exc
+    rendered = formats.render_all(transcript, order.output.formats)
+    try:
+        # json last: a reader that sees a file's json sees its other outputs too.
+        storage.publish_set({outputs[fmt]: text for fmt, text in rendered.items()})
+    except storage.StorageError as exc:
+        raise _FileFailed(_storage_reason("writing outputs", exc), bad_input=False) from exc
+    return float(transcript.duration or audio.duration(samples))
+
+
+def _storage_reason(action: str, exc: storage.StorageError) -> str:
+    return f"storage error {action} ({exc.reason}): {exc}"
+
+
+def run_shard(order: WorkOrder, index: int, environ: MutableMapping[str, str]) -> ShardReport:
+    """Run shard `index` of a planned job (its manifest lines) on this pod's devices.
+
+    `environ` is the process environment (os.environ in a pod): it supplies NODE_NAME,
+    POD_NAME and the GPU allocation, and receives CUDA_DEVICE_ORDER/CUDA_VISIBLE_DEVICES
+    before the model initialises CUDA. Errors that stop the whole shard come back in the
+    report's error_reason/error_message (NoGPU, BadManifest, a storage reason, ModelNotFound…).
+    """
+    from whisperfleet_runner import planner
+
+    try:
+        entries = [e for e in planner.read_manifest(order.manifest_uri) if e.shard == index]
+    except storage.StorageError as exc:
+        return _shard_error(_pod_report(index, environ), exc.reason,
+                            f"cannot read the manifest: {exc}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _shard_error(_pod_report(index, environ), "BadManifest",
+                            f"{order.manifest_uri}: {exc}")
+    ledger = LedgerWriter(order.ledger_uri, index, attempt_name(environ.get("POD_NAME")))
+    return run_on_allocated(
+        order, [e.to_input() for e in entries], environ, shard=index, ledger=ledger
+    )
+
+
+def run_on_allocated(
+    order: WorkOrder,
+    files: list[storage.InputFile],
+    environ: MutableMapping[str, str],
+    *,
+    shard: int = 0,
+    ledger: LedgerWriter | None = None,
+) -> ShardReport:
+    """Select this process's allocated devices (see run_shard) and run `files` on them."""
+    from whisperfleet_runner import devices
+
+    try:
+        selection = devices.select_allocated(order.device, environ)
+        compute_type = devices.resolve_compute_type(
+            order.model.compute_type, selection.device, selection.compute_capability
+        )
+    except devices.NoGpuError as exc:
+        return _shard_error(_pod_report(shard, environ), "NoGPU", str(exc))
+    except ValueError as exc:
+        return _shard_error(_pod_report(shard, environ), "BadWorkOrder", str(exc))
+    for warning in selection.warnings:
+        log.warning("%s", warning)
+    selection.apply(environ)  # before anything initialises CUDA
+    gpus = selection.identities()
+    for gpu in gpus:
+        log.info("shard %d uses GPU %s (%s, %d MiB) as cuda:%d",
+                 shard, gpu.uuid, gpu.name, gpu.memory_mib, gpu.device_index)
+    label = device_label(selection.device, selection.device_index)
+    ordinals = selection.device_index or [0]
+
+    def get_engine() -> Any:
+        from whisperfleet_runner.engine import get_engine as load
+
+        return load(order.model, device=selection.device,
+                    device_index=ordinals if len(ordinals) > 1 else ordinals[0],
+                    compute_type=compute_type)
+
+    log.info("shard %d: %d files on %s (%s)", shard, len(files), label, compute_type)
+    report = run_files(files, order, get_engine, ledger=ledger, shard=shard, device=label,
+                       gpus=gpus)
+    report.node, report.pod = environ.get("NODE_NAME", ""), environ.get("POD_NAME", "")
+    return report
+
+
+def _pod_report(shard: int, environ: MutableMapping[str, str]) -> ShardReport:
+    return ShardReport(shard=shard, node=environ.get("NODE_NAME", ""),
+                       pod=environ.get("POD_NAME", ""))
+
+
+def device_label(device: str, indices: Iterable[int]) -> str:
+    """`cpu`, `cuda:0` or `cuda:0,1`, as transcripts and reports name devices."""
+    ordinals = list(indices)
+    return "cpu" if device == "cpu" else f"{device}:{','.join(map(str, ordinals or [0]))}"
+
+
+def _shard_error(report: ShardReport, reason: str, message: str) -> ShardReport:
+    report.error_reason = reason or "StorageError"
+    report.error_message = message
+    log.error("shard %d cannot run: %s: %s", report.shard, report.error_reason, message)
+    return report
