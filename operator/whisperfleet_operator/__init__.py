@@ -1,1 +1,6 @@
-"""whisperfleet operator: kopf handlers, pure manifest builders, status aggregation."""
+"""whisperfleet operator: kopf handlers, pure manifest builders, status aggregation.
+
+`kopf run -m whisperfleet_operator` imports this package, which registers the handlers.
+"""
+
+from . import handlers as handlers

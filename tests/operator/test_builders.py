@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+
 from whisperfleet_operator import jobs, naming, workorder
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_runner import config

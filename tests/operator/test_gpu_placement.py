@@ -17,6 +17,7 @@ import celpy
 import kubernetes_validate
 import pytest
 from celpy import celtypes
+
 from whisperfleet_operator import gpu, jobs, naming
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_runner import config

@@ -1,0 +1,154 @@
+"""kopf handlers: thin glue between events and `reconcile` (builders + status + kube).
+
+No finalizer, deliberately: there is no deletion handler, Jobs and claim templates carry
+owner references, so the garbage collector removes them, and a deleted TranscriptionJob
+never waits for a running (or absent) operator. kopf adds finalizers only for deletion
+handlers, daemons and timers, so none of those are registered here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from . import gpu, jobs, kube, naming, status
+from .settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+TJ = (naming.GROUP, naming.VERSION, "transcriptionjobs")
+# Every Job the operator creates carries its TranscriptionJob's uid as a label.
+MANAGED = {naming.LABEL_JOB_UID: kopf.PRESENT}
+Obj = dict[str, Any]
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf's bookkeeping lives in annotations, so status stays ours alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=naming.GROUP, key="last-handled-configuration")
+    # Only our own events (kopf.event/warn) and kopf's warnings reach the API; kopf's
+    # per-handler "succeeded" chatter stays in the operator log.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    # One operator replica is the default; peering (a KopfPeering object) only on request.
+    peering = os.environ.get("WHISPERFLEET_PEERING", "").strip()
+    settings.peering.standalone = not peering
+    if peering:
+        settings.peering.name = peering
+    memo.settings = OperatorSettings.from_env()
+    memo.kube = kube.Kube.from_environment()
+    memo.locks = defaultdict(threading.Lock)
+    memo.locks_guard = threading.Lock()
+
+
+@kopf.on.cleanup()
+def close(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "kube", None) is not None:
+        memo.kube.close()
+
+
+@kopf.on.create(*TJ, id="start")
+def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconcile(memo, body.metadata.namespace or "", body.metadata.name or "")
+
+
+@kopf.on.resume(*TJ, id="resume")
+def resume(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconcile(memo, body.metadata.namespace or "", body.metadata.name or "")
+
+
+@kopf.on.update(*TJ, field="spec.suspend", id="suspend")
+def suspend_changed(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
+    # Only the worker Job: the planner merely lists storage and needs no GPU. Before the
+    # worker Job exists, the builder reads spec.suspend when it creates it.
+    # A Kueue-queued Job is admitted by Kueue unsuspending it: resuming must leave that to
+    # Kueue, or the Job would start without a quota reservation.
+    ns = body.metadata.namespace or ""
+    if new or not (body.spec.get("queueName") or ""):
+        patch = {"spec": {"suspend": bool(new)}}
+        memo.kube.patch(kube.JOBS, ns, naming.worker_job_name(body), patch)
+    reconcile(memo, ns, body.metadata.name or "")
+
+
+@kopf.on.update(*TJ, field="spec.workers.parallelism", id="parallelism")
+def parallelism_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    value = jobs.parallelism(body)  # type: ignore[arg-type]  # a Mapping is all it reads
+    memo.kube.patch(kube.JOBS, body.metadata.namespace or "", naming.worker_job_name(body),
+                    {"spec": {"parallelism": value}})
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def job_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        return  # garbage collection after the TranscriptionJob went; nothing to report to
+    for ref in body.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP):
+            reconcile(memo, body.metadata.namespace or "", ref["name"])
+
+
+def _lock(memo: kopf.Memo, key: tuple[str, str]) -> threading.Lock:
+    with memo.locks_guard:
+        lock: threading.Lock = memo.locks[key]
+        return lock
+
+
+def reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """Bring one TranscriptionJob a step forward and publish its status; idempotent."""
+    with _lock(memo, (namespace, name)):
+        k: kube.Kube = memo.kube
+        tj = k.get(kube.TRANSCRIPTION_JOBS, namespace, name)
+        if tj is None or (tj.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        old = tj.get("status") or {}
+        if status.is_terminal(old):
+            return  # final; the Jobs' pods may be gone (TTL), so never recount
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            new = _advance(k, memo.settings, tj, now)
+        except ValueError as exc:  # a spec the builders refuse; retrying cannot fix it
+            new = status.invalid_spec_status(tj, str(exc), now)
+        if any(old.get(key) != value for key, value in new.items()):
+            k.patch(kube.TRANSCRIPTION_JOBS, namespace, name, {"status": new}, status=True)
+        for event_type, reason, message in status.transitions(old, new):
+            kopf.event(tj, type=event_type, reason=reason, message=message)
+
+
+def _advance(k: kube.Kube, settings: OperatorSettings, tj: Obj, now: str) -> Obj:
+    namespace = tj["metadata"]["namespace"]
+    uid = tj["metadata"]["uid"]
+    if not status.is_planned(tj.get("status")):
+        planner_name = naming.planner_job_name(tj)
+        planner = k.get(kube.JOBS, namespace, planner_name)
+        if planner is None:
+            k.create(kube.JOBS, namespace, jobs.build_planner_job(tj, settings))
+            outcome = status.PlannerOutcome("running")
+        else:
+            pods = k.list_pods(namespace, uid, naming.COMPONENT_PLANNER)
+            outcome = status.planner_outcome(planner, pods)
+        planned = status.planning_status(tj, outcome, planner_name, now)
+        if outcome.state != "succeeded":
+            return planned
+        tj = {**tj, "status": {**(tj.get("status") or {}), **planned}}
+
+    worker_name = naming.worker_job_name(tj)
+    worker = k.get(kube.JOBS, namespace, worker_name)
+    if worker is None:
+        claim_template = gpu.build_resource_claim_template(tj, settings)
+        if claim_template is not None:
+            k.create(kube.CLAIM_TEMPLATES, namespace, claim_template)
+        body = jobs.build_worker_job(tj, status.plan_from_status(tj["status"]), settings)
+        k.create(kube.JOBS, namespace, body)
+        worker = k.get(kube.JOBS, namespace, worker_name) or body
+    pods = k.list_pods(namespace, uid, naming.COMPONENT_WORKER)
+    return status.running_status(tj, worker, pods, now)

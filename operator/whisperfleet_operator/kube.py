@@ -1,0 +1,121 @@
+"""The operator's edge: every Kubernetes API call it makes (except kopf's own).
+
+Bodies go in and come out as plain dicts (`_preload_content=False` + JSON), so what the
+pure builders produce is exactly what is sent, and no client model validation gets in the
+way of reading what the API server returns. Never reads Secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from . import naming
+
+logger = logging.getLogger(__name__)
+
+JOBS = ("batch", "v1", "jobs")
+CLAIM_TEMPLATES = ("resource.k8s.io", "v1", "resourceclaimtemplates")
+TRANSCRIPTION_JOBS = (naming.GROUP, naming.VERSION, "transcriptionjobs")
+TIMEOUT = 30  # seconds per call; a stuck API call must not block a handler thread forever
+Obj = dict[str, Any]
+
+
+class Kube:
+    """A thin wrapper over the `kubernetes` client for the objects whisperfleet manages.
+
+    Jobs, claim templates and TranscriptionJobs all go through the generic
+    group/version/plural calls: they take and return plain dicts, where the typed calls
+    would first coerce our manifests into client models (and could drop newer fields).
+    """
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.objects = client.CustomObjectsApi(api)
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster service account first, then the kubeconfig (as kopf itself does)."""
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            # $KUBECONFIG read now, not when the client library was imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                    client_configuration=configuration)
+        # Transient API errors (throttling, restarts) are retried rather than lost: Job
+        # events are not re-delivered, so a failed status update would stay stale.
+        configuration.retries = urllib3.Retry(
+            total=4, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+            allowed_methods=None, raise_on_status=False,
+        )
+        return cls(client.ApiClient(configuration))
+
+    def close(self) -> None:
+        self.api.close()
+
+    # --- generic, by (group, version, plural) ---------------------------------------------
+
+    def create(self, gvp: tuple[str, str, str], namespace: str, body: Obj) -> bool:
+        """Create; False (and no error) when it already exists — restarts never duplicate."""
+        try:
+            self.objects.create_namespaced_custom_object(
+                *gvp[:2], namespace, gvp[2], body, _preload_content=False,
+                _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        logger.info("created %s %s/%s", body.get("kind"), namespace,
+                    (body.get("metadata") or {}).get("name"))
+        return True
+
+    def get(self, gvp: tuple[str, str, str], namespace: str, name: str) -> Obj | None:
+        try:
+            response = self.objects.get_namespaced_custom_object(
+                *gvp[:2], namespace, gvp[2], name, _preload_content=False,
+                _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _json(response)
+
+    def patch(self, gvp: tuple[str, str, str], namespace: str, name: str, patch: Obj,
+              *, status: bool = False) -> bool:
+        """JSON merge patch (valid for built-in and custom resources alike); False on 404."""
+        fn = (self.objects.patch_namespaced_custom_object_status if status
+              else self.objects.patch_namespaced_custom_object)
+        try:
+            fn(*gvp[:2], namespace, gvp[2], name, patch, _preload_content=False,
+               _request_timeout=TIMEOUT, _content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # --- specific ----------------------------------------------------------------------------
+
+    def list_pods(self, namespace: str, job_uid: str, component: str) -> list[Obj]:
+        labels = {naming.LABEL_JOB_UID: job_uid, naming.LABEL_COMPONENT: component}
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        items = _json(self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False,
+            _request_timeout=TIMEOUT)).get("items") or []
+        # The server applies the selector; re-checking costs nothing and keeps the
+        # aggregation right against API servers (or emulators) that ignore selectors.
+        return [p for p in items
+                if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v
+                       for k, v in labels.items())]
+
+
+def _json(response: Any) -> Obj:
+    return json.loads(response.data or b"{}")

@@ -1,0 +1,171 @@
+"""Pure status aggregation: what `kubectl get tj -o yaml` shows for given Jobs and pods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from whisperfleet_operator import status as st
+from whisperfleet_runner.config import FileFailure, GpuIdentity, PlanReport, ShardReport
+
+NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"
+Obj = dict[str, Any]
+
+
+def tj(status: Obj | None = None, **spec: Any) -> Obj:
+    return {"metadata": {"name": "t", "namespace": "ns", "uid": "u", "generation": 3},
+            "spec": spec, "status": status or {}}
+
+
+def pod(message: str, *, phase: str = "Succeeded", index: int | None = None,
+        finished: str = NOW, name: str = "p") -> Obj:
+    annotations = {} if index is None else {"batch.kubernetes.io/job-completion-index": str(index)}
+    return {"metadata": {"name": name, "annotations": annotations},
+            "spec": {"nodeName": "node-a"},
+            "status": {"phase": phase, "containerStatuses": [{"name": "runner", "state": {
+                "terminated": {"message": message, "finishedAt": finished}}}]}}
+
+
+def job(*conditions: tuple[str, str], **status: Any) -> Obj:
+    return {"metadata": {"name": "t-work"}, "status": {**status, "conditions": [
+        {"type": t, "status": "True", "reason": r, "message": f"{t} because {r}"}
+        for t, r in conditions]}}
+
+
+def planned_status() -> Obj:
+    out = st.planning_status(tj(), st.PlannerOutcome("succeeded", PlanReport(
+        files=4, shards=2, manifest_uri="s3://b/m.jsonl")), "t-plan", NOW)
+    return out
+
+
+def report(shard: int, ok: int, failed: tuple[str, ...] = (), seconds: float = 30.0) -> str:
+    return ShardReport(
+        shard=shard, total=ok + len(failed), succeeded=ok, failed=len(failed),
+        audio_seconds=seconds, pod=f"w-{shard}", node="node-a",
+        gpus=[GpuIdentity(uuid=f"GPU-{shard}", name="A100", memory_mib=40960, device_index=0)],
+        failures=[FileFailure(uri=u, reason="InvalidMedia") for u in failed]).to_json()
+
+
+def cond(status: Obj, type_: str) -> Obj:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_index_sets_follow_kubernetes_notation() -> None:
+    assert st.parse_indexes("1,3-5,7") == {1, 3, 4, 5, 7}
+    assert st.parse_indexes("") == set() and st.parse_indexes(None) == set()
+
+
+def test_condition_transition_time_moves_only_when_status_flips() -> None:
+    first = st.set_condition([], "Running", True, "ShardsRunning", "1 of 2", 1, NOW)
+    same = st.set_condition(first, "Running", True, "ShardsRunning", "2 of 2", 2, LATER)
+    assert same[0]["lastTransitionTime"] == NOW and same[0]["message"] == "2 of 2"
+    assert same[0]["observedGeneration"] == 2
+    flipped = st.set_condition(same, "Running", False, "Succeeded", "done", 2, LATER)
+    assert flipped[0]["lastTransitionTime"] == LATER and len(flipped) == 1
+
+
+def test_condition_reasons_are_valid_for_the_api() -> None:
+    # metav1.Condition reasons must match ^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$
+    out = st.set_condition([], "Failed", True, "bucket not-found!", "m", 1, NOW)
+    assert out[0]["reason"] == "bucketnotfound"
+    assert st.set_condition([], "Failed", True, "", "m", 1, NOW)[0]["reason"] == "Failed"
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (45, "45s"), (750, "12m30s"), (3 * 3600 + 300, "3h05m"), (2 * 86400 + 4 * 3600, "2d04h")])
+def test_audio_duration_for_the_printer_column(seconds: float, text: str) -> None:
+    assert st.format_duration(seconds) == text
+
+
+def test_planner_running_then_plan_read_from_its_termination_message() -> None:
+    assert st.planner_outcome({"status": {"active": 1}}, []).state == "running"
+    plan = PlanReport(files=3, shards=1, manifest_uri="s3://b/m")
+    outcome = st.planner_outcome(job(("Complete", "")), [pod(plan.to_json())])
+    assert outcome.state == "succeeded" and outcome.plan == plan
+
+
+def test_planner_error_reason_wins_over_the_job_reason() -> None:
+    text = PlanReport(error_reason="BucketNotFound", error_message="no bucket b").to_json()
+    outcome = st.planner_outcome(job(("Failed", "PodFailurePolicy")), [pod(text, phase="Failed")])
+    assert (outcome.state, outcome.reason, outcome.message) == (
+        "failed", "BucketNotFound", "no bucket b")
+    failed = st.planning_status(tj(), outcome, "t-plan", NOW)
+    assert failed["phase"] == "Failed" and cond(failed, "Failed")["reason"] == "BucketNotFound"
+
+
+def test_planner_without_report_or_files_fails_clearly() -> None:
+    assert st.planner_outcome(job(("Complete", "")), [pod("garbage{")]).reason == \
+        "PlanUnreadable"
+    empty = PlanReport(files=0, shards=0).to_json()
+    assert st.planner_outcome(job(("Complete", "")), [pod(empty)]).reason == "NoMatchingFiles"
+    assert st.planner_outcome(job(("Failed", "DeadlineExceeded")), []).reason == \
+        "DeadlineExceeded"
+
+
+def test_running_aggregates_counts_gpus_and_failures() -> None:
+    base = tj(planned_status())
+    pods = [pod(report(0, 2, seconds=90.0), index=0, name="w-0", finished=NOW),
+            pod(report(1, 1, ("s3://b/bad.mp3",)), phase="Failed", index=1, name="w-1",
+                finished=LATER)]
+    out = st.running_status(base, job(active=1, succeeded=1, completedIndexes="0"), pods, LATER)
+    assert out["phase"] == "Running"
+    assert out["files"] == {"total": 4, "succeeded": 3, "failed": 1, "skipped": 0}
+    assert out["shards"] == {"total": 2, "succeeded": 1, "failed": 0, "active": 1}
+    assert out["audioSeconds"] == 120.0 and out["filesSummary"] == "3/4"
+    assert [w["pod"] for w in out["workers"]] == ["w-1", "w-0"]  # newest first
+    assert out["workers"][0]["gpus"] == [
+        {"uuid": "GPU-1", "name": "A100", "memoryMiB": 40960, "deviceIndex": 0}]
+    assert out["failures"] == [{"uri": "s3://b/bad.mp3", "reason": "InvalidMedia"}]
+    assert cond(out, "Planned")["status"] == "True"
+    assert out["observedGeneration"] == 3 and out["startTime"] == NOW
+
+
+def test_a_retried_shard_counts_once_preferring_its_success() -> None:
+    base = tj(planned_status())
+    pods = [pod(report(0, 0, ("s3://b/x.wav",)), phase="Failed", index=0, name="a",
+                finished=LATER),
+            pod(report(0, 2), index=0, name="b", finished=NOW)]
+    out = st.running_status(base, job(succeeded=1, completedIndexes="0"), pods, LATER)
+    assert out["files"]["succeeded"] == 2 and out["files"]["failed"] == 0
+
+
+@pytest.mark.parametrize(("conditions", "extra", "phase"), [
+    ([("Complete", "")], {}, "Succeeded"),
+    ([("Failed", "FailedIndexes")], {"completedIndexes": "0", "failedIndexes": "1"},
+     "PartiallySucceeded"),
+    ([("Failed", "MaxFailedIndexesExceeded")], {"failedIndexes": "0-1"}, "Failed"),
+    ([("Failed", "DeadlineExceeded")], {"completedIndexes": "0"}, "Failed"),
+])
+def test_job_outcome_to_phase(conditions: list[tuple[str, str]], extra: Obj, phase: str) -> None:
+    out = st.running_status(tj(planned_status()), job(*conditions, **extra), [], LATER)
+    assert out["phase"] == phase
+    assert out["completionTime"] == LATER
+    assert cond(out, "Running")["status"] == "False"
+    if phase == "Failed":
+        assert cond(out, "Failed")["reason"] == conditions[0][1]
+
+
+def test_suspended_then_resumed_conditions() -> None:
+    paused = st.running_status(tj(planned_status(), suspend=True), job(), [], NOW)
+    assert paused["phase"] == "Suspended" and cond(paused, "Suspended")["status"] == "True"
+    resumed = st.running_status(tj(paused), job(active=2), [], LATER)
+    assert resumed["phase"] == "Running"
+    assert (cond(resumed, "Suspended")["status"], cond(resumed, "Suspended")["reason"]) == (
+        "False", "Resumed")
+    assert [r for _t, r, _m in st.transitions(paused, resumed)] == ["Resumed"]
+
+
+def test_transitions_name_what_changed() -> None:
+    planning = st.planning_status(tj(), st.PlannerOutcome("running"), "t-plan", NOW)
+    assert [r for _t, r, _m in st.transitions({}, planning)] == ["Planning"]
+    running = st.running_status(tj(planned_status()), job(active=1), [], NOW)
+    assert [r for _t, r, _m in st.transitions(planning, running)] == ["Planned", "Running"]
+    assert st.transitions(running, running) == []
+    failed = st.running_status(tj(running), job(("Failed", "BackoffLimitExceeded")), [], NOW)
+    assert st.transitions(running, failed)[0][:2] == ("Warning", "BackoffLimitExceeded")
+
+
+def test_invalid_spec_fails_naming_the_field() -> None:
+    out = st.invalid_spec_status(tj(), "spec.workers.parallelism must be at least 1", NOW)
+    assert out["phase"] == "Failed" and "parallelism" in cond(out, "Failed")["message"]
