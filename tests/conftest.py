@@ -103,6 +103,7 @@ def fake_nvml(
     for subprocesses and spawned workers.
     """
     monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # the developer's own must not leak
     saved = sys.modules.pop("pynvml", None)
     import pynvml
 

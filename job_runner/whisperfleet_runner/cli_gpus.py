@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from whisperfleet_runner import devices, nvml
+from whisperfleet_runner import gpu_choice, nvml
 from whisperfleet_runner.cli import main
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
     try:
-        return devices.parse_size(value)
+        return gpu_choice.parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
 

@@ -18,6 +18,7 @@ EXIT_USAGE = 2  # bad usage, bad spec or nothing usable
 EXIT_NO_GPU = 3  # a GPU was required (device cuda) but none allocated/usable
 EXIT_BAD_INPUT = 42  # a shard finished, but some of its files are bad media: FailIndex, no retry
 EXIT_STORAGE = 43  # input/output storage unreachable (missing bucket, bad credentials)
+EXIT_INTERRUPTED = 130  # CLI stopped by Ctrl-C (128 + SIGINT); a re-run resumes
 
 # --- defaults --------------------------------------------------------------------------
 DEFAULT_INCLUDE: tuple[str, ...] = (

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from whisperfleet_runner import config, nvml
 from whisperfleet_runner.nvml import GpuInfo
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 VOLUME_MOUNTS_DIR = "/var/run/nvidia-container-devices"
 _NOTHING = ("", "none", "void")
-_INDEX = re.compile(r"^(\d+)(?::(\d+))?$")  # "2" or the MIG address "2:1"
+INDEX_PATTERN = re.compile(r"^(\d+)(?::(\d+))?$")  # "2" or the MIG address "2:1"
 
 
 class NoGpuError(RuntimeError):
@@ -31,9 +32,10 @@ class NoGpuError(RuntimeError):
 
     exit_code = config.EXIT_NO_GPU
 
-    def __init__(self, message: str, choice: LocalChoice | None = None) -> None:
+    def __init__(self, message: str, choice: Any = None) -> None:
         super().__init__(message)
-        self.choice = choice  # for choose_local: what was seen and why each GPU was refused
+        # gpu_choice.LocalChoice, for choose_local: what was seen and why each was refused
+        self.choice = choice
 
 
 class GpuNotVisibleError(NoGpuError):
@@ -111,7 +113,7 @@ def select_allocated(
     else:
         allocated = _match_allocation(source, wanted, visible, unavailable)
     if "CUDA_VISIBLE_DEVICES" in env:
-        cuda_view = _cuda_enumeration(visible, env["CUDA_VISIBLE_DEVICES"], warnings)
+        cuda_view = cuda_enumeration(visible, env["CUDA_VISIBLE_DEVICES"], warnings)
     else:
         cuda_view = list(visible)
     chosen = [g for g in cuda_view if g in allocated]
@@ -183,11 +185,11 @@ def _match_allocation(
     found: list[GpuInfo] = []
     missing: list[str] = []
     for ident in wanted:
-        matches = _lookup(visible, ident, prefix=False)
+        matches = lookup(visible, ident, prefix=False)
         found.extend(g for g in matches if g not in found)
         if not matches:
             missing.append(ident)
-    indices_only = all(_INDEX.match(i) for i in wanted)
+    indices_only = all(INDEX_PATTERN.match(i) for i in wanted)
     if missing and indices_only and len(visible) == len(wanted):
         # The container runtime renumbers: host GPUs 2,3 appear as NVML 0,1 inside the pod.
         return list(visible)
@@ -200,9 +202,9 @@ def _match_allocation(
     return [g for g in visible if g in found]  # NVML (PCI) order, as CUDA will number them
 
 
-def _lookup(gpus: Sequence[GpuInfo], ident: str, *, prefix: bool) -> list[GpuInfo]:
+def lookup(gpus: Sequence[GpuInfo], ident: str, *, prefix: bool) -> list[GpuInfo]:
     """GPUs named by an index ("2", every MIG instance of GPU 2), "2:1", or a uuid (prefix)."""
-    index = _INDEX.match(ident)
+    index = INDEX_PATTERN.match(ident)
     if index:
         gpu_index, mig = int(index.group(1)), index.group(2)
         return [g for g in gpus if g.index == gpu_index
@@ -213,7 +215,7 @@ def _lookup(gpus: Sequence[GpuInfo], ident: str, *, prefix: bool) -> list[GpuInf
     return [g for g in gpus if g.uuid.lower() == key]
 
 
-def _cuda_enumeration(visible: list[GpuInfo], value: str, warnings: list[str]) -> list[GpuInfo]:
+def cuda_enumeration(visible: list[GpuInfo], value: str, warnings: list[str]) -> list[GpuInfo]:
     """What CUDA enumerates under CUDA_VISIBLE_DEVICES=value, in that order.
 
     Entries are CUDA ordinals (PCI order), UUIDs or unique UUID prefixes ("GPU-8f3", "MIG-…").
@@ -228,7 +230,7 @@ def _cuda_enumeration(visible: list[GpuInfo], value: str, warnings: list[str]) -
         if entry.isdigit():
             matches = [visible[int(entry)]] if int(entry) < len(visible) else []
         elif entry[:4].upper() in ("GPU-", "MIG-"):
-            matches = _lookup(visible, entry, prefix=True)
+            matches = lookup(visible, entry, prefix=True)
         else:
             matches = []
         if len(matches) != 1 or matches[0] in result:
@@ -255,112 +257,6 @@ def _why_no_gpu(
     if not visible:
         return "NVML sees no GPU"
     return f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} hides every allocated GPU"
-
-
-@dataclass
-class Refusal:
-    """Why a GPU (or a requested GPU that does not exist) is not used."""
-
-    target: str  # "GPU 1 GPU-…" or the --gpus entry that matched nothing
-    reason: str
-    gpu: GpuInfo | None = None
-
-
-@dataclass
-class LocalChoice:
-    device: str  # "cuda" or "cpu"
-    gpus: list[GpuInfo]  # chosen, in NVML order; one worker per GPU
-    seen: list[GpuInfo] = field(default_factory=list)
-    refused: list[Refusal] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def report(self) -> list[str]:
-        """Which GPUs were seen and why each was refused, one line each, for the user."""
-        chosen = {g.uuid for g in self.gpus}
-        lines = [f"{g.describe()}: used" for g in self.seen if g.uuid in chosen]
-        lines += [f"{r.target}: refused, {r.reason}" for r in self.refused]
-        return lines or ["no GPU seen"]
-
-
-def choose_local(
-    gpus: str = "all", min_free_mib: int = 0, device: str = "auto"
-) -> LocalChoice:
-    """Pick GPUs on this machine for the local CLI.
-
-    `gpus` is "all" or a comma list of nvidia-smi indices ("0,2"; "0:1" for a MIG instance)
-    and/or UUIDs or unique UUID prefixes. GPUs with less than `min_free_mib` free are refused
-    as busy. Nothing usable: device="cuda" raises NoGpuError, "auto" falls back to CPU.
-    """
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
-    if device == "cpu":
-        return LocalChoice("cpu", [])
-    entries = _parse_gpu_list(gpus)
-    warnings: list[str] = []
-    try:
-        seen = nvml.list_gpus()
-    except nvml.NvmlUnavailable as exc:
-        seen = []
-        warnings.append(f"NVML is unavailable: {exc}")
-    refused: list[Refusal] = []
-    wanted: list[GpuInfo] = list(seen) if entries is None else []
-    for entry in entries or []:
-        matches = _lookup(seen, entry, prefix=not _INDEX.match(entry))
-        if not matches or (len(matches) > 1 and not _INDEX.match(entry)):
-            known = ", ".join(g.label for g in seen) or "none"
-            what = "ambiguous" if matches else "not found"
-            refused.append(Refusal(entry, f"{what} (--gpus {entry}; GPUs seen: {known})"))
-            continue
-        wanted.extend(g for g in matches if g not in wanted)
-    chosen: list[GpuInfo] = []
-    for gpu in seen:
-        target = f"GPU {gpu.label} {gpu.uuid} ({gpu.name})"
-        if gpu not in wanted:
-            refused.append(Refusal(target, f"not selected by --gpus {gpus}", gpu))
-        elif gpu.memory_free_mib < min_free_mib:
-            refused.append(Refusal(
-                target, f"busy: {gpu.memory_free_mib} MiB free < {min_free_mib} MiB required", gpu
-            ))
-        else:
-            chosen.append(gpu)
-    choice = LocalChoice("cuda" if chosen else "cpu", chosen, seen, refused, warnings)
-    if not chosen:
-        why = "; ".join(warnings + [f"{r.target}: {r.reason}" for r in refused]) or "no GPU seen"
-        if device == "cuda":
-            raise NoGpuError(f"device cuda was requested but no GPU is usable: {why}", choice)
-        choice.warnings = [f"no usable GPU ({why}); running on CPU"]
-    return choice
-
-
-def _parse_gpu_list(spec: str) -> list[str] | None:
-    text = spec.strip()
-    if text.lower() == "all":
-        return None
-    entries = [e.strip() for e in text.split(",") if e.strip()]
-    if not entries:
-        raise ValueError("--gpus is empty; use all, indices like 0,2, or GPU UUIDs")
-    for entry in entries:
-        if not (_INDEX.match(entry) or entry[:4].upper() in ("GPU-", "MIG-")):
-            raise ValueError(
-                f"--gpus entry {entry!r} is neither an nvidia-smi index (0,2), a MIG address "
-                f"(0:1) nor a UUID (GPU-…, MIG-…)"
-            )
-    return entries
-
-
-_UNITS = {"": 2**20, "b": 1, "k": 10**3, "kb": 10**3, "ki": 2**10, "kib": 2**10,
-          "m": 10**6, "mb": 10**6, "mi": 2**20, "mib": 2**20, "g": 10**9, "gb": 10**9,
-          "gi": 2**30, "gib": 2**30, "t": 10**12, "tb": 10**12, "ti": 2**40, "tib": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """A memory size in MiB (rounded down): "4GiB" → 4096, "4Gi", "512MiB", "4GB" (decimal);
-    a bare number is MiB."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _UNITS:
-        raise ValueError(f"cannot read memory size {text!r}; use e.g. 4GiB, 512MiB or 4096")
-    return int(float(match.group(1)) * _UNITS[unit]) // 2**20
 
 
 def bind_environment(gpus: Sequence[GpuInfo]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from whisperfleet_operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from faster_whisper import decode_audio
+
 from whisperfleet_runner.audio import SAMPLE_RATE, BadMediaError, decode, duration
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from faster_whisper import BatchedInferencePipeline, WhisperModel
+
 from whisperfleet_runner import audio
 from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.engine import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from whisperfleet_runner import config, devices
+from whisperfleet_runner import config, devices, gpu_choice
 from whisperfleet_runner.devices import GpuNotVisibleError, NoGpuError
 
 
@@ -247,7 +247,7 @@ def test_ensure_pci_bus_order() -> None:
 
 def test_choose_local_skips_busy_gpus(fake_nvml) -> None:
     fake_nvml([gpu(0, free=30000), gpu(1, free=1000), gpu(2, free=20000), gpu(3, free=500)])
-    choice = devices.choose_local("all", min_free_mib=devices.parse_size("4GiB"))
+    choice = gpu_choice.choose_local("all", min_free_mib=gpu_choice.parse_size("4GiB"))
     assert choice.device == "cuda" and [g.index for g in choice.gpus] == [0, 2]
     assert {r.gpu.index: r.reason for r in choice.refused if r.gpu} == {
         1: "busy: 1000 MiB free < 4096 MiB required",
@@ -257,18 +257,29 @@ def test_choose_local_skips_busy_gpus(fake_nvml) -> None:
     assert f"GPU 1 {uuid(1)}" in report and "refused, busy" in report and "used" in report
 
 
+def test_choose_local_all_honours_a_preset_cuda_visible_devices(fake_nvml) -> None:
+    fake_nvml([gpu(0), gpu(1), gpu(2), gpu(3)])
+    choice = gpu_choice.choose_local("all", environ={"CUDA_VISIBLE_DEVICES": f"2,{uuid(0)}"})
+    assert [g.index for g in choice.gpus] == [0, 2]
+    hidden = {r.gpu.index: r.reason for r in choice.refused if r.gpu}
+    assert set(hidden) == {1, 3} and "hidden by CUDA_VISIBLE_DEVICES" in hidden[1]
+    # An explicit --gpus is the user's newer word and wins over the exported variable.
+    explicit = gpu_choice.choose_local("1", environ={"CUDA_VISIBLE_DEVICES": "2"})
+    assert [g.index for g in explicit.gpus] == [1]
+
+
 def test_choose_local_by_index_and_uuid(fake_nvml) -> None:
     fake_nvml([gpu(0), gpu(1), gpu(2)])
-    choice = devices.choose_local("0,2")
+    choice = gpu_choice.choose_local("0,2")
     assert [g.index for g in choice.gpus] == [0, 2]
     assert [(r.gpu.index, r.reason) for r in choice.refused if r.gpu] == [
         (1, "not selected by --gpus 0,2")]
-    assert [g.index for g in devices.choose_local(f"{uuid(1)[:8]}").gpus] == [1]
+    assert [g.index for g in gpu_choice.choose_local(f"{uuid(1)[:8]}").gpus] == [1]
 
 
 def test_choose_local_reports_missing_and_ambiguous(fake_nvml) -> None:
     fake_nvml([gpu(0), gpu(1)])
-    choice = devices.choose_local("1,5,GPU-")
+    choice = gpu_choice.choose_local("1,5,GPU-")
     assert [g.index for g in choice.gpus] == [1]
     reasons = {r.target: r.reason for r in choice.refused if r.gpu is None}
     assert reasons["5"].startswith("not found") and "GPUs seen: 0, 1" in reasons["5"]
@@ -277,35 +288,35 @@ def test_choose_local_reports_missing_and_ambiguous(fake_nvml) -> None:
 
 def test_choose_local_nothing_usable(fake_nvml) -> None:
     fake_nvml([gpu(0, free=100), gpu(1, free=200)])
-    choice = devices.choose_local("all", min_free_mib=1000)
+    choice = gpu_choice.choose_local("all", min_free_mib=1000)
     assert choice.device == "cpu" and choice.gpus == []
     (warning,) = choice.warnings
     assert "running on CPU" in warning and "busy: 100 MiB free" in warning
     with pytest.raises(NoGpuError, match="busy: 200 MiB free") as info:
-        devices.choose_local("all", min_free_mib=1000, device="cuda")
+        gpu_choice.choose_local("all", min_free_mib=1000, device="cuda")
     assert info.value.choice is not None and len(info.value.choice.refused) == 2
 
 
 def test_choose_local_without_driver(fake_nvml) -> None:
     fake_nvml(None)
-    choice = devices.choose_local()
+    choice = gpu_choice.choose_local()
     assert choice.device == "cpu" and "Driver Not Loaded" in choice.warnings[0]
-    assert devices.choose_local(device="cpu").device == "cpu"
+    assert gpu_choice.choose_local(device="cpu").device == "cpu"
 
 
 def test_choose_local_mig_addresses(fake_nvml) -> None:
     fake_nvml([{**gpu(0), "mig": [{"uuid": "MIG-a", "profile": "1g.5gb", "memory_total_mib": 4864},
                                   {"uuid": "MIG-b", "profile": "1g.5gb",
                                    "memory_total_mib": 4864}]}, gpu(1)])
-    assert [g.uuid for g in devices.choose_local("0:1").gpus] == ["MIG-b"]
-    assert [g.uuid for g in devices.choose_local("0").gpus] == ["MIG-a", "MIG-b"]
+    assert [g.uuid for g in gpu_choice.choose_local("0:1").gpus] == ["MIG-b"]
+    assert [g.uuid for g in gpu_choice.choose_local("0").gpus] == ["MIG-a", "MIG-b"]
 
 
 @pytest.mark.parametrize("spec", ["abc", "0,x", "", " , "])
 def test_choose_local_rejects_bad_specs(fake_nvml, spec: str) -> None:
     fake_nvml([gpu(0)])
     with pytest.raises(ValueError, match="--gpus"):
-        devices.choose_local(spec)
+        gpu_choice.choose_local(spec)
 
 
 @pytest.mark.parametrize(
@@ -314,13 +325,13 @@ def test_choose_local_rejects_bad_specs(fake_nvml, spec: str) -> None:
      ("4GB", 3814), ("0", 0), (" 2 gib ", 2048), ("1TiB", 1048576)],
 )
 def test_parse_size(text: str, mib: int) -> None:
-    assert devices.parse_size(text) == mib
+    assert gpu_choice.parse_size(text) == mib
 
 
 @pytest.mark.parametrize("text", ["four", "4XB", "-1GiB", "", "GiB"])
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="memory size"):
-        devices.parse_size(text)
+        gpu_choice.parse_size(text)
 
 
 # --- worker binding, compute type, identity --------------------------------------------
@@ -328,7 +339,7 @@ def test_parse_size_rejects(text: str) -> None:
 
 def test_bind_environment_pins_a_worker_to_its_gpus(fake_nvml) -> None:
     fake_nvml([gpu(0), gpu(1), gpu(2)])
-    chosen = devices.choose_local("2,0").gpus
+    chosen = gpu_choice.choose_local("2,0").gpus
     assert devices.bind_environment(chosen) == {
         "CUDA_VISIBLE_DEVICES": f"{uuid(0)},{uuid(2)}", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     # Inside such a worker, the same GPUs are all that is visible: ordinals 0..n-1.
@@ -363,7 +374,7 @@ def test_selection_compute_capability_is_the_lowest(fake_nvml) -> None:
 
 def test_to_identity(fake_nvml) -> None:
     fake_nvml([gpu(0, free=1000, cc="8.9")])
-    (info,) = devices.choose_local().gpus
+    (info,) = gpu_choice.choose_local().gpus
     identity = devices.to_identity(info, 3)
     assert identity == config.GpuIdentity(
         uuid=uuid(0), name="NVIDIA A100-SXM4-40GB", memory_mib=40960, device_index=3,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from whisperfleet_runner import config
 from whisperfleet_runner.models import ModelNotFoundError, resolve_model
 

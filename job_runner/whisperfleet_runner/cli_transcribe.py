@@ -1,0 +1,164 @@
+"""`whisperfleet transcribe INPUT... -o OUTPUT`: the local batch over every GPU of this machine.
+
+Thin: options come from `options`, input gathering and scheduling from `local`, the display
+from `progress`. Exit codes: 0 every file done or skipped, 1 some failed, 2 bad usage or
+nothing usable, 130 interrupted (a re-run resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from whisperfleet_runner import config, options
+from whisperfleet_runner.cli import main
+
+log = logging.getLogger(__name__)
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    # With the live display, only warnings interrupt it; --quiet logs every file instead.
+    level = logging.DEBUG if verbose else logging.INFO if quiet else logging.WARNING
+    handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
+                          rich_tracebacks=False, log_time_format="[%X]")
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    # Library chatter (botocore, faster_whisper) only when asked for.
+    for noisy in ("botocore", "s3fs", "fsspec", "urllib3", "faster_whisper", "aiobotocore"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _fail(message: str, code: int = config.EXIT_USAGE) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@main.command("transcribe")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", required=True, metavar="FOLDER|URI",
+              help="Output folder or prefix (s3://…); outputs mirror the input paths.")
+@options.transcription_options
+@options.output_options
+@options.device_options
+@click.option("-q", "--quiet", is_flag=True, help="No live display: log lines only.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--summary-json", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the run summary as JSON to this file.")
+def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbose: bool,
+                       summary_json: str | None, **kw: Any) -> None:
+    """Transcribe INPUT files, folders (recursive), globs or URIs into OUTPUT.
+
+    One worker process per chosen GPU, longest files first; files whose outputs all exist
+    are skipped, so re-running after Ctrl-C or a failure finishes the rest.
+    """
+    _configure_logging(quiet, verbose)
+    from whisperfleet_runner import devices, gpu_choice, local, local_worker, storage
+
+    output = _output_uri(output)
+    order = config.WorkOrder(
+        job_uid="local", input_uri=inputs[0],
+        output=options.build_output(output, kw["formats"], kw["overwrite"]),
+        include=kw["include"],
+        model=options.build_model(kw["model"], kw["model_cache"], kw["compute_type"]),
+        transcription=options.build_transcription(
+            kw["language"], kw["task"], kw["beam_size"], kw["batch_size"], kw["vad_filter"],
+            kw["word_timestamps"], kw["initial_prompt"], kw["pack_short_clips"]),
+        device=kw["device"],
+    )
+    try:
+        choice = gpu_choice.choose_local(kw["gpus"], kw["min_free_mib"], kw["device"])
+    except devices.NoGpuError as exc:
+        lines = exc.choice.report() if exc.choice else []
+        _fail("--device cuda: no usable GPU.\n" + "\n".join(f"  {ln}" for ln in lines)
+              + ("\n" if lines else "") + f"  ({exc})")
+        return
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--gpus") from exc
+    for warning in choice.warnings:
+        log.warning("%s", warning)
+    if choice.device == "cuda":
+        for refusal in choice.refused:
+            log.warning("not using %s: %s", refusal.target, refusal.reason)
+    try:
+        storage_check(output)
+        gathered = local.gather(inputs, order.include, output)
+    except (local.InputError, storage.StorageError) as exc:
+        _fail(str(exc))
+        return
+    specs = local_worker.plan_workers(choice.device, choice.gpus, order.model.compute_type,
+                                      os.environ)
+    if local_worker.gpu_on_cpu(os.environ) and choice.device == "cuda":
+        log.warning("test switch %s: workers bound to the fake GPUs run the model on the CPU",
+                    local_worker.ENV_GPU_ON_CPU)
+    specs = specs[: max(1, len(gathered.files))]  # an idle worker would only cost a spawn
+    observer = local_progress(quiet)
+    with observer:
+        summary = local.run(gathered, order, specs, observer)
+    _report(summary, choice, quiet, summary_json)
+    sys.exit(exit_code(summary))
+
+
+def _output_uri(output: str) -> str:
+    from whisperfleet_runner import keys
+
+    if keys.protocol(output) not in ("file", "local"):
+        return output
+    path = keys.local_path(output)
+    if os.path.exists(path) and not os.path.isdir(path):
+        _fail(f"output {output} exists and is not a folder")
+    return os.path.abspath(path)
+
+
+def storage_check(output: str) -> None:
+    """Fail before any work when the output bucket is missing or the credentials are refused."""
+    from whisperfleet_runner import keys, storage
+
+    if keys.protocol(output) not in ("file", "local"):
+        # A LIST of a prefix that holds nothing: cheap, and unlike a HEAD it tells a missing
+        # bucket (BucketNotFound) from a missing key.
+        storage.list_inputs(f"{output.rstrip('/')}/{config.STATE_DIR}/preflight/")
+
+
+def local_progress(quiet: bool) -> Any:
+    from whisperfleet_runner import progress
+
+    return progress.LogProgress() if quiet else progress.LiveProgress()
+
+
+def exit_code(summary: Any) -> int:
+    if summary.interrupted:
+        return config.EXIT_INTERRUPTED
+    if summary.nothing_usable:
+        return config.EXIT_USAGE
+    return config.EXIT_SOME_FAILED if summary.failed else config.EXIT_OK
+
+
+def _report(summary: Any, choice: Any, quiet: bool, summary_json: str | None) -> None:
+    from rich.console import Console
+
+    from whisperfleet_runner import progress
+
+    if quiet:
+        for line in progress.summary_lines(summary):
+            log.info("%s", line)
+        for line in summary.errors:
+            log.error("%s", line)
+    else:
+        console = Console()
+        if not console.is_terminal:  # piped: never cut URIs and reasons to 80 columns
+            console = Console(width=max(console.width, 160))
+        progress.print_summary(summary, console)
+    if summary_json:
+        data = summary.to_dict()
+        data["device"] = choice.device
+        data["gpus_chosen"] = [g.uuid for g in choice.gpus]
+        data["gpus_refused"] = [{"target": r.target, "reason": r.reason} for r in choice.refused]
+        with open(summary_json, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)

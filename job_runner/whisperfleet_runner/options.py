@@ -1,0 +1,137 @@
+"""Click options shared by the commands that transcribe, defined once and mapped to config.
+
+The option names mirror the TranscriptionJob spec (DESIGN §3/§5); `build_*` turn the parsed
+values into the config dataclasses, so a command never re-states a default or a choice list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from whisperfleet_runner import config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
+    unknown = [f for f in chosen if f not in config.FORMATS]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown format(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(config.FORMATS)} (comma-separated)"
+        )
+    return chosen
+
+
+def _includes(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+              ) -> tuple[str, ...]:
+    # Accept both `--include '*.wav' --include '*.mp3'` and `--include '*.wav,*.mp3'`.
+    patterns = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
+    return patterns or config.DEFAULT_INCLUDE
+
+
+def _language(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    text = (value or "").strip().lower()
+    return None if text in ("", "auto", "detect") else text
+
+
+def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    from whisperfleet_runner import gpu_choice
+
+    try:
+        return gpu_choice.parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+_TRANSCRIPTION_OPTIONS = [
+    click.option("--model", default=config.DEFAULT_MODEL, show_default=True,
+                 help="Size name (large-v3, tiny.en…), Hugging Face repo id, or a local "
+                      "CTranslate2 model directory."),
+    click.option("--model-cache", type=click.Path(file_okay=False), default=None,
+                 help=f"Folder of pre-staged models (<cache>/<name>/model.bin); also "
+                      f"${config.ENV_MODEL_CACHE}."),
+    click.option("--compute-type", type=click.Choice(config.COMPUTE_TYPES), default="auto",
+                 show_default=True,
+                 help="auto: float16 on GPUs with compute capability >= 7.0, int8 on CPU."),
+    click.option("--language", default=None, callback=_language,
+                 help="Language code (en, de…); default: detect per file."),
+    click.option("--task", type=click.Choice(config.TASKS), default="transcribe",
+                 show_default=True),
+    click.option("--beam-size", type=click.IntRange(min=1), default=config.DEFAULT_BEAM_SIZE,
+                 show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=config.DEFAULT_BATCH_SIZE,
+                 show_default=True, help="Batched inference size; 1 = sequential decoding."),
+    click.option("--vad/--no-vad", "vad_filter", default=True, show_default=True,
+                 help="Skip silence with the Silero VAD filter."),
+    click.option("--word-timestamps", is_flag=True, default=False,
+                 help="Add per-word timings to the json output."),
+    click.option("--initial-prompt", default=None, help="Text to prime the decoder with."),
+    click.option("--pack/--no-pack", "pack_short_clips", default=True, show_default=True,
+                 help="Transcribe short clips packed together into shared 30 s windows "
+                      "(needs --language or an English-only model)."),
+]
+
+_OUTPUT_OPTIONS = [
+    click.option("--formats", default=",".join(config.DEFAULT_FORMATS), callback=_formats,
+                 show_default=True, help=f"Comma-separated, from {', '.join(config.FORMATS)}."),
+    click.option("--overwrite", is_flag=True, default=False,
+                 help="Redo files whose outputs all exist (default: skip them)."),
+    click.option("--include", "include", multiple=True, callback=_includes, metavar="GLOB",
+                 help="Globs on keys relative to each input folder (repeatable; default: "
+                      "common audio/video extensions)."),
+]
+
+_DEVICE_OPTIONS = [
+    click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
+                 show_default=True,
+                 help="auto: every usable GPU, else the CPU (with a warning)."),
+    click.option("--gpus", default="all", show_default=True,
+                 help="GPUs to use: all, nvidia-smi indices (0,2), MIG addresses (0:1) or "
+                      "UUIDs (GPU-…)."),
+    click.option("--min-free-memory", "min_free_mib", default="0", callback=_size,
+                 metavar="SIZE", help="Skip GPUs with less free memory (e.g. 4GiB)."),
+]
+
+
+def _apply(decorators: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def wrap(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return wrap
+
+
+transcription_options = _apply(_TRANSCRIPTION_OPTIONS)
+output_options = _apply(_OUTPUT_OPTIONS)
+device_options = _apply(_DEVICE_OPTIONS)
+
+
+def build_model(model: str, model_cache: str | None, compute_type: str) -> config.ModelOptions:
+    return config.ModelOptions(name=model, compute_type=compute_type, cache_dir=model_cache)
+
+
+def build_transcription(
+    language: str | None,
+    task: str,
+    beam_size: int,
+    batch_size: int,
+    vad_filter: bool,
+    word_timestamps: bool,
+    initial_prompt: str | None,
+    pack_short_clips: bool = True,
+) -> config.TranscriptionOptions:
+    return config.TranscriptionOptions(
+        language=language, task=task, beam_size=beam_size, batch_size=batch_size,
+        vad_filter=vad_filter, word_timestamps=word_timestamps,
+        initial_prompt=initial_prompt or None, pack_short_clips=pack_short_clips,
+    )
+
+
+def build_output(uri: str, formats: tuple[str, ...], overwrite: bool) -> config.OutputOptions:
+    return config.OutputOptions(uri=uri, formats=formats, overwrite=overwrite)
