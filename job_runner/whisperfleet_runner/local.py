@@ -387,7 +387,10 @@ def _account_unfinished(gathered: Gathered, state: _State, summary: RunSummary) 
     if summary.interrupted:
         summary.not_attempted = len(left)
         return
-    reason = "not attempted: " + ("; ".join(summary.errors) or "no worker took it")
+    # The worker errors are reported once, in the summary; each file just points at them.
+    reason = "not attempted: " + (
+        "no worker could run it (see the worker errors)" if summary.errors
+        else "no worker took it")
     for uri in left:
         summary.failed += 1
         summary.failures.append(FileFailure(uri=uri, reason=reason))

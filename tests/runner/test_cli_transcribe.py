@@ -96,6 +96,8 @@ def test_usage_errors_exit_2_with_a_clear_message(tmp_path: Path, audio_dir: Pat
     model = transcribe(str(audio_dir / "hello.wav"), "-o", str(tmp_path / "out"),
                        "--model", str(tmp_path / "no-model"))
     assert model.returncode == 2 and "cannot load the model" in model.stdout + model.stderr
+    # Said once as the worker's error, not repeated for every file it could not attempt.
+    assert "no worker could run it" in model.stdout
 
 
 def _upload(client: Any, bucket: str, mapping: dict[str, Path]) -> None:
