@@ -12,17 +12,19 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-from whisperfleet_runner import models
+from whisperfleet_runner import models, pipeline
 from whisperfleet_runner.audio import SAMPLE_RATE
 from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.transcript import Segment, Transcript, Word
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 # Whisper's window. Without VAD the batched pipeline needs explicit clips of at most this.
 CHUNK_SECONDS = 30
@@ -74,6 +76,10 @@ class Engine:
         indices = list(device_index) if isinstance(device_index, (list, tuple)) else [device_index]
         self.device_label = "cpu" if device == "cpu" else f"{device}:{','.join(map(str, indices))}"
         requested = resolve_compute_type(compute_type, device, indices[0])
+        if cpu_threads <= 0:
+            # CTranslate2's default (4, or OMP_NUM_THREADS) ignores cgroup quotas and affinity.
+            cpu_threads = pipeline.available_cpus()
+        self.cpu_threads = cpu_threads
         self.model_path = models.resolve_model(model.name, model.cache_dir)
         started = time.monotonic()
         self.whisper = WhisperModel(
@@ -94,6 +100,11 @@ class Engine:
         )
 
     @property
+    def multilingual(self) -> bool:
+        """Whether the model detects languages (an English-only `.en` model does not)."""
+        return bool(self.whisper.model.is_multilingual)
+
+    @property
     def batch_cap(self) -> int | None:
         """The batch size ceiling set by an earlier out-of-memory, if any."""
         return self._batch_cap
@@ -103,13 +114,53 @@ class Engine:
     ) -> Transcript:
         """Transcribe 16 kHz mono float32 `audio`; `source` names the file in results and logs."""
         batched = options.batch_size > 1
-        batch = options.batch_size if self._batch_cap is None else min(
-            options.batch_size, self._batch_cap
+        segments, info = self._retrying_oom(
+            source, options.batch_size,
+            lambda batch: self._run(audio, options, batched, batch),
         )
+        return Transcript(
+            source=source,
+            language=info.language,
+            language_probability=float(info.language_probability),
+            duration=float(info.duration),
+            model=self.options.name,
+            compute_type=self.compute_type,
+            device=self.device_label,
+            segments=segments,
+        )
+
+    def transcribe_windows(
+        self, audio: np.ndarray, windows: list[dict[str, float]], options: TranscriptionOptions,
+        source: str,
+    ) -> tuple[list[Any], Any]:
+        """Transcribe each window (start/end seconds, at most 30 s) of `audio` as one chunk
+        of a batch, with word timestamps; returns faster-whisper's segments and info.
+
+        Used by packing (several short files per window). VAD is not applied: the windows
+        are the clips. `source` names the work in out-of-memory messages.
+        """
+        kwargs: dict[str, Any] = {
+            "language": options.language or None,
+            "task": options.task,
+            "beam_size": options.beam_size,
+            "initial_prompt": options.initial_prompt or None,
+        }
+
+        def run(batch: int) -> tuple[list[Any], Any]:
+            raw, info = BatchedInferencePipeline(self.whisper).transcribe(
+                audio, batch_size=batch, clip_timestamps=windows, word_timestamps=True,
+                vad_filter=False, **kwargs,
+            )
+            return list(raw), info
+
+        return self._retrying_oom(source, max(1, options.batch_size), run)
+
+    def _retrying_oom(self, source: str, requested: int, run: Callable[[int], R]) -> R:
+        """`run(batch)`; on CUDA out-of-memory halve the batch and retry, down to 1."""
+        batch = requested if self._batch_cap is None else min(requested, self._batch_cap)
         while True:
             try:
-                segments, info = self._run(audio, options, batched, max(1, batch))
-                break
+                return run(max(1, batch))
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -122,19 +173,9 @@ class Engine:
                 batch //= 2
                 self._batch_cap = batch
                 log.warning(
-                    "%s: CUDA out of memory on %s; retrying the file with batch size %d",
+                    "%s: CUDA out of memory on %s; retrying with batch size %d",
                     source, self.device_label, batch,
                 )
-        return Transcript(
-            source=source,
-            language=info.language,
-            language_probability=float(info.language_probability),
-            duration=float(info.duration),
-            model=self.options.name,
-            compute_type=self.compute_type,
-            device=self.device_label,
-            segments=segments,
-        )
 
     def _run(
         self, audio: np.ndarray, options: TranscriptionOptions, batched: bool, batch: int

@@ -1,0 +1,235 @@
+"""Keep the model busy: fetch and decode ahead, publish behind, within a memory budget.
+
+`Prefetcher` runs a producer (read + decode) in a background thread and hands its results
+over through a queue bounded both in items and in bytes: a shard of long talks must not
+decode itself into RAM faster than the model can eat it. `Publisher` renders and writes
+finished transcripts on a background thread, so storage latency (S3 PUTs) overlaps the next
+inference; its queue is bounded too, so a slow store applies back-pressure instead of
+piling up transcripts. `available_cpus` is the CPU budget the process may really use.
+
+PyAV (FFmpeg), numpy and CTranslate2 release the GIL while they work, so one extra thread
+per stage is enough to hide I/O and decoding behind inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_PREFETCH_ITEMS = 16
+# Decoded audio is 64 KB per second (16 kHz float32): 256 MiB is about 70 minutes ahead.
+DEFAULT_PREFETCH_BYTES = 256 * 1024 * 1024
+DEFAULT_PUBLISH_QUEUE = 8
+_DONE = object()
+
+
+class Prefetcher(Generic[T]):
+    """Iterate `produce(item)` for each item, computed ahead by one background thread.
+
+    At most `max_items` results wait in the queue, and the producer stops while the waiting
+    results weigh more than `max_bytes` (by `size_of`); one result larger than the budget
+    still passes, alone. Results come out in input order. An exception raised by `produce`
+    or by iterating `items` is re-raised by the consumer at that position. Closing (or
+    leaving a `with` block) stops the producer after its current item.
+    """
+
+    def __init__(
+        self,
+        items: Iterable[T],
+        produce: Callable[[T], R],
+        *,
+        size_of: Callable[[R], int] = lambda _: 0,
+        max_items: int = DEFAULT_PREFETCH_ITEMS,
+        max_bytes: int = DEFAULT_PREFETCH_BYTES,
+    ) -> None:
+        self._items = items
+        self._produce = produce
+        self._size_of = size_of
+        self._max_bytes = max_bytes
+        self._queue: queue.Queue[tuple[object, int, BaseException | None]] = queue.Queue(
+            max(1, max_items)
+        )
+        self._cond = threading.Condition()
+        self._waiting_bytes = 0
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="whisperfleet-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting_bytes(self) -> int:
+        """Bytes of produced results not yet taken by the consumer."""
+        with self._cond:
+            return self._waiting_bytes
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if self._closed.is_set():
+                    return
+                try:
+                    result = self._produce(item)
+                    size = int(self._size_of(result))
+                    error = None
+                except BaseException as exc:  # handed to the consumer, in order
+                    result, size, error = None, 0, exc
+                with self._cond:
+                    # Wait for room; an empty queue always admits one result (any size).
+                    while (self._waiting_bytes > 0
+                           and self._waiting_bytes + size > self._max_bytes
+                           and not self._closed.is_set()):
+                        self._cond.wait(0.5)
+                    self._waiting_bytes += size
+                if not self._put((result, size, error)):
+                    return
+        except BaseException as exc:  # iterating `items` failed
+            self._put((None, 0, exc))
+        self._put((_DONE, 0, None))
+
+    def _put(self, entry: tuple[object, int, BaseException | None]) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(entry, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[R]:
+        while True:
+            result, size, error = self._queue.get()
+            if result is _DONE:
+                return
+            with self._cond:
+                self._waiting_bytes -= size
+                self._cond.notify_all()
+            if error is not None:
+                raise error
+            yield result  # type: ignore[misc]
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Publisher:
+    """Run jobs (render + write) on one background thread, behind a bounded queue.
+
+    `submit` blocks while `max_pending` jobs wait, so memory stays bounded when storage is
+    slower than the model. Jobs run in submission order; each returns a Future.
+    """
+
+    def __init__(self, max_pending: int = DEFAULT_PUBLISH_QUEUE) -> None:
+        self._queue: queue.Queue[tuple[Callable[[], object], Future[object]] | None] = (
+            queue.Queue(max(1, max_pending))
+        )
+        self._thread = threading.Thread(target=self._run, name="whisperfleet-publish",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # the submitter decides what a failure means
+                future.set_exception(exc)
+
+    def submit(self, fn: Callable[[], R]) -> Future[R]:
+        future: Future[R] = Future()
+        self._queue.put((fn, future))  # type: ignore[arg-type]
+        return future
+
+    def close(self) -> None:
+        """Finish the queued jobs, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Inline:
+    """A Publisher that runs each job at once, in the caller's thread (no overlap)."""
+
+    def submit(self, fn: Callable[[], R]) -> Future[R]:
+        future: Future[R] = Future()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+# --- CPU budget ---------------------------------------------------------------------------
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may actually use: its affinity mask, capped by a cgroup CPU quota.
+
+    `os.cpu_count()` is the host's count; in a container limited to 2 CPUs on a 64-core
+    node, 64 compute threads would thrash. Kubernetes CPU limits become a CFS quota
+    (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`); a fractional quota
+    rounds up, since a thread that may run half the time still needs a core to run on.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT) -> float | None:
+    """The CFS quota in CPUs (e.g. 1.5), or None when unlimited or unknown."""
+    v2 = cgroup_root / "cpu.max"
+    try:
+        quota, _, period = v2.read_text().strip().partition(" ")
+        if quota == "max":
+            return None
+        return int(quota) / int(period or "100000")
+    except (OSError, ValueError):
+        pass
+    for folder in (cgroup_root / "cpu,cpuacct", cgroup_root / "cpu", cgroup_root):
+        try:
+            quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+            period_us = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None

@@ -1,0 +1,175 @@
+"""Short-clip packing with the real tiny.en on CPU: words stay in their file, timestamps are
+per file, silence is empty, a failure falls back to per-file, and the switch turns it off."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from whisperfleet_runner import audio, packing
+from whisperfleet_runner.config import ModelOptions, OutputOptions, TranscriptionOptions, WorkOrder
+from whisperfleet_runner.engine import Engine, get_engine
+from whisperfleet_runner.shard import run_files
+from whisperfleet_runner.storage import InputFile
+
+TINY = ModelOptions(name="tiny.en", compute_type="int8")
+REPO = Path(__file__).resolve().parents[2]
+SPEECH = ["tests/fixtures/audio/hello.wav", "tests/fixtures/audio/nested/numbers.wav",
+          "examples/audio/directions.wav", "examples/audio/meeting.wav",
+          "examples/audio/weather.wav"]
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()
+
+
+def load(path: str) -> np.ndarray:
+    return audio.decode((REPO / path).read_bytes(), path)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return get_engine(TINY, device="cpu", compute_type="int8")
+
+
+def test_plan_windows_fills_windows_and_respects_capacity() -> None:
+    durations = [10.0, 3.0, 9.0, 2.0, 8.0, 1.0, 14.0]
+    windows = packing.plan_windows(durations, capacity=29.0, gap=1.0)
+    assert sorted(m for w in windows for m in w.members) == list(range(len(durations)))
+    for w in windows:
+        assert w.length <= 29.0
+        ends = [s + durations[m] for m, s in zip(w.members, w.starts, strict=True)]
+        assert all(b - a >= 1.0 for a, b in zip(ends, w.starts[1:], strict=False))
+    assert len(windows) == 2  # 47 s of clips plus gaps: two windows, not seven
+    with pytest.raises(ValueError, match="does not fit"):
+        packing.plan_windows([31.0])
+
+
+def test_assign_words_by_midpoint_and_drops_words_deep_in_a_gap() -> None:
+    def w(start: float, end: float) -> Any:
+        return SimpleNamespace(start=start, end=end, word=f"{start}")
+
+    spans = [(0.0, 2.0), (4.0, 6.0)]
+    got = packing.assign_words([w(0.1, 0.5), w(1.8, 2.4), w(2.9, 3.1), w(3.7, 4.5)], spans,
+                               margin=0.4)
+    assert [[x.start for x in g] for g in got] == [[0.1, 1.8], [3.7]]  # 2.9-3.1: dropped
+
+
+@pytest.mark.slow
+def test_packed_transcripts_match_per_file_and_never_mix(engine: Engine) -> None:
+    clips = [packing.Clip(p, load(p)) for p in SPEECH]
+    silence = load("tests/fixtures/audio/silence.wav")[: 8 * 16000]
+    clips.insert(2, packing.Clip("silence.wav", silence))
+    options = TranscriptionOptions(word_timestamps=True)
+    packed = packing.transcribe_packed(engine, clips, options)
+    single = [engine.transcribe(c.audio, c.source, TranscriptionOptions(batch_size=1))
+              for c in clips]
+    assert [t.source for t in packed] == [c.source for c in clips]
+    assert packed[2].segments == [] and packed[2].text == ""
+    own = {c.source: set(words(s.text)) for c, s in zip(clips, single, strict=True)}
+    for clip, got, ref in zip(clips, packed, single, strict=True):
+        if clip.source == "silence.wav":
+            continue
+        mine = set(words(got.text))
+        assert len(mine & own[clip.source]) >= 0.6 * len(own[clip.source]), (got.text, ref.text)
+        # Distinctive words (not "and", "the") only another file says never appear here.
+        others = {w for k, v in own.items() if k != clip.source for w in v
+                  if len(w) >= 4 or w.isdigit()}
+        others -= own[clip.source]
+        assert not mine & others, (clip.source, got.text)
+        assert got.duration == pytest.approx(clip.duration)
+        first, last = got.segments[0], got.segments[-1]
+        assert 0.0 <= first.start < 1.5  # file time, not the position in the pack
+        assert last.end <= clip.duration + 1e-6
+        assert abs(last.end - ref.segments[-1].end) < 1.5
+        assert all(w.start >= 0 for s in got.segments for w in s.words or [])
+
+
+def order_for(tmp_path: Path, **transcription: Any) -> WorkOrder:
+    order = WorkOrder(job_uid="u", input_uri=str(REPO), device="cpu",
+                      output=OutputOptions(uri=str(tmp_path / "out")))
+    order.model = TINY
+    for key, value in transcription.items():
+        setattr(order.transcription, key, value)
+    return order
+
+
+def inputs(audio_dir: Path) -> list[InputFile]:
+    keys = ["hello.wav", "bad/empty.wav", "nested/numbers.wav", "silence.wav"]
+    return [InputFile(uri=str(audio_dir / k), key=k, size=(audio_dir / k).stat().st_size)
+            for k in keys]
+
+
+class Spy:
+    """The real engine, counting packed calls; optionally failing them."""
+
+    def __init__(self, real: Engine, fail: bool = False) -> None:
+        self.real, self.fail, self.packed_calls = real, fail, 0
+        self.options, self.compute_type = real.options, real.compute_type
+        self.device_label, self.multilingual = real.device_label, real.multilingual
+
+    def transcribe(self, *args: Any) -> Any:
+        return self.real.transcribe(*args)
+
+    def transcribe_windows(self, *args: Any) -> Any:
+        self.packed_calls += 1
+        if self.fail:
+            raise RuntimeError("injected failure of the packed batch")
+        return self.real.transcribe_windows(*args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail", [False, True], ids=["packed", "packed-call-fails"])
+def test_shard_packs_short_files_and_a_bad_file_poisons_nothing(
+    engine: Engine, tmp_path: Path, audio_dir: Path, fail: bool
+) -> None:
+    spy = Spy(engine, fail=fail)
+    report = run_files(inputs(audio_dir), order_for(tmp_path), lambda: spy, device="cpu")
+    assert spy.packed_calls == 1  # hello, numbers and silence share one call
+    assert (report.succeeded, report.failed, report.bad_input) == (3, 1, 1)
+    assert "empty file" in report.failures[0].reason
+    out = tmp_path / "out"
+    assert "world" in words((out / "hello.txt").read_text())
+    assert {"1", "2", "3"} <= set(words((out / "nested/numbers.txt").read_text()))
+    assert (out / "silence.txt").read_text().strip() == ""
+
+
+@pytest.mark.slow
+def test_switch_turns_packing_off(engine: Engine, tmp_path: Path, audio_dir: Path) -> None:
+    spy = Spy(engine)
+    order = order_for(tmp_path, pack_short_clips=False)
+    report = run_files(inputs(audio_dir), order, lambda: spy, device="cpu")
+    assert spy.packed_calls == 0
+    assert report.succeeded == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="benchmarks need espeak-ng")
+def test_short_clip_benchmark_runs_and_prints_ratios(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "short", "--count", "4",
+         "--rounds", "1", "--corpus", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split(" = ") for line in result.stdout.splitlines() if " = " in line)
+    assert float(values["runner_vs_bare_loop"]) > 0
+    assert 0 <= float(values["wer_whisperfleet"]) <= 1
+    assert json.loads((tmp_path / "short-4" / "references.json").read_text()).keys() == {
+        f"clip{i:03d}.wav" for i in range(4)}
+
+
+def test_detected_language_disables_packing_on_multilingual_models() -> None:
+    assert packing.can_pack(TranscriptionOptions(), multilingual=False)
+    assert not packing.can_pack(TranscriptionOptions(), multilingual=True)
+    assert packing.can_pack(TranscriptionOptions(language="de"), multilingual=True)
+    assert not packing.can_pack(TranscriptionOptions(pack_short_clips=False), multilingual=False)
