@@ -25,6 +25,7 @@ from typing import Any
 from whisperfleet_runner import devices
 from whisperfleet_runner.config import GpuIdentity, WorkOrder
 from whisperfleet_runner.nvml import GpuInfo
+from whisperfleet_runner.pipeline import available_cpus
 
 ENV_GPU_ON_CPU = "WHISPERFLEET_TEST_GPU_ON_CPU"
 ENV_FAKE_NVML = "WHISPERFLEET_FAKE_NVML"  # the fake NVML's switch (tests/fakes/pynvml)
@@ -61,7 +62,7 @@ def plan_workers(
 ) -> list[WorkerSpec]:
     """One spec per chosen GPU, or one CPU worker using all the machine's cores."""
     level = logging.getLogger().getEffectiveLevel()
-    cores = os.cpu_count() or 1
+    cores = available_cpus()  # the affinity mask and cgroup quota, not the host's count
     if device == "cpu" or not gpus:
         # An empty CUDA_VISIBLE_DEVICES keeps the CPU worker off every GPU.
         return [WorkerSpec(0, "CPU", "cpu", "cpu",

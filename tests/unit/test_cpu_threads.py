@@ -57,3 +57,14 @@ def test_affinity_is_respected(tmp_path: Path) -> None:
 
 def test_this_machine_is_not_overcounted() -> None:
     assert 1 <= available_cpus() <= affinity()
+
+
+def test_the_local_cpu_worker_uses_the_cpus_this_process_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from whisperfleet_runner import local_worker
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {3})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    (spec,) = local_worker.plan_workers("cpu", [], "auto", {})
+    assert spec.cpu_threads == 1 and spec.compute_type == "int8"
