@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,13 @@ R = TypeVar("R")
 
 # Whisper's window. Without VAD the batched pipeline needs explicit clips of at most this.
 CHUNK_SECONDS = 30
+# GPU memory a batched call needs, as a rough model: the weights (model.bin's size is the
+# float16 footprint, an upper bound for int8 types) plus the CUDA context, plus per batch item
+# (a 30 s window's encoder activations and the beams' decoder cache) about an eighth of the
+# weights. faster-whisper's published large-v2 batch-16 run (~3 GB weights, ~8 GB in use)
+# fits this. It only sets the starting batch: out-of-memory halving stays the safety net.
+CUDA_CONTEXT_MIB = 512
+MIN_ITEM_MIB = 128
 # How CTranslate2 (CUDA / cuBLAS) words an allocation failure.
 _OOM_MARKERS = ("out of memory", "alloc_failed")
 
@@ -43,6 +51,14 @@ class OutOfMemoryError(EngineError):
 def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(m in text for m in _OOM_MARKERS)
+
+
+def batch_size_for_memory(requested: int, free_mib: int, weights_mib: int) -> int:
+    """The largest batch, at most `requested`, whose activations fit in `free_mib` of GPU
+    memory beside the weights (see CUDA_CONTEXT_MIB); at least 1."""
+    item_mib = max(MIN_ITEM_MIB, weights_mib // 8)
+    room = free_mib - weights_mib - CUDA_CONTEXT_MIB
+    return max(1, min(requested, room // item_mib))
 
 
 def resolve_compute_type(compute_type: str, device: str, device_index: int = 0) -> str:
@@ -69,8 +85,11 @@ class Engine:
         compute_type: str = "int8",
         cpu_threads: int = 0,
         num_workers: int = 1,
+        free_memory_mib: int | None = None,
     ) -> None:
         # `compute_type` is the one used; callers pass model.compute_type (or a resolved one).
+        # `free_memory_mib`: the least free memory of the GPUs (NVML, before loading); it
+        # bounds the batch size from the start instead of waiting for an out-of-memory.
         self.options = model
         self.device = device
         indices = list(device_index) if isinstance(device_index, (list, tuple)) else [device_index]
@@ -93,6 +112,11 @@ class Engine:
         # CTranslate2 may substitute a type the device lacks (int8 -> int8_float32 on CPU).
         self.compute_type: str = self.whisper.model.compute_type
         self._batch_cap: int | None = None  # lowered after an out-of-memory
+        if device == "cuda" and free_memory_mib is not None:
+            weights_mib = _weights_mib(self.model_path)
+            self._batch_cap = batch_size_for_memory(1 << 16, free_memory_mib, weights_mib)
+            log.info("%d MiB free on %s, %d MiB of weights: batch size at most %d",
+                     free_memory_mib, self.device_label, weights_mib, self._batch_cap)
         log.info(
             "loaded model %s from %s on %s (%s) in %.1f s",
             model.name, self.model_path, self.device_label, self.compute_type,
@@ -204,6 +228,13 @@ class Engine:
         return segments, info
 
 
+def _weights_mib(model_path: str) -> int:
+    try:
+        return os.path.getsize(os.path.join(model_path, "model.bin")) // 2**20
+    except OSError:
+        return 0
+
+
 def _windows(audio: np.ndarray) -> list[dict[str, float]]:
     seconds = audio.shape[-1] / SAMPLE_RATE
     starts = np.arange(0.0, seconds, CHUNK_SECONDS)
@@ -237,13 +268,16 @@ def get_engine(
     compute_type: str = "int8",
     cpu_threads: int = 0,
     num_workers: int = 1,
+    free_memory_mib: int | None = None,
 ) -> Engine:
     """The process-wide Engine for these arguments; the model loads on the first call only."""
     indices = tuple(device_index) if isinstance(device_index, (list, tuple)) else (device_index,)
-    key = (dataclasses.astuple(model), device, indices, compute_type, cpu_threads, num_workers)
+    key = (dataclasses.astuple(model), device, indices, compute_type, cpu_threads, num_workers,
+           free_memory_mib)
     with _engines_lock:  # held while loading, so two threads never load the same model twice
         engine = _engines.get(key)
         if engine is None:
-            engine = Engine(model, device, device_index, compute_type, cpu_threads, num_workers)
+            engine = Engine(model, device, device_index, compute_type, cpu_threads, num_workers,
+                            free_memory_mib)
             _engines[key] = engine
         return engine

@@ -49,6 +49,7 @@ class WorkerSpec:
     cpu_threads: int = 0  # 0: CTranslate2's default
     env: dict[str, str] = field(default_factory=dict)  # exported before CUDA can initialise
     gpu: GpuIdentity | None = None
+    free_memory_mib: int | None = None  # bounds the batch size (NVML, before loading)
     log_level: int = logging.INFO
 
 
@@ -81,7 +82,7 @@ def plan_workers(
         specs.append(WorkerSpec(
             index, f"GPU {gpu.label}", "cuda", model_device, resolved, cpu_threads=threads,
             env=devices.bind_environment([gpu]), gpu=devices.to_identity(gpu, 0),
-            log_level=level,
+            free_memory_mib=gpu.memory_free_mib, log_level=level,
         ))
     return specs
 
@@ -152,7 +153,8 @@ def _work(spec: WorkerSpec, order: WorkOrder, tasks: Any, events: Any, stop: Any
         from whisperfleet_runner.engine import get_engine as load
 
         return load(order.model, device=spec.model_device, device_index=0,
-                    compute_type=spec.compute_type, cpu_threads=spec.cpu_threads)
+                    compute_type=spec.compute_type, cpu_threads=spec.cpu_threads,
+                    free_memory_mib=spec.free_memory_mib)
 
     report = shard.run_files(files(), order, get_engine, device=spec.label,
                              gpus=[spec.gpu] if spec.gpu else [], progress=progress,

@@ -374,9 +374,10 @@ def run_on_allocated(
     def get_engine() -> Any:
         from whisperfleet_runner.engine import get_engine as load
 
+        free = [g.memory_free_mib for g in selection.gpus]
         return load(order.model, device=selection.device,
                     device_index=ordinals if len(ordinals) > 1 else ordinals[0],
-                    compute_type=compute_type)
+                    compute_type=compute_type, free_memory_mib=min(free) if free else None)
 
     log.info("shard %d: %d files on %s (%s)", shard, len(files), label, compute_type)
     report = run_files(files, order, get_engine, ledger=ledger, shard=shard, device=label,

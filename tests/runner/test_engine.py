@@ -21,6 +21,7 @@ from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.engine import (
     Engine,
     OutOfMemoryError,
+    batch_size_for_memory,
     get_engine,
     is_out_of_memory,
     resolve_compute_type,
@@ -189,3 +190,19 @@ def test_other_runtime_errors_pass_through(
     with pytest.raises(RuntimeError, match="some other CTranslate2 failure"):
         engine.transcribe(load(audio_dir, "hello.wav"), "h.wav", TranscriptionOptions())
     assert engine.batch_cap is None
+
+
+@pytest.mark.parametrize(
+    ("free_mib", "weights_mib", "expected"),
+    [
+        (80_000, 3_000, 8),  # an idle H100: the requested batch fits
+        (8_000, 3_000, 8),  # ~4.4 GiB of room at 375 MiB per item: 11 would fit, 8 asked
+        (5_000, 3_000, 3),  # a busy card: 1.5 GiB of room
+        (3_200, 3_000, 1),  # barely the weights: never below 1
+        (2_000, 75, 8),  # tiny models: the per-item floor keeps the estimate sane
+    ],
+)
+def test_batch_size_is_bounded_by_free_gpu_memory(
+    free_mib: int, weights_mib: int, expected: int
+) -> None:
+    assert batch_size_for_memory(8, free_mib, weights_mib) == expected
