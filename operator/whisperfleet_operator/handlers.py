@@ -69,32 +69,25 @@ def resume(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.update(*TJ, field="spec.suspend", id="suspend")
-def suspend_changed(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
-    # Only the worker Job: the planner merely lists storage and needs no GPU. Before the
-    # worker Job exists, the builder reads spec.suspend when it creates it.
-    # A Kueue-queued Job is admitted by Kueue unsuspending it: resuming must leave that to
-    # Kueue, or the Job would start without a quota reservation.
-    ns = body.metadata.namespace or ""
-    if new or not (body.spec.get("queueName") or ""):
-        patch = {"spec": {"suspend": bool(new)}}
-        memo.kube.patch(kube.JOBS, ns, naming.worker_job_name(body), patch)
-    reconcile(memo, ns, body.metadata.name or "")
+def suspend_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # reconcile brings the worker Job's suspend in line (level-triggered, under the lock, so
+    # a change racing the Job's creation is not lost). Before the worker Job exists, the
+    # builder reads spec.suspend when it creates it.
+    reconcile(memo, body.metadata.namespace or "", body.metadata.name or "")
 
 
 @kopf.on.update(*TJ, field="spec.workers.parallelism", id="parallelism")
 def parallelism_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    value = jobs.parallelism(body)  # type: ignore[arg-type]  # a Mapping is all it reads
-    memo.kube.patch(kube.JOBS, body.metadata.namespace or "", naming.worker_job_name(body),
-                    {"spec": {"parallelism": value}})
+    reconcile(memo, body.metadata.namespace or "", body.metadata.name or "")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if type == "DELETED":
-        return  # garbage collection after the TranscriptionJob went; nothing to report to
+def job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # DELETED too: a worker Job deleted by hand must not leave the status Running forever.
+    # After the TranscriptionJob itself went, reconcile finds nothing and returns.
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP):
-            reconcile(memo, body.metadata.namespace or "", ref["name"])
+            reconcile(memo, body.metadata.namespace or "", ref["name"], ref.get("uid"))
 
 
 def _lock(memo: kopf.Memo, key: tuple[str, str]) -> threading.Lock:
@@ -103,12 +96,14 @@ def _lock(memo: kopf.Memo, key: tuple[str, str]) -> threading.Lock:
         return lock
 
 
-def reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
-    """Bring one TranscriptionJob a step forward and publish its status; idempotent."""
+def reconcile(memo: kopf.Memo, namespace: str, name: str, uid: str | None = None) -> None:
+    """Bring one TranscriptionJob a step forward and publish its status; idempotent.
+    With `uid`, only that incarnation (a re-created namesake owns none of the old Jobs)."""
     with _lock(memo, (namespace, name)):
         k: kube.Kube = memo.kube
         tj = k.get(kube.TRANSCRIPTION_JOBS, namespace, name)
-        if tj is None or (tj.get("metadata") or {}).get("deletionTimestamp"):
+        meta = (tj or {}).get("metadata") or {}
+        if tj is None or meta.get("deletionTimestamp") or (uid and meta.get("uid") != uid):
             return
         old = tj.get("status") or {}
         if status.is_terminal(old):
@@ -118,6 +113,9 @@ def reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
             new = _advance(k, memo.settings, tj, now)
         except ValueError as exc:  # a spec the builders refuse; retrying cannot fix it
             new = status.invalid_spec_status(tj, str(exc), now)
+        except kube.Rejected as exc:  # the API server refuses what the spec makes
+            new = status.invalid_spec_status(tj, f"the API server refused a Job: {exc}", now,
+                                             reason="JobRejected")
         if any(old.get(key) != value for key, value in new.items()):
             k.patch(kube.TRANSCRIPTION_JOBS, namespace, name, {"status": new}, status=True)
         for event_type, reason, message in status.transitions(old, new):
@@ -143,6 +141,9 @@ def _advance(k: kube.Kube, settings: OperatorSettings, tj: Obj, now: str) -> Obj
 
     worker_name = naming.worker_job_name(tj)
     worker = k.get(kube.JOBS, namespace, worker_name)
+    if worker is None and (tj.get("status") or {}).get("jobName") == worker_name:
+        # It existed (the status named it) and is gone: never silently run it all again.
+        return status.worker_job_deleted_status(tj, worker_name, now)
     if worker is None:
         claim_template = gpu.build_resource_claim_template(tj, settings)
         if claim_template is not None:
@@ -150,5 +151,9 @@ def _advance(k: kube.Kube, settings: OperatorSettings, tj: Obj, now: str) -> Obj
         body = jobs.build_worker_job(tj, status.plan_from_status(tj["status"]), settings)
         k.create(kube.JOBS, namespace, body)
         worker = k.get(kube.JOBS, namespace, worker_name) or body
+    drift = jobs.worker_job_drift(tj, worker)
+    if drift:
+        k.patch(kube.JOBS, namespace, worker_name, {"spec": drift})
+        worker = {**worker, "spec": {**(worker.get("spec") or {}), **drift}}
     pods = k.list_pods(namespace, uid, naming.COMPONENT_WORKER)
     return status.running_status(tj, worker, pods, now)

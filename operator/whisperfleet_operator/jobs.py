@@ -183,3 +183,30 @@ def build_worker_job(
     if spec.get("queueName"):
         metadata["labels"][naming.LABEL_KUEUE_QUEUE] = str(spec["queueName"])
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def worker_job_drift(tj: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields of an existing, unfinished worker Job that differ from what the
+    TranscriptionJob asks for now (a merge patch for `spec`; {} when in line).
+
+    Only parallelism and suspend may change (the planner only lists storage and needs no
+    GPU, so it is never suspended). Resuming unsuspends the Job only if the operator held it
+    (status condition Suspended is True): Kueue admits a queued Job by unsuspending it, and
+    another controller's suspension is not ours to lift.
+    """
+    conditions = (job.get("status") or {}).get("conditions") or []
+    if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+           for c in conditions):
+        return {}
+    spec, current = tj.get("spec") or {}, job.get("spec") or {}
+    held = any(c.get("type") == "Suspended" and c.get("status") == "True"
+               for c in (tj.get("status") or {}).get("conditions") or [])
+    drift: dict[str, Any] = {}
+    if current.get("parallelism") != parallelism(tj):
+        drift["parallelism"] = parallelism(tj)
+    suspend = bool(spec.get("suspend"))
+    if suspend and not current.get("suspend"):
+        drift["suspend"] = True
+    elif not suspend and current.get("suspend") and held and not spec.get("queueName"):
+        drift["suspend"] = False
+    return drift

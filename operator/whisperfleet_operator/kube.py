@@ -27,6 +27,18 @@ TIMEOUT = 30  # seconds per call; a stuck API call must not block a handler thre
 Obj = dict[str, Any]
 
 
+class Rejected(Exception):
+    """The API server refused an object as invalid (HTTP 400/422): retrying cannot help."""
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        message = json.loads(exc.body or b"{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or f"HTTP {exc.status}")
+
+
 class Kube:
     """A thin wrapper over the `kubernetes` client for the objects whisperfleet manages.
 
@@ -64,7 +76,8 @@ class Kube:
     # --- generic, by (group, version, plural) ---------------------------------------------
 
     def create(self, gvp: tuple[str, str, str], namespace: str, body: Obj) -> bool:
-        """Create; False (and no error) when it already exists — restarts never duplicate."""
+        """Create; False (and no error) when it already exists — restarts never duplicate.
+        Raises Rejected when the API server refuses the object as invalid."""
         try:
             self.objects.create_namespaced_custom_object(
                 *gvp[:2], namespace, gvp[2], body, _preload_content=False,
@@ -72,6 +85,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 return False
+            if exc.status in (400, 422):
+                raise Rejected(_api_message(exc)) from None
             raise
         logger.info("created %s %s/%s", body.get("kind"), namespace,
                     (body.get("metadata") or {}).get("name"))

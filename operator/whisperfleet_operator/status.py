@@ -6,14 +6,13 @@ plain dicts the API returns. Every function returns new data and never mutates i
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from whisperfleet_runner.config import PlanReport, ShardReport
 
-logger = logging.getLogger(__name__)
+from . import reports
 
 PENDING, PLANNING, RUNNING, SUSPENDED = "Pending", "Planning", "Running", "Suspended"
 SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED = "Succeeded", "PartiallySucceeded", "Failed"
@@ -21,6 +20,10 @@ TERMINAL_PHASES = frozenset({SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED})
 CONDITION_TYPES = ("Planned", "Running", "Complete", "Failed", "Suspended")
 MAX_FAILURES = 20
 MAX_WORKERS = 32  # status must stay small: one entry per finished shard pod, newest first
+# CRD bounds on status strings and lists: a status the API server refuses is never stored.
+MAX_MESSAGE, MAX_URI, MAX_REASON, MAX_NAME, MAX_GPU_TEXT, MAX_GPUS = (
+    32768, 4096, 1024, 253, 128, 16)
+MAX_INT32 = 2**31 - 1
 
 
 Obj = dict[str, Any]
@@ -70,6 +73,7 @@ def set_condition(
     """metav1.Condition upsert: lastTransitionTime only moves when the status flips."""
     value = "True" if status else "False"
     reason = _reason(reason, type_)
+    message = _clip(message, MAX_MESSAGE)
     out: list[Obj] = []
     found = False
     for cond in conditions:
@@ -91,15 +95,17 @@ def set_condition(
     return out
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def parse_indexes(text: str | None) -> set[int]:
-    """Kubernetes' index set notation, e.g. "1,3-5,7" -> {1, 3, 4, 5, 7}."""
+    """Kubernetes' index set notation, e.g. "1,3-5,7" -> {1, 3, 4, 5, 7}; junk is skipped."""
     result: set[int] = set()
     for part in (text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        result.update(range(int(lo), int(hi or lo) + 1))
+        lo, _, hi = part.strip().partition("-")
+        if lo.isdigit() and (hi.isdigit() or not hi):
+            result.update(range(int(lo), int(hi or lo) + 1))
     return result
 
 
@@ -109,28 +115,6 @@ def job_condition(job: Obj | None, type_: str) -> Obj | None:
         if cond.get("type") == type_ and cond.get("status") == "True":
             return cond
     return None
-
-
-def termination_message(pod: Obj) -> str:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        message = (((cs.get("state") or {}).get("terminated")) or {}).get("message")
-        if message:
-            return str(message)
-    return ""
-
-
-def _finished_at(pod: Obj) -> str:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        done = ((cs.get("state") or {}).get("terminated")) or {}
-        if done.get("finishedAt"):
-            return str(done["finishedAt"])
-    return ""
-
-
-def _by_recency(pods: list[Obj]) -> list[Obj]:
-    """Succeeded pods first, then newest first: a retried shard's last word wins."""
-    ordered = sorted(pods, key=_finished_at, reverse=True)
-    return sorted(ordered, key=lambda p: (p.get("status") or {}).get("phase") != "Succeeded")
 
 
 @dataclass(frozen=True)
@@ -143,32 +127,44 @@ class PlannerOutcome:
 
 def planner_outcome(job: Obj | None, pods: list[Obj]) -> PlannerOutcome:
     plan: PlanReport | None = None
-    for pod in _by_recency(pods):
-        text = termination_message(pod)
-        if not text:
-            continue
-        try:
-            plan = PlanReport.from_json(text)
-        except (ValueError, TypeError, KeyError) as exc:
-            logger.warning("planner pod %s left an unreadable report: %s",
-                           (pod.get("metadata") or {}).get("name"), exc)
-            continue
-        break
+    crashed: Obj | None = None  # the newest failed planner pod without a readable report
+    for pod in reports.by_recency(pods):
+        text = reports.termination_message(pod)
+        plan = reports.parse_plan(text) if text else None
+        if plan is not None:
+            break
+        if crashed is None and reports.failed(pod):
+            crashed = pod
     failed = job_condition(job, "Failed")
     if plan is not None and plan.error_reason:
         return PlannerOutcome("failed", plan, plan.error_reason, plan.error_message)
     if failed is not None:
+        message = str(failed.get("message") or "the planner Job failed")
+        if plan is None and crashed is not None:
+            message += (f"; planner pod {reports.pod_name(crashed)}: "
+                        f"{reports.describe_failure(crashed)}")
         return PlannerOutcome("failed", plan, str(failed.get("reason") or "PlannerFailed"),
-                              str(failed.get("message") or "the planner Job failed"))
+                              message)
     if job_condition(job, "Complete") is not None:
         if plan is None:
-            return PlannerOutcome("failed", None, "PlanUnreadable",
-                                  "the planner finished without a readable plan report")
+            return PlannerOutcome("failed", None, "PlanUnreadable", _unreadable_plan(pods))
         if plan.files == 0 or plan.shards == 0:
             return PlannerOutcome("failed", plan, "NoMatchingFiles",
                                   "the input holds no files matching spec.input.include")
         return PlannerOutcome("succeeded", plan)
     return PlannerOutcome("running")
+
+
+def _unreadable_plan(pods: list[Obj]) -> str:
+    if not pods:
+        return ("the planner Job completed, but its pod (and the plan report in its "
+                "termination message) is gone; delete and re-create the TranscriptionJob "
+                "to plan again")
+    pod = reports.by_recency(pods)[0]
+    text = reports.termination_message(pod)
+    what = f"left {reports.describe_failure(pod)}" if text else "left no termination message"
+    return (f"the planner finished without a readable plan report: "
+            f"pod {reports.pod_name(pod)} {what}")
 
 
 def plan_from_status(status: Obj | None) -> PlanReport:
@@ -216,13 +212,28 @@ def planning_status(tj: Obj, outcome: PlannerOutcome, planner_job_name: str, now
     return status
 
 
-def invalid_spec_status(tj: Obj, message: str, now: str) -> Obj:
-    """A spec the builders refuse (admission should have): Failed, naming the field."""
+def invalid_spec_status(tj: Obj, message: str, now: str, reason: str = "InvalidSpec") -> Obj:
+    """A spec the builders (or the API server, reason JobRejected) refuse: Failed, with the
+    message naming the field."""
     status, conds, gen = _base(tj, now)
     status.update(phase=FAILED, completionTime=now)
-    conds = set_condition(conds, "Failed", True, "InvalidSpec", message, gen, now)
+    if any(c.get("type") == "Running" for c in conds):
+        conds = set_condition(conds, "Running", False, FAILED, message, gen, now)
+    conds = set_condition(conds, "Failed", True, reason, message, gen, now)
     status["conditions"] = conds
     return status
+
+
+def worker_job_deleted_status(tj: Obj, job_name: str, now: str) -> Obj:
+    """The worker Job vanished before the operator saw it finish: say so, re-run nothing."""
+    manifest = str((tj.get("status") or {}).get("manifestUri") or "")
+    where = manifest.rsplit("/", 1)[0] if manifest else "the output's .whisperfleet folder"
+    message = (
+        f"the worker Job {job_name} was deleted before its outcome was recorded (by a user, "
+        f"or by its TTL while the operator was away); the ledger under {where}/ledger holds "
+        "every file's result; re-create the TranscriptionJob to transcribe what is missing "
+        "(finished files are skipped unless spec.output.overwrite is true)")
+    return invalid_spec_status(tj, message, now, reason="WorkerJobDeleted")
 
 
 def _suspension(conds: list[Obj], suspended: bool, gen: int, now: str) -> list[Obj]:
@@ -235,47 +246,38 @@ def _suspension(conds: list[Obj], suspended: bool, gen: int, now: str) -> list[O
     return conds
 
 
-def _completion_index(pod: Obj, report: ShardReport) -> int:
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get("batch.kubernetes.io/job-completion-index")
-    return int(value) if value not in (None, "") else report.shard
-
-
-def shard_reports(pods: list[Obj]) -> list[tuple[ShardReport, Obj]]:
-    """One report per shard index (the succeeded pod's, else the newest), newest first."""
-    chosen: dict[int, tuple[ShardReport, Obj]] = {}
-    for pod in _by_recency(pods):
-        text = termination_message(pod)
-        if not text:
-            continue
-        try:
-            report = ShardReport.from_json(text)
-        except (ValueError, TypeError, KeyError) as exc:
-            logger.warning("worker pod %s left an unreadable report: %s",
-                           (pod.get("metadata") or {}).get("name"), exc)
-            continue
-        chosen.setdefault(_completion_index(pod, report), (report, pod))
-    return sorted(chosen.values(), key=lambda rp: _finished_at(rp[1]), reverse=True)
-
-
 def _worker_entry(report: ShardReport, pod: Obj) -> Obj:
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     return {
-        "pod": report.pod or str(meta.get("name") or ""),
-        "node": report.node or str(spec.get("nodeName") or ""),
-        "gpus": [{"uuid": g.uuid, "name": g.name, "memoryMiB": g.memory_mib,
-                  "deviceIndex": g.device_index} for g in report.gpus],
+        "pod": _clip(report.pod or str(meta.get("name") or ""), MAX_NAME),
+        "node": _clip(report.node or str(spec.get("nodeName") or ""), MAX_NAME),
+        "gpus": [{"uuid": _clip(g.uuid, MAX_GPU_TEXT), "name": _clip(g.name, MAX_GPU_TEXT),
+                  "memoryMiB": max(0, g.memory_mib),
+                  "deviceIndex": min(max(0, g.device_index), MAX_INT32)}
+                 for g in report.gpus[:MAX_GPUS]],
     }
 
 
-def _failures(reports: list[tuple[ShardReport, Obj]]) -> list[Obj]:
+def _workers(chosen: list[tuple[ShardReport, Obj]]) -> list[Obj]:
+    """Newest first, one entry per pod (the status list is keyed by pod)."""
+    out: dict[str, Obj] = {}
+    for report, pod in chosen:
+        entry = _worker_entry(report, pod)
+        out.setdefault(entry["pod"], entry)
+    return list(out.values())[:MAX_WORKERS]
+
+
+def _failures(chosen: list[tuple[ShardReport, Obj]], notes: list[Obj]) -> list[Obj]:
     out: list[Obj] = []
-    for report, _pod in reports:
+    for report, _pod in chosen:
         if report.error_reason:
             out.append({"uri": f"shard {report.shard}",
                         "reason": f"{report.error_reason}: {report.error_message}".strip()})
+    out.extend(notes)  # shards whose pods died without a report
+    for report, _pod in chosen:
         out.extend({"uri": f.uri, "reason": f.reason} for f in report.failures)
-    return out[:MAX_FAILURES]
+    return [{"uri": _clip(str(f["uri"]), MAX_URI), "reason": _clip(str(f["reason"]), MAX_REASON)}
+            for f in out[:MAX_FAILURES]]
 
 
 def summary(status: Obj) -> str:
@@ -295,19 +297,19 @@ def running_status(tj: Obj, job: Obj, pods: list[Obj], now: str) -> Obj:
     done = parse_indexes(js.get("completedIndexes"))
     failed_idx = parse_indexes(js.get("failedIndexes"))
     succeeded_shards = len(done) if "completedIndexes" in js else int(js.get("succeeded") or 0)
-    reports = shard_reports(pods)
+    chosen, notes = reports.shard_reports(pods)
     files = {"total": plan.files,
-             "succeeded": sum(r.succeeded for r, _ in reports),
-             "failed": sum(r.failed for r, _ in reports),
-             "skipped": sum(r.skipped for r, _ in reports)}
+             "succeeded": sum(r.succeeded for r, _ in chosen),
+             "failed": sum(r.failed for r, _ in chosen),
+             "skipped": sum(r.skipped for r, _ in chosen)}
     shards = {"total": plan.shards, "succeeded": succeeded_shards,
               "failed": len(failed_idx), "active": int(js.get("active") or 0)}
     status.update(
         files=files, shards=shards, filesSummary=f"{files['succeeded']}/{files['total']}",
-        audioSeconds=round(sum(r.audio_seconds for r, _ in reports), 2),
-        audioDuration=format_duration(sum(r.audio_seconds for r, _ in reports)),
-        workers=[_worker_entry(r, p) for r, p in reports][:MAX_WORKERS],
-        failures=_failures(reports), jobName=str((job.get("metadata") or {}).get("name") or ""),
+        audioSeconds=round(sum(r.audio_seconds for r, _ in chosen), 2),
+        audioDuration=format_duration(sum(r.audio_seconds for r, _ in chosen)),
+        workers=_workers(chosen), failures=_failures(chosen, notes),
+        jobName=str((job.get("metadata") or {}).get("name") or ""),
         manifestUri=plan.manifest_uri,
     )
     complete, failed = job_condition(job, "Complete"), job_condition(job, "Failed")

@@ -442,3 +442,20 @@ def test_settings_from_env() -> None:
 def test_bad_settings_are_refused_clearly(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         OperatorSettings.from_env(env)
+
+
+def test_worker_job_follows_suspend_and_parallelism_but_not_into_kueue() -> None:
+    held = {"conditions": [{"type": "Suspended", "status": "True"}]}
+    running_job = {"spec": {"parallelism": 4, "suspend": False}}
+    suspended_job = {"spec": {"parallelism": 4, "suspend": True}}
+    assert jobs.worker_job_drift(make_tj(), running_job) == {}
+    assert jobs.worker_job_drift(make_tj(suspend=True), running_job) == {"suspend": True}
+    assert jobs.worker_job_drift(make_tj(workers={"parallelism": 9}), running_job) == {
+        "parallelism": 9}
+    # Resume lifts only the operator's own suspension, and never Kueue's admission gate.
+    assert jobs.worker_job_drift({**make_tj(), "status": held}, suspended_job) == {
+        "suspend": False}
+    assert jobs.worker_job_drift(make_tj(), suspended_job) == {}
+    assert jobs.worker_job_drift({**make_tj(queueName="q"), "status": held}, suspended_job) == {}
+    finished = {**running_job, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    assert jobs.worker_job_drift(make_tj(suspend=True), finished) == {}

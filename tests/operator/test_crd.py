@@ -286,6 +286,12 @@ CEL_REFUSALS = [
      "spec.workers.resources must not ask for nvidia.com/"),
     ("workers.tolerations", [{"key": "k", "operator": "Exists", "value": "v"}],
      "spec.workers.tolerations[0].value", "spec.workers.tolerations[].value must be empty"),
+    ("workers.tolerations", [{"key": "k", "operator": "Exists", "effect": "NoSchedule",
+                              "tolerationSeconds": 60}],
+     "spec.workers.tolerations[0].tolerationSeconds",
+     "spec.workers.tolerations[].tolerationSeconds needs effect NoExecute"),
+    ("workers.tolerations", [{"value": "v"}], "spec.workers.tolerations[0].operator",
+     "spec.workers.tolerations[].operator must be Exists when key is empty"),
 ]
 
 

@@ -169,3 +169,19 @@ def test_transitions_name_what_changed() -> None:
 def test_invalid_spec_fails_naming_the_field() -> None:
     out = st.invalid_spec_status(tj(), "spec.workers.parallelism must be at least 1", NOW)
     assert out["phase"] == "Failed" and "parallelism" in cond(out, "Failed")["message"]
+
+
+def test_reports_survive_any_termination_message() -> None:
+    from whisperfleet_operator import reports
+
+    for junk in ("", "null", "42", "[]", '"text"', "[" * 3000, "{}x", '{"shard": -1}',
+                 '{"succeeded": "3"}', '{"gpus": [{"uuid": 1}]}', "Traceback: MemoryError"):
+        assert reports.parse_shard(junk) is None, junk
+        assert reports.parse_plan(junk) is None, junk
+    assert reports.parse_shard(report(0, 1)) is not None
+    # A shard retried to success gets no failure note for its earlier crash.
+    crashed = pod("Killed", phase="Failed", index=0, finished=NOW, name="a")
+    retried = pod("", phase="Succeeded", index=0, finished=LATER, name="b")
+    assert reports.shard_reports([crashed, retried]) == ([], [])
+    chosen, notes = reports.shard_reports([crashed])
+    assert chosen == [] and notes == [{"uri": "shard 0", "reason": "Error: Killed"}]
