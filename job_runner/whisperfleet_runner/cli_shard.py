@@ -82,6 +82,9 @@ def run_shard_command(
     if inputs:
         order = _direct_order(work_order_path, inputs, output, model, device, formats, overwrite)
         report = _run_direct(order, inputs, index or 0)
+        if report.error_reason == "NoGPU" and device is None and order.device == "cuda":
+            report.error_message += "; --input runs use --device cuda unless told otherwise: " \
+                                    "pass --device cpu (or auto) to run on the CPU"
     else:
         if output or model or device or formats:
             raise click.UsageError("--output/--model/--device/--formats need --input")
@@ -90,6 +93,10 @@ def run_shard_command(
         if overwrite:
             order.output.overwrite = True
         report = shard.run_shard(order, _shard_index(index), os.environ)
+        if report.total == 0 and not report.error_reason:
+            # The planner never makes an empty shard: this index is not one of the plan's.
+            log.warning("shard %d has no files in %s: is the index beyond the planned shards?",
+                        report.shard, order.manifest_uri)
     emit_report(report.to_json(), termination_log)
     log.info("shard %d: %d succeeded, %d skipped, %d failed, %.1f audio s in %.1f s",
              report.shard, report.succeeded, report.skipped, report.failed,

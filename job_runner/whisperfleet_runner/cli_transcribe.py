@@ -40,7 +40,32 @@ def _fail(message: str, code: int = config.EXIT_USAGE) -> None:
     sys.exit(code)
 
 
-@main.command("transcribe")
+_EPILOG = """\b
+Examples:
+  whisperfleet transcribe talks/ -o transcripts/ --model tiny.en --device cpu
+  whisperfleet transcribe 'talks/**/*.mp3' s3://bucket/calls/ -o s3://bucket/out/
+  whisperfleet transcribe -o out/ -- -intro.wav      (names starting with '-' go after --)
+\b
+Exit codes: 0 all done or skipped, 1 some files failed, 2 bad usage or nothing
+usable, 130 interrupted (run the same command again to finish).
+"""
+
+
+def _summary_path(_ctx: click.Context, _param: click.Parameter, value: str | None
+                  ) -> str | None:
+    # Checked before any work: a run of hours must not end in a traceback over its summary.
+    if value is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(value)
+                                          and not os.access(value, os.W_OK)):
+        raise click.BadParameter(f"{value} is not writable")
+    return value
+
+
+@main.command("transcribe", epilog=_EPILOG)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", required=True, metavar="FOLDER|URI",
               help="Output folder or prefix (s3://…); outputs mirror the input paths.")
@@ -49,8 +74,8 @@ def _fail(message: str, code: int = config.EXIT_USAGE) -> None:
 @options.device_options
 @click.option("-q", "--quiet", is_flag=True, help="No live display: log lines only.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@click.option("--summary-json", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Also write the run summary as JSON to this file.")
+@click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
+              callback=_summary_path, help="Also write the run summary as JSON to this file.")
 def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbose: bool,
                        summary_json: str | None, **kw: Any) -> None:
     """Transcribe INPUT files, folders (recursive), globs or URIs into OUTPUT.
@@ -101,8 +126,13 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
     observer = local_progress(quiet)
     with observer:
         summary = local.run(gathered, order, specs, observer)
-    _report(summary, choice, quiet, summary_json)
-    sys.exit(exit_code(summary))
+    code = exit_code(summary)
+    try:
+        _report(summary, choice, quiet, summary_json)
+    except OSError as exc:  # the summary file only: the transcripts are written
+        click.echo(f"Error: cannot write --summary-json {summary_json}: {exc.strerror}", err=True)
+        code = code or config.EXIT_USAGE
+    sys.exit(code)
 
 
 def _output_uri(output: str) -> str:
@@ -123,7 +153,13 @@ def storage_check(output: str) -> None:
     if keys.protocol(output) not in ("file", "local"):
         # A LIST of a prefix that holds nothing: cheap, and unlike a HEAD it tells a missing
         # bucket (BucketNotFound) from a missing key.
-        storage.list_inputs(f"{output.rstrip('/')}/{config.STATE_DIR}/preflight/")
+        probe = f"{output.rstrip('/')}/{config.STATE_DIR}/preflight/"
+        try:
+            storage.list_inputs(probe)
+        except storage.StorageError as exc:
+            # Name the output the user gave, not our probe key inside it.
+            raise storage.StorageError(
+                exc.reason, "output " + str(exc).replace(probe, output)) from exc
 
 
 def local_progress(quiet: bool) -> Any:

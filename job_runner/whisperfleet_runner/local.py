@@ -57,13 +57,17 @@ def gather(
     """List every input (see module docstring); raises InputError when one is unusable."""
     if not inputs:
         raise InputError("no INPUT given: name audio files, folders, globs or URIs")
-    out_prefix = output_uri.rstrip("/") + "/"
+    out_prefix = _canonical(output_uri).rstrip("/") + "/"
     result = Gathered(files=[])
     owners: dict[str, str] = {}  # output stem -> the input that owns it
     seen: set[str] = set()
     for spec in inputs:
         listed = _list_one(spec, include)
-        listed = [f for f in listed if not f.uri.startswith(out_prefix)]  # our own outputs
+        if not (_canonical(_input_root(spec)).rstrip("/") + "/").startswith(out_prefix):
+            # An output folder inside an input folder holds our outputs, not inputs. An input
+            # named at or inside the output (`-o` the input folder itself, transcripts next
+            # to the audio) was asked for explicitly: keep all of it.
+            listed = [f for f in listed if not _canonical(f.uri).startswith(out_prefix)]
         if not listed:
             raise InputError(
                 f"{spec}: no files match {', '.join(include)}"
@@ -92,6 +96,24 @@ def gather(
     # proxy for duration (probing each file's header would cost a read per file up front).
     result.files.sort(key=lambda f: (-f.size, f.uri))
     return result
+
+
+def _canonical(uri: str) -> str:
+    """Comparable form: local paths absolute and without `file://`, URIs unchanged."""
+    if keys.protocol(uri) in ("file", "local"):
+        return os.path.abspath(keys.local_path(uri))
+    return uri
+
+
+def _input_root(spec: str) -> str:
+    """The folder (or file) an INPUT names: a glob's fixed leading folders, else itself."""
+    remote = keys.protocol(spec) not in ("file", "local")
+    if _GLOB_CHARS.search(spec) and (remote or not os.path.exists(keys.local_path(spec))):
+        try:
+            return _split_glob(spec)[0]
+        except InputError:
+            return spec
+    return spec
 
 
 def _list_one(spec: str, include: Sequence[str]) -> list[storage.InputFile]:

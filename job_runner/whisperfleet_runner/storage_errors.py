@@ -79,6 +79,12 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
     if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
         return StorageError("NoCredentials", f"{uri}: no usable credentials found; "
                             + _CREDENTIAL_HINT)
+    if code in ("403", "Forbidden"):
+        # A HEAD response has no body, so S3 cannot say why: a missing permission and a
+        # wrong secret look the same.
+        return StorageError("AccessDenied", f"access denied to {uri} (403 Forbidden): grant "
+                            "list/read on the input and write on the output, or "
+                            + _CREDENTIAL_HINT)
     if code in _DENIED or (not code and isinstance(exc, PermissionError)):
         return StorageError("AccessDenied", f"access denied to {uri}"
                             + (f" ({code})" if code else "")
