@@ -100,7 +100,9 @@ class WorkOrder:
 
     @classmethod
     def from_json(cls, text: str) -> WorkOrder:
-        data: dict[str, Any] = json.loads(text)
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a work order must be a JSON object, not {type(data).__name__}")
         return cls(
             job_uid=data["job_uid"],
             input_uri=data["input_uri"],
@@ -113,7 +115,9 @@ class WorkOrder:
         )
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
+def _build(cls: type, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
     if unknown:
@@ -216,6 +220,8 @@ class ShardReport:
     @classmethod
     def from_json(cls, text: str) -> ShardReport:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a shard report must be a JSON object, not {type(data).__name__}")
         data.pop("real_time_factor", None)
         data["gpus"] = [_build(GpuIdentity, g) for g in data.get("gpus", [])]
         data["failures"] = [_build(FileFailure, f) for f in data.get("failures", [])]
