@@ -96,6 +96,7 @@ def work_order_for(
             batch_size=batch_size,
             vad_filter=bool(tr.get("vadFilter", True)),
             word_timestamps=bool(tr.get("wordTimestamps", False)),
+            pack_short_clips=bool(tr.get("packShortClips", True)),
             initial_prompt=str(tr.get("initialPrompt") or "") or None,
         ),
         shards=shards,

@@ -123,7 +123,8 @@ def test_work_order_maps_every_spec_field() -> None:
         output={"uri": "gs://b/out/", "formats": ["json", "tsv"], "overwrite": True},
         model={"name": "tiny.en", "computeType": "int8", "cacheVolume": {"claimName": "models"}},
         transcription={"language": "de", "task": "translate", "beamSize": 2, "batchSize": 1,
-                       "vadFilter": False, "wordTimestamps": True, "initialPrompt": "Hallo"},
+                       "vadFilter": False, "wordTimestamps": True, "initialPrompt": "Hallo",
+                       "packShortClips": False},
         shards=7,
     )
     order = workorder.work_order_for(tj)
@@ -133,6 +134,7 @@ def test_work_order_maps_every_spec_field() -> None:
     t = order.transcription
     assert (t.language, t.task, t.beam_size, t.batch_size) == ("de", "translate", 2, 1)
     assert (t.vad_filter, t.word_timestamps, t.initial_prompt) == (False, True, "Hallo")
+    assert t.pack_short_clips is False
     assert order.shards == 7
     # What the pod receives round-trips through the contract unchanged.
     assert config.WorkOrder.from_json(order.to_json()) == order

@@ -204,6 +204,7 @@ def test_defaults_and_enums_match_the_runner_config(schema: dict[str, Any]) -> N
     assert at("transcription.batchSize")["default"] == config.DEFAULT_BATCH_SIZE
     assert at("transcription.vadFilter")["default"] is options.vad_filter
     assert at("transcription.wordTimestamps")["default"] is options.word_timestamps
+    assert at("transcription.packShortClips")["default"] is options.pack_short_clips
     assert (at("transcription.language")["default"] or None) == options.language
     assert (at("transcription.initialPrompt")["default"] or None) == options.initial_prompt
 
