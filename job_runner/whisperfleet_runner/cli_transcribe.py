@@ -85,6 +85,7 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
     """
     _configure_logging(quiet, verbose)
     from whisperfleet_runner import devices, gpu_choice, local, local_worker, storage
+    from whisperfleet_runner import inputs as gathering
 
     output = _output_uri(output)
     order = config.WorkOrder(
@@ -113,8 +114,8 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
             log.warning("not using %s: %s", refusal.target, refusal.reason)
     try:
         storage_check(output)
-        gathered = local.gather(inputs, order.include, output)
-    except (local.InputError, storage.StorageError) as exc:
+        gathered = gathering.gather(inputs, order.include, output)
+    except (gathering.InputError, storage.StorageError) as exc:
         _fail(str(exc))
         return
     specs = local_worker.plan_workers(choice.device, choice.gpus, order.model.compute_type,

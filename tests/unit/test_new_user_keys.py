@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from whisperfleet_runner.config import DEFAULT_INCLUDE
-from whisperfleet_runner.local import gather
+from whisperfleet_runner.inputs import gather
 
 
 def _tree(root: Path, names: list[str]) -> Path:
