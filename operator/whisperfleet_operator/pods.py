@@ -3,7 +3,8 @@
 Every pod runs under the `restricted` Pod Security Standard with a read-only root
 filesystem; the few writable paths (/tmp, a home for library caches) are emptyDirs.
 Storage credentials reach pods only through `envFrom` of the user's Secret: the operator
-never reads, copies or inlines them.
+never reads, copies or inlines them. `file://` URIs point into the user's PVC
+(spec.storage.volume), mounted at the same path in the planner and every worker.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ CONTAINER_NAME = "runner"
 HOME_DIR = "/home/whisperfleet"
 TMP_DIR = "/tmp"
 MODEL_CACHE_VOLUME = "model-cache"
+DATA_VOLUME = "data"
+DEFAULT_DATA_MOUNT = "/data"  # the CRD's default for spec.storage.volume.mountPath
+FILE_SCHEME = "file://"
 
 
 def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
@@ -25,7 +29,11 @@ def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
         "runAsNonRoot": True,
         "runAsUser": settings.run_as_user,
         "runAsGroup": settings.run_as_group,
+        # The kubelet gives writable volumes (the data PVC) to this group, so the non-root
+        # runner can write transcripts there. OnRootMismatch: a PVC full of audio is not
+        # re-chowned file by file at every pod start, only when its root is not ours yet.
         "fsGroup": settings.run_as_group,
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
@@ -94,6 +102,45 @@ def model_cache(claim: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
     return volumes, mounts, env
 
 
+def _under(uri: str, mount: str) -> bool:
+    path = uri[len(FILE_SCHEME):]
+    inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+    return inside and ".." not in path.split("/")
+
+
+def data_volume(tj: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) for spec.storage.volume, or nothing.
+
+    Admission refuses what is checked here; this catches a CRD installed without its rules,
+    so a file:// job fails with a message instead of pods that find no files.
+    """
+    spec = tj.get("spec") or {}
+    volume = (spec.get("storage") or {}).get("volume") or {}
+    uris = {field: str((spec.get(field) or {}).get("uri") or "") for field in ("input", "output")}
+    mount = str(volume.get("mountPath") or DEFAULT_DATA_MOUNT)
+    for field, uri in uris.items():
+        if not uri.startswith(FILE_SCHEME):
+            continue
+        if not volume.get("claimName"):
+            raise ValueError(f"spec.{field}.uri is a file:// path, which needs "
+                             "spec.storage.volume (the PersistentVolumeClaim mounted in the pods)")
+        if not _under(uri, mount):
+            raise ValueError(f"spec.{field}.uri must be file://{mount} or a path under it, "
+                             "without .. segments")
+    if not volume.get("claimName"):
+        return [], []
+    read_only = bool(volume.get("readOnly", False))
+    if read_only and uris["output"].startswith(FILE_SCHEME):
+        raise ValueError("spec.storage.volume.readOnly must be false when spec.output.uri is "
+                         "file:// (the transcripts are written to the volume)")
+    claim: dict[str, Any] = {"claimName": str(volume["claimName"])}
+    mounted: dict[str, Any] = {"name": DATA_VOLUME, "mountPath": mount}
+    if read_only:
+        claim["readOnly"] = True
+        mounted["readOnly"] = True
+    return [{"name": DATA_VOLUME, "persistentVolumeClaim": claim}], [mounted]
+
+
 def image_for(tj: dict[str, Any], settings: OperatorSettings) -> str:
     """The job's own runner image override, else the operator's; planner and workers share it
     so both run the same version of the runner."""
@@ -127,7 +174,7 @@ def base_container(
         "terminationMessagePath": config.TERMINATION_MESSAGE_PATH,
         # The runner writes its report there; if it dies first, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": scratch_volumes()[1],
+        "volumeMounts": [*scratch_volumes()[1], *data_volume(tj)[1]],
     }
     if env_from:
         container["envFrom"] = env_from
@@ -141,7 +188,7 @@ def base_pod_spec(tj: dict[str, Any], settings: OperatorSettings) -> dict[str, A
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,  # keep the env small and free of unrelated services
         "securityContext": pod_security_context(settings),
-        "volumes": scratch_volumes()[0],
+        "volumes": [*scratch_volumes()[0], *data_volume(tj)[0]],
     }
     if settings.worker_service_account:
         spec["serviceAccountName"] = settings.worker_service_account

@@ -337,6 +337,80 @@ def test_model_cache_volume_is_mounted_read_only() -> None:
                ["volumes"])
 
 
+def data_mounts(job: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    pod = job["spec"]["template"]["spec"]
+    volumes = [v for v in pod["volumes"] if v["name"] == "data"]
+    return volumes, [m for m in container(job)["volumeMounts"] if m["name"] == "data"]
+
+
+def test_data_volume_is_mounted_writable_in_planner_and_workers() -> None:
+    tj = make_tj(input={"uri": "file:///data/audio/"}, output={"uri": "file:///data/out/"},
+                 storage={"volume": {"claimName": "media", "mountPath": "/data"}},
+                 model={"cacheVolume": {"claimName": "whisper-models"}})
+    for job in (jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS)):
+        validate(job)
+        volumes, mounts = data_mounts(job)
+        assert volumes == [{"name": "data", "persistentVolumeClaim": {"claimName": "media"}}]
+        assert mounts == [{"name": "data", "mountPath": "/data"}]  # writable: no readOnly
+        # The kubelet hands the volume to the runner's group, once, not file by file per pod.
+        psc = job["spec"]["template"]["spec"]["securityContext"]
+        assert psc["fsGroup"] == SETTINGS.run_as_group
+        assert psc["fsGroupChangePolicy"] == "OnRootMismatch"
+        # Volume names and mount paths stay distinct next to the scratch and model mounts.
+        names = [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]]
+        paths = [m["mountPath"] for m in container(job)["volumeMounts"]]
+        assert len(names) == len(set(names)) and len(paths) == len(set(paths))
+        order = config.WorkOrder.from_json(env_of(job)[config.ENV_WORK_ORDER])
+        assert (order.input_uri, order.output.uri) == ("file:///data/audio/", "file:///data/out/")
+
+
+def test_read_only_data_volume_for_input_only() -> None:
+    tj = make_tj(input={"uri": "file:///mnt/media/talks/"},
+                 storage={"volume": {"claimName": "media", "mountPath": "/mnt/media",
+                                     "readOnly": True}})
+    for job in (jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS)):
+        validate(job)
+        volumes, mounts = data_mounts(job)
+        assert volumes[0]["persistentVolumeClaim"] == {"claimName": "media", "readOnly": True}
+        assert mounts == [{"name": "data", "mountPath": "/mnt/media", "readOnly": True}]
+
+
+def test_data_volume_mount_path_defaults_to_data_as_in_the_crd() -> None:
+    tj = make_tj(output={"uri": "file:///data/out/"}, storage={"volume": {"claimName": "m"}})
+    job = jobs.build_worker_job(tj, PLAN, SETTINGS)
+    assert data_mounts(job)[1] == [{"name": "data", "mountPath": "/data"}]
+
+
+def test_no_data_volume_without_spec_storage_volume() -> None:
+    for job in (jobs.build_planner_job(make_tj(), SETTINGS),
+                jobs.build_worker_job(make_tj(), PLAN, SETTINGS)):
+        assert data_mounts(job) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"input": {"uri": "file:///data/in/"}}, r"spec\.input\.uri is a file:// path"),
+        ({"output": {"uri": "file:///database/out/"}, "storage": {"volume": {"claimName": "m"}}},
+         r"spec\.output\.uri must be file:///data or a path under it"),
+        ({"input": {"uri": "file:///data/../etc/"}, "storage": {"volume": {"claimName": "m"}}},
+         r"spec\.input\.uri must be file:///data"),
+        ({"output": {"uri": "file:///data/out/"},
+          "storage": {"volume": {"claimName": "m", "readOnly": True}}},
+         r"spec\.storage\.volume\.readOnly must be false"),
+    ],
+)
+def test_file_uris_outside_the_volume_are_refused_without_admission(
+    spec: dict[str, Any], message: str
+) -> None:
+    # A CRD installed without its CEL rules must not yield pods that find no files.
+    tj = make_tj(**spec)
+    for build in (lambda: jobs.build_planner_job(tj, SETTINGS),
+                  lambda: jobs.build_worker_job(tj, PLAN, SETTINGS)):
+        with pytest.raises(ValueError, match=message):
+            build()
+
+
 def test_operator_default_model_cache_and_none() -> None:
     settings = OperatorSettings(model_cache_claim="shared-models")
     job = jobs.build_worker_job(make_tj(), PLAN, settings)

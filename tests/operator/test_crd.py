@@ -238,8 +238,14 @@ def test_example_is_admitted(crd: dict[str, Any], path: Path) -> None:
             kubernetes_validate.validate(worker_pod(stored["spec"]["workers"]), K8S_VERSION,
                                          strict=True)
         else:
-            assert doc["kind"] == "Secret", f"{path.name}: unexpected kind {doc['kind']}"
+            assert doc["kind"] in ("Secret", "PersistentVolumeClaim"), (
+                f"{path.name}: unexpected kind {doc['kind']}")
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # A PVC shipped with an example is the one its job mounts.
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    mounted = {d["spec"]["storage"]["volume"]["claimName"] for d in docs
+               if d["kind"] == "TranscriptionJob" and "volume" in d["spec"].get("storage", {})}
+    assert claims <= mounted
 
 
 def worker_pod(workers: dict[str, Any]) -> dict[str, Any]:
@@ -262,6 +268,7 @@ def test_examples_show_every_documented_scenario() -> None:
                for w in workers), "MIG"
     assert any(w.get("gpu", {}).get("deviceClassName") for w in workers), "DRA"
     assert any(j["spec"].get("queueName") for j in jobs), "Kueue"
+    assert any(j["spec"]["output"]["uri"].startswith("file://") for j in jobs), "PVC"
     names = [j["metadata"]["name"] for j in jobs]
     assert len(names) == len(set(names))
 
@@ -293,6 +300,20 @@ CEL_REFUSALS = [
      "spec.workers.tolerations[].tolerationSeconds needs effect NoExecute"),
     ("workers.tolerations", [{"value": "v"}], "spec.workers.tolerations[0].operator",
      "spec.workers.tolerations[].operator must be Exists when key is empty"),
+    ("storage.volume", {"claimName": "media", "mountPath": "data"},
+     "spec.storage.volume.mountPath", "spec.storage.volume.mountPath must be an absolute path"),
+    ("storage.volume", {"claimName": "media", "mountPath": "/"},
+     "spec.storage.volume.mountPath", "spec.storage.volume.mountPath must be an absolute path"),
+    ("storage.volume", {"claimName": "media", "mountPath": "/data/"},
+     "spec.storage.volume.mountPath", "spec.storage.volume.mountPath must be an absolute path"),
+    ("storage.volume", {"claimName": "media", "mountPath": "/data/../etc"},
+     "spec.storage.volume.mountPath", "spec.storage.volume.mountPath must be an absolute path"),
+    ("storage.volume", {"claimName": "media", "mountPath": "/tmp"},
+     "spec.storage.volume.mountPath", "spec.storage.volume.mountPath must not be, contain"),
+    ("storage.volume", {"claimName": "media", "mountPath": "/home"},
+     "spec.storage.volume.mountPath", "spec.storage.volume.mountPath must not be, contain"),
+    ("storage.volume", {"claimName": "media", "mountPath": "/var/run/media"},
+     "spec.storage.volume.mountPath", "spec.storage.volume.mountPath must not be, contain"),
 ]
 
 
@@ -318,9 +339,84 @@ def test_cel_refuses_cross_field_combinations(crd: dict[str, Any]) -> None:
     assert refused == []
 
 
+# --- file:// URIs and the PVC they point into (spec.storage.volume) ---------------------------
+
+MEDIA = {"claimName": "media"}  # mountPath defaults to /data
+
+VOLUME_REFUSALS = [
+    ({"input__uri": "file:///data/in/"}, "spec.input.uri",
+     "spec.input.uri is a file:// path, which needs spec.storage.volume"),
+    ({"output__uri": "file:///data/out/", "storage": {"secretName": "s3"}}, "spec.output.uri",
+     "spec.output.uri is a file:// path, which needs spec.storage.volume"),
+    ({"input__uri": "file:///mnt/in/", "storage__volume": MEDIA}, "spec.input.uri",
+     "spec.input.uri must be file://<spec.storage.volume.mountPath> or a path under it"),
+    # A string prefix is not enough: /database is not under /data.
+    ({"input__uri": "file:///database/in/", "storage__volume": MEDIA}, "spec.input.uri",
+     "spec.input.uri must be file://<spec.storage.volume.mountPath> or a path under it"),
+    ({"input__uri": "file:///data/../etc/", "storage__volume": MEDIA}, "spec.input.uri",
+     "spec.input.uri must be file://<spec.storage.volume.mountPath> or a path under it"),
+    ({"output__uri": "file:///data/out/../../root/", "storage__volume": MEDIA}, "spec.output.uri",
+     "spec.output.uri must be file://<spec.storage.volume.mountPath> or a path under it"),
+    ({"output__uri": "file:///srv/out/",
+      "storage__volume": {"claimName": "media", "mountPath": "/srv/media"}}, "spec.output.uri",
+     "spec.output.uri must be file://<spec.storage.volume.mountPath> or a path under it"),
+    ({"output__uri": "file:///data/out/", "storage__volume": {**MEDIA, "readOnly": True}},
+     "spec.storage.volume.readOnly",
+     "spec.storage.volume.readOnly must be false when spec.output.uri is file://"),
+]
+
+
+@pytest.mark.parametrize(("patches", "where", "message"), VOLUME_REFUSALS,
+                         ids=[f"{c[1]}-{i}" for i, c in enumerate(VOLUME_REFUSALS)])
+def test_file_uris_need_the_volume_and_must_lie_under_its_mount_path(
+    crd: dict[str, Any], patches: dict[str, Any], where: str, message: str
+) -> None:
+    _, refused = cel.admit(crd, job(**patches))
+    assert [(v.path, v.message[: len(message)]) for v in refused] == [(where, message)]
+
+
+@pytest.mark.parametrize("patches", [
+    {"input__uri": "file:///data/in/", "output__uri": "file:///data/out/",
+     "storage__volume": MEDIA},
+    # The whole volume as input, a single file, and an input-only read-only volume.
+    {"input__uri": "file:///data", "output__uri": "s3://media/out/", "storage__volume": MEDIA},
+    {"input__uri": "file:///data/a..b/talk.wav", "storage__volume": {**MEDIA, "readOnly": True}},
+    {"output__uri": "file:///mnt/media/out/",
+     "storage__volume": {"claimName": "media", "mountPath": "/mnt/media"}},
+    # A volume next to object storage is simply mounted.
+    {"storage__volume": {"claimName": "media", "mountPath": "/opt/media"}},
+], ids=["both", "whole-volume", "read-only-input", "mnt", "unused"])
+def test_file_uris_under_the_mount_path_are_admitted(
+    crd: dict[str, Any], patches: dict[str, Any]
+) -> None:
+    stored, refused = cel.admit(crd, job(**patches))
+    assert [str(v) for v in refused] == []
+    volume = stored["spec"]["storage"]["volume"]
+    assert volume["mountPath"] == patches["storage__volume"].get("mountPath", "/data")
+    assert volume["readOnly"] is patches["storage__volume"].get("readOnly", False)
+
+
+def test_the_mount_path_may_not_shadow_any_path_the_pods_use(crd: dict[str, Any]) -> None:
+    # Taken from the pods the operator builds, so a new mount there cannot be forgotten here.
+    from whisperfleet_operator import jobs
+    from whisperfleet_operator.settings import OperatorSettings
+
+    tj, _ = cel.admit(crd, job(model={"cacheVolume": {"claimName": "models"}}))
+    tj["metadata"]["uid"] = "u"
+    worker = jobs.build_worker_job(tj, config.PlanReport(shards=1), OperatorSettings())
+    [container] = worker["spec"]["template"]["spec"]["containers"]
+    used = {m["mountPath"] for m in container["volumeMounts"]}
+    used |= {str(Path(config.TERMINATION_MESSAGE_PATH).parent), config.MODEL_CACHE_MOUNT}
+    assert {"/tmp", "/home/whisperfleet", "/models", "/dev"} <= used
+    for path in used:
+        _, refused = cel.admit(crd, job(storage__volume={"claimName": "m", "mountPath": path}))
+        assert [v.path for v in refused] == ["spec.storage.volume.mountPath"], path
+
+
 def test_every_value_rule_has_a_refusal_test(schema: dict[str, Any]) -> None:
     tested = {m for *_, m in CEL_REFUSALS} | {"spec.workers.gpusPerWorker must be 1",
                                                "spec.retries.maxFailedShards must not exceed"}
+    tested |= {m for *_, m in VOLUME_REFUSALS}
     value_rules = [r["message"] for _, r in rules(schema) if "oldSelf" not in r["rule"]]
     assert [m for m in value_rules if not any(m.startswith(t) for t in tested)] == []
 
@@ -335,6 +431,8 @@ SCHEMA_REFUSALS = [
     ("workers.parallelism", 0, "spec.workers.parallelism", "less than the minimum"),
     ("workers.gpus", 2, "spec.workers", "Additional properties are not allowed"),
     ("storage.secretName", "S3_Creds", "spec.storage.secretName", "does not match"),
+    ("storage.volume", {"mountPath": "/data"}, "spec.storage.volume",
+     "'claimName' is a required property"),
     ("input.include", [f"*.x{i}" for i in range(65)], "spec.input.include", "is too long"),
     ("workers.imagePullSecrets", [{"name": "a"}, {"name": "a"}],
      "spec.workers.imagePullSecrets[1]", "Duplicate value"),
@@ -398,6 +496,17 @@ def test_changing_a_field_after_creation_is_refused(crd: dict[str, Any], field: 
     # Adding it is refused, and so is removing it once set.
     _, refused = cel.admit(crd, old, cel.admit(crd, changed)[0])
     assert [v.path for v in refused] == [f"spec.{field}"]
+
+
+def test_the_data_volume_cannot_be_swapped_after_creation(crd: dict[str, Any]) -> None:
+    old, _ = cel.admit(crd, job(input__uri="file:///data/in/", storage__volume=MEDIA))
+    for change in ({"claimName": "other"}, {"mountPath": "/mnt"}, {"readOnly": True}):
+        new = copy.deepcopy(old)
+        new["spec"]["storage"]["volume"].update(change)
+        new["spec"]["input"]["uri"] = f"file://{new['spec']['storage']['volume']['mountPath']}/"
+        refused = cel.admit(crd, new, old)[1]
+        assert "spec.storage" in [v.path for v in refused], change
+        assert any(v.message.startswith("spec.storage is immutable") for v in refused)
 
 
 def test_an_edit_deep_inside_affinity_is_refused(crd: dict[str, Any]) -> None:

@@ -55,7 +55,10 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 def example(name: str) -> Obj:
-    return dict(yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text()))
+    """The TranscriptionJob of an example file (some ship a PVC or Secret beside it)."""
+    [tj] = [d for d in yaml.safe_load_all((REPO / "examples" / f"{name}.yaml").read_text())
+            if d and d["kind"] == "TranscriptionJob"]
+    return dict(tj)
 
 
 def tj_body(name: str, namespace: str = "media", **spec: Any) -> Obj:
@@ -125,7 +128,7 @@ def long_name() -> str:
 
 
 def heldout() -> list[Obj]:
-    bodies = [example(n) for n in ("minimal", "multi-gpu", "mig", "dra", "kueue")]
+    bodies = [example(n) for n in ("minimal", "multi-gpu", "mig", "dra", "kueue", "pvc")]
     for body in bodies:
         body["metadata"]["namespace"] = "media"
     bodies += [
@@ -137,6 +140,10 @@ def heldout() -> list[Obj]:
         tj_body("x" * 63, shards=100000, workers={"parallelism": 1000}),
         tj_body("twin", "media"), tj_body("twin", "default"),
         tj_body("cpu-ish", retries={"perShard": 100, "maxFailedShards": 0}),
+        # Media read from a read-only PVC at a custom path, transcripts to object storage.
+        tj_body("pvc-in-s3-out", input={"uri": "file:///mnt/média/录音/"},
+                storage={"secretName": "s3-credentials", "volume": {
+                    "claimName": "archive.media", "mountPath": "/mnt/média", "readOnly": True}}),
     ]
     return bodies
 
@@ -180,6 +187,17 @@ def check_pod_template(job: Obj, stored: Obj) -> Obj:
     if storage.get("endpoint"):
         assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL",
                                            "value": storage["endpoint"]}
+    # file:// URIs resolve inside the user's PVC, mounted alike in planner and workers.
+    volume = storage.get("volume")
+    data = [m for m in container["volumeMounts"] if m["name"] == "data"]
+    if volume:
+        assert data == [{"name": "data", "mountPath": volume["mountPath"],
+                         **({"readOnly": True} if volume["readOnly"] else {})}]
+        [pvc] = [v for v in spec["volumes"] if v["name"] == "data"]
+        assert pvc["persistentVolumeClaim"]["claimName"] == volume["claimName"]
+        assert spec["securityContext"]["fsGroup"] == pod_sec["runAsGroup"]
+    else:
+        assert data == []
     expected_image = stored["spec"]["workers"].get("image")
     if expected_image:
         assert container["image"] == expected_image
