@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,6 +22,7 @@ from faster_whisper import BatchedInferencePipeline, WhisperModel
 from whisperfleet_runner import models, pipeline
 from whisperfleet_runner.audio import SAMPLE_RATE
 from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.packed_decode import PackedDecoder
 from whisperfleet_runner.transcript import Segment, Transcript, Word
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Engine:
         # CTranslate2 may substitute a type the device lacks (int8 -> int8_float32 on CPU).
         self.compute_type: str = self.whisper.model.compute_type
         self._batch_cap: int | None = None  # lowered after an out-of-memory
+        self._packed: PackedDecoder | None = None  # made on the first packed call
         if device == "cuda" and free_memory_mib is not None:
             weights_mib = _weights_mib(self.model_path)
             self._batch_cap = batch_size_for_memory(1 << 16, free_memory_mib, weights_mib)
@@ -154,30 +156,21 @@ class Engine:
         )
 
     def transcribe_windows(
-        self, audio: np.ndarray, windows: list[dict[str, float]], options: TranscriptionOptions,
-        source: str,
-    ) -> tuple[list[Any], Any]:
-        """Transcribe each window (start/end seconds, at most 30 s) of `audio` as one chunk
-        of a batch, with word timestamps; returns faster-whisper's segments and info.
+        self, windows: Sequence[Sequence[tuple[float, np.ndarray]]],
+        options: TranscriptionOptions, source: str,
+    ) -> list[list[Segment]]:
+        """Transcribe short clips laid out in windows: each window is `(start seconds, 16 kHz
+        samples)` per clip, starts on packed_decode.FRAME_SECONDS, all within 30 s. Returns
+        every clip's segments (windows in order, then clips), in time from the clip's start.
 
-        Used by packing (several short files per window). VAD is not applied: the windows
-        are the clips. `source` names the work in out-of-memory messages.
+        Clips share encoder passes, never a decoder pass: no word can reach another clip (see
+        packed_decode). `source` names the work in out-of-memory messages.
         """
-        kwargs: dict[str, Any] = {
-            "language": options.language or None,
-            "task": options.task,
-            "beam_size": options.beam_size,
-            "initial_prompt": options.initial_prompt or None,
-        }
-
-        def run(batch: int) -> tuple[list[Any], Any]:
-            raw, info = BatchedInferencePipeline(self.whisper).transcribe(
-                audio, batch_size=batch, clip_timestamps=windows, word_timestamps=True,
-                vad_filter=False, **kwargs,
-            )
-            return list(raw), info
-
-        return self._retrying_oom(source, max(1, options.batch_size), run)
+        if self._packed is None:
+            self._packed = PackedDecoder(self.whisper)
+        decoder = self._packed
+        return self._retrying_oom(source, max(1, options.batch_size),
+                                  lambda batch: decoder.decode(windows, options, batch))
 
     def _retrying_oom(self, source: str, requested: int, run: Callable[[int], R]) -> R:
         """`run(batch)`; on CUDA out-of-memory halve the batch and retry, down to 1."""

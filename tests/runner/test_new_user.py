@@ -143,9 +143,6 @@ def test_transcribe_help_tells_how_to_name_dash_files_and_the_exit_codes() -> No
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="packing.py drops the text of clips that stop "
-                   "mid-sentence when packed with others (see the new-user report); "
-                   "remove this marker when packing is fixed")
 def test_packed_short_clips_each_keep_their_own_words(
     tmp_path: Path, audio_dir: Path, tiny_model_path: Path
 ) -> None:
