@@ -77,7 +77,7 @@ def run_shard_command(
 ) -> None:
     """Transcribe one shard of a planned job (or the given --input URIs)."""
     configure_pod_logging()
-    from whisperfleet_runner import shard
+    from whisperfleet_runner import shard_pod
 
     if inputs:
         order = _direct_order(work_order_path, inputs, output, model, device, formats, overwrite)
@@ -92,7 +92,7 @@ def run_shard_command(
         assert order is not None
         if overwrite:
             order.output.overwrite = True
-        report = shard.run_shard(order, _shard_index(index), os.environ)
+        report = shard_pod.run_shard(order, _shard_index(index), os.environ)
         if report.total == 0 and not report.error_reason:
             # The planner never makes an empty shard: this index is not one of the plan's.
             log.warning("shard %d has no files in %s: is the index beyond the planned shards?",
@@ -158,7 +158,7 @@ def _direct_order(
 
 def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
                 ) -> config.ShardReport:
-    from whisperfleet_runner import shard, storage
+    from whisperfleet_runner import shard_pod, storage
 
     files: list[storage.InputFile] = []
     for uri in inputs:
@@ -171,7 +171,7 @@ def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
         return _error(index, "NoMatchingFiles",
                       f"no files under {', '.join(inputs)} match {', '.join(order.include)}")
     files.sort(key=lambda f: -f.size)  # longest first: the tail of the run is short files
-    return shard.run_on_allocated(order, files, os.environ, shard=index)
+    return shard_pod.run_on_allocated(order, files, os.environ, shard=index)
 
 
 def _error(index: int, reason: str, message: str) -> config.ShardReport:

@@ -15,7 +15,8 @@ from whisperfleet_runner import config
 from whisperfleet_runner.config import OutputOptions, ShardReport, WorkOrder
 from whisperfleet_runner.ledger import FAILED, SUCCEEDED, merge, read_ledger
 from whisperfleet_runner.planner import plan, read_manifest
-from whisperfleet_runner.shard import run_files, run_shard
+from whisperfleet_runner.shard import run_files
+from whisperfleet_runner.shard_pod import run_shard
 from whisperfleet_runner.storage import InputFile
 
 CLI = "/work/venv/bin/whisperfleet"
