@@ -148,19 +148,28 @@ def _output_uri(output: str) -> str:
 
 
 def storage_check(output: str) -> None:
-    """Fail before any work when the output bucket is missing or the credentials are refused."""
+    """Fail before any work when the output bucket is missing or the credentials may not
+    write there: otherwise every file would be transcribed only to fail at publishing."""
+    import uuid
+
     from whisperfleet_runner import keys, storage
 
-    if keys.protocol(output) not in ("file", "local"):
-        # A LIST of a prefix that holds nothing: cheap, and unlike a HEAD it tells a missing
-        # bucket (BucketNotFound) from a missing key.
-        probe = f"{output.rstrip('/')}/{config.STATE_DIR}/preflight/"
-        try:
-            storage.list_inputs(probe)
-        except storage.StorageError as exc:
-            # Name the output the user gave, not our probe key inside it.
-            raise storage.StorageError(
-                exc.reason, "output " + str(exc).replace(probe, output)) from exc
+    if keys.protocol(output) in ("file", "local"):
+        return  # folders are created as needed; a refused write fails its file with a reason
+    # A LIST first: unlike a HEAD it tells a missing bucket (BucketNotFound) from a missing key.
+    state = f"{output.rstrip('/')}/{config.STATE_DIR}/preflight/"
+    probe = f"{state}write-check-{uuid.uuid4().hex}"
+    try:
+        storage.list_inputs(state)
+        storage.publish(probe, b"")
+    except storage.StorageError as exc:
+        # Name the output the user gave, not our probe key inside it.
+        text = str(exc).replace(probe, output).replace(state, output)
+        raise storage.StorageError(exc.reason, "output " + text) from exc
+    try:
+        storage.remove(probe)
+    except storage.StorageError as exc:  # may write, may not delete: harmless, say so once
+        log.debug("could not remove the write check %s: %s", probe, exc)
 
 
 def local_progress(quiet: bool) -> Any:

@@ -48,6 +48,7 @@ __all__ = [
     "read_bytes",
     "read_jsonl",
     "read_text",
+    "remove",
     "wrap_error",
     "write_jsonl",
     "write_text",
@@ -305,6 +306,20 @@ def _publish_local(path: str, payload: bytes) -> None:
         pass  # some filesystems refuse fsync on folders; the rename itself is still atomic
     finally:
         os.close(dir_fd)
+
+
+def remove(uri: str) -> None:
+    """Delete one object or file; a missing one is fine."""
+    try:
+        if _is_local(uri):
+            os.unlink(local_path(uri))
+        else:
+            fs, path = _filesystem(uri)
+            fs.rm_file(path)
+    except FileNotFoundError:
+        return
+    except Exception as exc:
+        raise wrap_error(uri, exc) from exc
 
 
 def publish_set(outputs: dict[str, bytes | str]) -> None:

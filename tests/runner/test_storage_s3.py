@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import traceback
 from collections.abc import Iterator
@@ -174,6 +176,25 @@ def test_valid_key_reads_but_may_not_write(
     assert info.value.reason == "AccessDenied"
     assert f"s3://{s3_bucket}/out/a.txt" in str(info.value)
     assert iam_user["secret"] not in _full_text(info.value)
+
+
+def test_transcribe_refuses_an_output_it_may_not_write_before_any_work(
+    iam_user: dict[str, str], s3_env: dict[str, str], s3_bucket: str, audio_dir: Path,
+    tiny_model_path: Path,
+) -> None:
+    env = {**s3_env, "AWS_ACCESS_KEY_ID": iam_user["id"],
+           "AWS_SECRET_ACCESS_KEY": iam_user["secret"]}
+    script = Path(sys.executable).parent / "whisperfleet"
+    result = subprocess.run(
+        [str(script), "transcribe", str(audio_dir / "hello.wav"), "-o", f"s3://{s3_bucket}/out/",
+         "--model", str(tiny_model_path), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    text = result.stdout + result.stderr
+    assert "AccessDenied" in text or "access denied" in text.lower()
+    assert f"s3://{s3_bucket}/out/" in text and "write-check" not in text
+    assert "transcribed" not in text  # refused up front: no file was worked on
+    assert iam_user["secret"] not in text
 
 
 @pytest.mark.parametrize("which", ["wrong secret", "unknown key id"])
