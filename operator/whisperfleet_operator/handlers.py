@@ -17,12 +17,13 @@ from typing import Any
 
 import kopf
 
-from . import gpu, jobs, kube, naming, status
+from . import gpu, jobs, kube, naming, status, stuck
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 
 TJ = (naming.GROUP, naming.VERSION, "transcriptionjobs")
+PODS = ("", "v1", "pods")
 # Every Job the operator creates carries its TranscriptionJob's uid as a label.
 MANAGED = {naming.LABEL_JOB_UID: kopf.PRESENT}
 Obj = dict[str, Any]
@@ -41,6 +42,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # A handler's `labels=` filter is applied by kopf client-side, after the whole stream
+    # arrived; this selector makes the API server send only our pods, not every pod of the
+    # cluster (kopf joins it into the list/watch `labelSelector`).
+    settings.watching.label_selectors[PODS] = naming.LABEL_JOB_UID
+    settings.watching.label_selectors[("batch", "v1", "jobs")] = naming.LABEL_JOB_UID
     # One operator replica is the default; peering (a KopfPeering object) only on request.
     peering = os.environ.get("WHISPERFLEET_PEERING", "").strip()
     settings.peering.standalone = not peering
@@ -50,6 +56,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.kube = kube.Kube.from_environment()
     memo.locks = defaultdict(threading.Lock)
     memo.locks_guard = threading.Lock()
+    memo.pod_signatures = {}  # pod uid -> why it cannot start (only stuck pods are kept)
 
 
 @kopf.on.cleanup()
@@ -88,6 +95,44 @@ def job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP):
             reconcile(memo, body.metadata.namespace or "", ref["name"], ref.get("uid"))
+
+
+@kopf.on.event(*PODS, labels=MANAGED)
+def pod_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    # Job events say nothing while a pod cannot start (its Job just stays active), so pods
+    # are watched, but a reconcile runs only when whether/why a pod is stuck changes —
+    # not on every status update of every worker pod. kopf hands one object's events to
+    # its handler one at a time, so reading and storing a pod's entry cannot interleave.
+    meta = body.metadata
+    key = str(meta.uid or f"{meta.namespace}/{meta.name}")
+    now = None if event.get("type") == "DELETED" else stuck.signature(body)
+    with memo.locks_guard:
+        before = memo.pod_signatures.get(key)
+    if before == now:
+        return
+    namespace = meta.namespace or ""
+    name = stuck.owner_name(body) or _owner_via_job(memo.kube, namespace, body)
+    if name:
+        reconcile(memo, namespace, name, meta.labels.get(naming.LABEL_JOB_UID))
+    # Stored only after a reconcile that did not raise: a failed one is retried by the
+    # pod's next event instead of being forgotten.
+    with memo.locks_guard:
+        if now is None:
+            memo.pod_signatures.pop(key, None)
+        else:
+            memo.pod_signatures[key] = now
+
+
+def _owner_via_job(k: kube.Kube, namespace: str, pod: kopf.Body) -> str:
+    """The TranscriptionJob owning the pod's Job: for pods of Jobs created before their
+    template carried the name annotation (one extra GET, only for those)."""
+    for ref in pod.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "Job":
+            owner = k.get(kube.JOBS, namespace, str(ref.get("name")))
+            for tj_ref in ((owner or {}).get("metadata") or {}).get("ownerReferences") or []:
+                if tj_ref.get("kind") == naming.KIND:
+                    return str(tj_ref.get("name") or "")
+    return ""
 
 
 def _lock(memo: kopf.Memo, key: tuple[str, str]) -> threading.Lock:
@@ -130,11 +175,11 @@ def _advance(k: kube.Kube, settings: OperatorSettings, tj: Obj, now: str) -> Obj
         planner = k.get(kube.JOBS, namespace, planner_name)
         if planner is None:
             k.create(kube.JOBS, namespace, jobs.build_planner_job(tj, settings))
-            outcome = status.PlannerOutcome("running")
+            outcome, pods = status.PlannerOutcome("running"), []
         else:
             pods = k.list_pods(namespace, uid, naming.COMPONENT_PLANNER)
             outcome = status.planner_outcome(planner, pods)
-        planned = status.planning_status(tj, outcome, planner_name, now)
+        planned = status.planning_status(tj, outcome, planner_name, now, pods)
         if outcome.state != "succeeded":
             return planned
         tj = {**tj, "status": {**(tj.get("status") or {}), **planned}}

@@ -82,7 +82,9 @@ def build_planner_job(tj: dict[str, Any], settings: OperatorSettings) -> dict[st
             _exit_rule("FailJob", config.EXIT_USAGE, config.EXIT_STORAGE),
         ]},
         "podReplacementPolicy": "Failed",
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": labels,
+                                  "annotations": naming.pod_annotations(tj)},
+                     "spec": pod_spec},
     }
     if settings.planner_deadline_seconds > 0:
         job_spec["activeDeadlineSeconds"] = settings.planner_deadline_seconds
@@ -165,7 +167,8 @@ def build_worker_job(
         # Kueue admits a queued Job by unsuspending it, so a queued Job starts suspended.
         "suspend": bool(spec.get("suspend", False)) or bool(spec.get("queueName")),
         "template": {
-            "metadata": {"labels": naming.labels_for(tj, naming.COMPONENT_WORKER)},
+            "metadata": {"labels": naming.labels_for(tj, naming.COMPONENT_WORKER),
+                         "annotations": naming.pod_annotations(tj)},
             "spec": pod_spec,
         },
     }

@@ -24,6 +24,9 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_JOB_UID = f"{GROUP}/job-uid"  # the TranscriptionJob's uid (names may exceed 63 chars)
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+# On pods (via the Job templates): the TranscriptionJob's name, so a pod event finds its
+# TranscriptionJob with one GET. An annotation, as names may exceed a label value's 63 chars.
+ANNOTATION_TJ_NAME = f"{GROUP}/transcriptionjob"
 
 COMPONENT_PLANNER = "planner"
 COMPONENT_WORKER = "worker"
@@ -71,6 +74,14 @@ def labels_for(tj: dict[str, Any], component: str) -> dict[str, str]:
         LABEL_COMPONENT: component,
         LABEL_JOB_UID: _uid(tj),
     }
+
+
+def pod_annotations(tj: dict[str, Any]) -> dict[str, str]:
+    """Annotations on the planner's and workers' pods (see `ANNOTATION_TJ_NAME`)."""
+    name = (tj.get("metadata") or {}).get("name")
+    if not name:
+        raise ValueError("TranscriptionJob has no metadata.name")
+    return {ANNOTATION_TJ_NAME: str(name)}
 
 
 def owner_reference(tj: dict[str, Any]) -> dict[str, Any]:

@@ -6,23 +6,23 @@ plain dicts the API returns. Every function returns new data and never mutates i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from whisperfleet_runner.config import PlanReport, ShardReport
 
-from . import reports
+from . import reports, stuck
+from .conditions import clip as _clip
+from .conditions import condition_status, set_condition
 
 PENDING, PLANNING, RUNNING, SUSPENDED = "Pending", "Planning", "Running", "Suspended"
 SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED = "Succeeded", "PartiallySucceeded", "Failed"
 TERMINAL_PHASES = frozenset({SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED})
-CONDITION_TYPES = ("Planned", "Running", "Complete", "Failed", "Suspended")
+CONDITION_TYPES = ("Planned", "Running", "Complete", "Failed", "Suspended", stuck.CONDITION)
 MAX_FAILURES = 20
 MAX_WORKERS = 32  # status must stay small: one entry per finished shard pod, newest first
 # CRD bounds on status strings and lists: a status the API server refuses is never stored.
-MAX_MESSAGE, MAX_URI, MAX_REASON, MAX_NAME, MAX_GPU_TEXT, MAX_GPUS = (
-    32768, 4096, 1024, 253, 128, 16)
+MAX_URI, MAX_REASON, MAX_NAME, MAX_GPU_TEXT, MAX_GPUS = 4096, 1024, 253, 128, 16
 MAX_INT32 = 2**31 - 1
 
 
@@ -35,13 +35,6 @@ def is_terminal(status: Obj | None) -> bool:
 
 def is_planned(status: Obj | None) -> bool:
     return condition_status(status, "Planned") == "True"
-
-
-def condition_status(status: Obj | None, type_: str) -> str | None:
-    for cond in (status or {}).get("conditions") or []:
-        if cond.get("type") == type_:
-            return str(cond.get("status"))
-    return None
 
 
 def format_duration(seconds: float) -> str:
@@ -57,46 +50,6 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
-
-
-def _reason(text: str, default: str) -> str:
-    """A metav1.Condition reason (CamelCase-ish: letters, digits, _ , :) from any text."""
-    cleaned = re.sub(r"[^A-Za-z0-9_,:]", "", text)
-    cleaned = re.sub(r"^[^A-Za-z]+|[,:]+$", "", cleaned)
-    return cleaned[:1024] or default
-
-
-def set_condition(
-    conditions: list[Obj], type_: str, status: bool, reason: str, message: str,
-    generation: int, now: str,
-) -> list[Obj]:
-    """metav1.Condition upsert: lastTransitionTime only moves when the status flips."""
-    value = "True" if status else "False"
-    reason = _reason(reason, type_)
-    message = _clip(message, MAX_MESSAGE)
-    out: list[Obj] = []
-    found = False
-    for cond in conditions:
-        if cond.get("type") != type_:
-            out.append(cond)
-            continue
-        found = True
-        changed = cond.get("status") != value
-        out.append({
-            "type": type_, "status": value, "reason": reason, "message": message,
-            "lastTransitionTime": now if changed else cond.get("lastTransitionTime", now),
-            "observedGeneration": generation,
-        })
-    if not found:
-        out.append({
-            "type": type_, "status": value, "reason": reason, "message": message,
-            "lastTransitionTime": now, "observedGeneration": generation,
-        })
-    return out
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_indexes(text: str | None) -> set[int]:
@@ -184,14 +137,19 @@ def _base(tj: Obj, now: str) -> tuple[Obj, list[Obj], int]:
     return status, list(old.get("conditions") or []), generation
 
 
-def planning_status(tj: Obj, outcome: PlannerOutcome, planner_job_name: str, now: str) -> Obj:
-    """Status while planning, when the plan has just succeeded, or when it failed."""
+def planning_status(tj: Obj, outcome: PlannerOutcome, planner_job_name: str, now: str,
+                    pods: list[Obj] | None = None) -> Obj:
+    """Status while planning, when the plan has just succeeded, or when it failed.
+    `pods` are the planner's pods: one that cannot start is said loudly (PodsHealthy)."""
     status, conds, gen = _base(tj, now)
     suspended = bool((tj.get("spec") or {}).get("suspend"))
+    blocked = stuck.stuck_pods(pods or [])
     if outcome.state == "failed":
         status.update(phase=FAILED, completionTime=now)
-        conds = set_condition(conds, "Planned", False, outcome.reason, outcome.message, gen, now)
-        conds = set_condition(conds, "Failed", True, outcome.reason, outcome.message, gen, now)
+        message = outcome.message + stuck.note(conds)
+        conds = set_condition(conds, "Planned", False, outcome.reason, message, gen, now)
+        conds = set_condition(conds, "Failed", True, outcome.reason, message, gen, now)
+        conds = stuck.pods_health(conds, [], gen, now, finished=True)
     elif outcome.state == "succeeded" and outcome.plan is not None:
         plan = outcome.plan
         status.update(
@@ -202,11 +160,19 @@ def planning_status(tj: Obj, outcome: PlannerOutcome, planner_job_name: str, now
         )
         msg = f"{plan.files} files in {plan.shards} shards"
         conds = set_condition(conds, "Planned", True, "Planned", msg, gen, now)
+        conds = stuck.pods_health(conds, [], gen, now)
+    elif blocked:
+        # The planner runs one pod at a time: stuck means planning cannot progress.
+        status["phase"] = PLANNING
+        conds = set_condition(conds, "Planned", False, blocked[0].reason,
+                              stuck.describe(blocked, "planner"), gen, now)
+        conds = stuck.pods_health(conds, blocked, gen, now, what="planner")
     else:
         # The planner only lists storage (no GPU), so it runs even while suspended.
         status["phase"] = PLANNING
         msg = f"planner Job {planner_job_name} is listing the input"
         conds = set_condition(conds, "Planned", False, "Planning", msg, gen, now)
+        conds = stuck.pods_health(conds, [], gen, now)
     conds = _suspension(conds, suspended, gen, now)
     status["conditions"] = conds
     return status
@@ -331,12 +297,19 @@ def running_status(tj: Obj, job: Obj, pods: list[Obj], now: str) -> Obj:
         phase = RUNNING
     status["phase"] = phase
     text = summary(status)
+    blocked = [] if phase in TERMINAL_PHASES else stuck.stuck_pods(pods)
     if phase in TERMINAL_PHASES:
         status["completionTime"] = (js.get("completionTime") if complete else None) or now
         conds = set_condition(conds, "Running", False, phase, text, gen, now)
+    elif phase == RUNNING and blocked and not stuck.running(pods):
+        # Nothing runs and pods cannot start: the Job is "active" but nothing progresses.
+        conds = set_condition(conds, "Running", False, blocked[0].reason,
+                              f"{stuck.describe(blocked, 'worker')}; {text}", gen, now)
     elif phase == RUNNING:
         msg = (f"{succeeded_shards} of {plan.shards} shards done, {shards['active']} active; "
                f"{text}")
+        if blocked:
+            msg += f"; {len(blocked)} pods cannot start ({blocked[0].reason})"
         conds = set_condition(conds, "Running", True, "ShardsRunning", msg, gen, now)
     elif phase == PENDING:
         queue = spec.get("queueName") or ""
@@ -350,8 +323,10 @@ def running_status(tj: Obj, job: Obj, pods: list[Obj], now: str) -> Obj:
         conds = set_condition(conds, "Complete", True, phase, text, gen, now)
     if phase == FAILED and failed is not None:
         reason = str(failed.get("reason") or "JobFailed")
-        message = str(failed.get("message") or "the worker Job failed")
+        message = str(failed.get("message") or "the worker Job failed") + stuck.note(conds)
         conds = set_condition(conds, "Failed", True, reason, f"{message}; {text}", gen, now)
+    conds = stuck.pods_health(conds, blocked, gen, now, what="worker",
+                         finished=phase in TERMINAL_PHASES)
     status["conditions"] = _suspension(conds, bool(spec.get("suspend")) and
                                        phase not in TERMINAL_PHASES, gen, now)
     return status
@@ -371,6 +346,8 @@ def transitions(old: Obj | None, new: Obj) -> list[tuple[str, str, str]]:
     events: list[tuple[str, str, str]] = []
     if not is_planned(old) and is_planned(new):
         events.append(("Normal", "Planned", str(_condition(new, "Planned").get("message"))))
+    events.extend(stuck.events(_condition(old, stuck.CONDITION),
+                               _condition(new, stuck.CONDITION)))
     if before == after:
         return events
     if after == PLANNING:
@@ -389,3 +366,4 @@ def transitions(old: Obj | None, new: Obj) -> list[tuple[str, str, str]]:
         events.append(("Warning", str(cond.get("reason") or FAILED),
                        str(cond.get("message") or "failed")))
     return events
+
