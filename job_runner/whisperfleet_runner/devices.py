@@ -23,6 +23,12 @@ from whisperfleet_runner.nvml import GpuInfo
 log = logging.getLogger(__name__)
 
 VOLUME_MOUNTS_DIR = "/var/run/nvidia-container-devices"
+# Test switch (deliberately narrow): with this set to 1 AND the fake NVML active (its
+# variable set, see tests/fakes), a process bound to a fake GPU keeps that binding and its
+# reported identity but runs the model on the CPU. Without the fake NVML it does nothing,
+# so it can never move a real GPU run onto the CPU.
+ENV_GPU_ON_CPU = "WHISPERFLEET_TEST_GPU_ON_CPU"
+ENV_FAKE_NVML = "WHISPERFLEET_FAKE_NVML"
 _NOTHING = ("", "none", "void")
 INDEX_PATTERN = re.compile(r"^(\d+)(?::(\d+))?$")  # "2" or the MIG address "2:1"
 
@@ -257,6 +263,11 @@ def _why_no_gpu(
     if not visible:
         return "NVML sees no GPU"
     return f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} hides every allocated GPU"
+
+
+def gpu_on_cpu(environ: Mapping[str, str]) -> bool:
+    """True when the test switch is on and the fake NVML is in use (see ENV_GPU_ON_CPU)."""
+    return environ.get(ENV_GPU_ON_CPU, "") == "1" and bool(environ.get(ENV_FAKE_NVML))
 
 
 def bind_environment(gpus: Sequence[GpuInfo]) -> dict[str, str]:

@@ -27,8 +27,9 @@ from whisperfleet_runner.config import GpuIdentity, WorkOrder
 from whisperfleet_runner.nvml import GpuInfo
 from whisperfleet_runner.pipeline import available_cpus
 
-ENV_GPU_ON_CPU = "WHISPERFLEET_TEST_GPU_ON_CPU"
-ENV_FAKE_NVML = "WHISPERFLEET_FAKE_NVML"  # the fake NVML's switch (tests/fakes/pynvml)
+# The narrow test switch lives in devices (shared with shard pods); re-exported for callers.
+ENV_GPU_ON_CPU = devices.ENV_GPU_ON_CPU
+gpu_on_cpu = devices.gpu_on_cpu
 
 # Read-ahead per worker (decoded samples, 64 KB per audio second: about 8 minutes). Files a
 # worker holds are not available to the others, so a small window keeps the GPUs finishing
@@ -51,11 +52,6 @@ class WorkerSpec:
     gpu: GpuIdentity | None = None
     free_memory_mib: int | None = None  # bounds the batch size (NVML, before loading)
     log_level: int = logging.INFO
-
-
-def gpu_on_cpu(environ: Mapping[str, str]) -> bool:
-    """True when the test switch is on and the fake NVML is in use (see module docstring)."""
-    return environ.get(ENV_GPU_ON_CPU, "") == "1" and bool(environ.get(ENV_FAKE_NVML))
 
 
 def plan_workers(

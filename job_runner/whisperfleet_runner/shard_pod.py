@@ -72,12 +72,17 @@ def run_on_allocated(
                  shard, gpu.uuid, gpu.name, gpu.memory_mib, gpu.device_index)
     label = device_label(selection.device, selection.device_index)
     ordinals = selection.device_index or [0]
+    model_device = selection.device
+    if model_device == "cuda" and devices.gpu_on_cpu(environ):
+        log.warning("test switch %s: the model runs on the CPU; the GPU binding is kept",
+                    devices.ENV_GPU_ON_CPU)
+        model_device, compute_type = "cpu", devices.resolve_compute_type("auto", "cpu", None)
 
     def get_engine() -> Any:
         from whisperfleet_runner.engine import get_engine as load
 
-        free = [g.memory_free_mib for g in selection.gpus]
-        return load(order.model, device=selection.device,
+        free = [g.memory_free_mib for g in selection.gpus if model_device == "cuda"]
+        return load(order.model, device=model_device,
                     device_index=ordinals if len(ordinals) > 1 else ordinals[0],
                     compute_type=compute_type, free_memory_mib=min(free) if free else None)
 
