@@ -90,6 +90,8 @@ def run_on_allocated(
     report = run_files(files, order, get_engine, ledger=ledger, shard=shard, device=label,
                        gpus=gpus)
     report.node, report.pod = environ.get("NODE_NAME", ""), environ.get("POD_NAME", "")
+    # A shard stopped early (the model did not load) still had all its files to do.
+    report.total = max(report.total, len(files))
     return report
 
 

@@ -142,6 +142,7 @@ def test_model_that_cannot_load_is_a_shard_error(tmp_path: Path, audio_dir: Path
     assert result.returncode == config.EXIT_USAGE, result.stderr
     report = ShardReport.from_json((tmp_path / "t.log").read_text())
     assert report.error_reason == "ModelNotFound"
+    assert report.total == 1 and report.succeeded == 0  # the shard's file is still to do
     assert str(tmp_path / "nope") in report.error_message
     assert not (tmp_path / "out").exists()
 
