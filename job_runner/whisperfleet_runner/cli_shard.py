@@ -26,7 +26,9 @@ from whisperfleet_runner.cli_plan import (
 log = logging.getLogger(__name__)
 
 # Shard-level errors that are not about storage; every other error_reason came from storage.
-_USAGE_REASONS = ("BadManifest", "BadWorkOrder", "ModelNotFound", "NoMatchingFiles")
+_USAGE_REASONS = (
+    "BadManifest", "BadWorkOrder", "ModelNotFound", "NoMatchingFiles", "UnsupportedOptions",
+)
 
 
 def exit_code(report: config.ShardReport) -> int:

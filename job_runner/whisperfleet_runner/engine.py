@@ -130,6 +130,22 @@ class Engine:
         """Whether the model detects languages (an English-only `.en` model does not)."""
         return bool(self.whisper.model.is_multilingual)
 
+    def unsupported(self, options: TranscriptionOptions) -> str | None:
+        """Why this model cannot honour `options` at all (checked once, before any file),
+        or None. An English-only model ignores a language and only warns, as Whisper does."""
+        language = options.language
+        if not language:
+            return None
+        if not self.multilingual:
+            if language != "en":
+                log.warning("model %s is English-only: language %r is ignored",
+                            self.options.name, language)
+            return None
+        if language not in self.whisper.supported_languages:
+            return (f"language {language!r} is not one model {self.options.name} knows; use a "
+                    f"code such as en, de, fr, ja (or none, to detect it per file)")
+        return None
+
     @property
     def batch_cap(self) -> int | None:
         """The batch size ceiling set by an earlier out-of-memory, if any."""

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from whisperfleet_runner import audio, formats, packing, pipeline, storage
-from whisperfleet_runner.config import FileFailure, GpuIdentity, ShardReport, WorkOrder
+from whisperfleet_runner.config import (
+    FileFailure,
+    GpuIdentity,
+    ShardReport,
+    TranscriptionOptions,
+    WorkOrder,
+)
 from whisperfleet_runner.ledger import (
     FAILED,
     SKIPPED,
@@ -45,21 +51,29 @@ class EngineLoadError(RuntimeError):
 
 
 class _LazyEngine:
-    """Calls the getter at most once, on first use, so an all-skipped shard loads no model."""
+    """Calls the getter at most once, on first use, so an all-skipped shard loads no model;
+    then checks once that the model can honour the options (a language it does not know
+    would otherwise fail every file, one by one)."""
 
-    def __init__(self, getter: EngineGetter) -> None:
+    def __init__(self, getter: EngineGetter, options: TranscriptionOptions) -> None:
         self._getter = getter
+        self._options = options
         self._engine: Any = None
 
     def get(self) -> Any:
         if self._engine is None:
             try:
-                self._engine = self._getter()
+                engine = self._getter()
             except Exception as exc:
                 from whisperfleet_runner.models import ModelNotFoundError
 
                 reason = "ModelNotFound" if isinstance(exc, ModelNotFoundError) else "ModelLoad"
                 raise EngineLoadError(reason, f"cannot load the model: {exc}") from exc
+            check = getattr(engine, "unsupported", None)
+            problem = check(self._options) if check else None
+            if problem:
+                raise EngineLoadError("UnsupportedOptions", problem)
+            self._engine = engine
         return self._engine
 
 
@@ -96,7 +110,8 @@ def run_files(
     """
     started = time.monotonic()
     report = ShardReport(shard=shard, device=device, gpus=list(gpus or []))
-    run = _Run(order, _LazyEngine(get_engine), shard=shard, device=device)
+    run = _Run(order, _LazyEngine(get_engine, order.transcription), shard=shard,
+               device=device)
 
     def finish(record: LedgerRecord, bad_input: bool) -> None:
         _count(report, record)

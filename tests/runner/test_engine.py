@@ -206,3 +206,12 @@ def test_batch_size_is_bounded_by_free_gpu_memory(
     free_mib: int, weights_mib: int, expected: int
 ) -> None:
     assert batch_size_for_memory(8, free_mib, weights_mib) == expected
+
+
+def test_english_only_model_ignores_a_language_with_a_warning(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="whisperfleet_runner.engine"):
+        assert engine.unsupported(TranscriptionOptions(language="de")) is None
+    assert any("English-only" in r.getMessage() for r in caplog.records)
+    assert engine.unsupported(TranscriptionOptions(language=None)) is None

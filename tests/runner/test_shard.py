@@ -230,3 +230,22 @@ def test_s3_job_with_hostile_key(s3_env: dict[str, str], s3_bucket: str, audio_d
     assert (rerun.skipped, rerun.succeeded, rerun.failed) == (5, 0, 5)
     assert by_key(order)["hello.wav"] == SUCCEEDED
     assert set(by_key(order).values()) == {SUCCEEDED, FAILED}  # a skip never hides a success
+
+
+def test_options_the_model_cannot_honour_stop_the_shard_once(
+    tmp_path: Path, audio_dir: Path
+) -> None:
+    # A multilingual model asked for a language it does not know would fail every file one
+    # by one; the check after loading stops the shard with one reason instead.
+    order = work_order(str(audio_dir), str(tmp_path / "out"), Path("unused"))
+
+    class Picky:
+        def unsupported(self, options: object) -> str:
+            return "language 'xx' is not one model large-v3 knows"
+
+    files = [InputFile(uri=str(audio_dir / "hello.wav"), key="hello.wav", size=1),
+             InputFile(uri=str(audio_dir / "nested" / "numbers.wav"), key="n.wav", size=1)]
+    report = run_files(files, order, Picky, device="cpu")
+    assert report.error_reason == "UnsupportedOptions" and "'xx'" in report.error_message
+    assert report.succeeded == 0 and report.failures == []
+    assert not (tmp_path / "out").exists()
