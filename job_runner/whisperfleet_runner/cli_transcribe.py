@@ -120,9 +120,9 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
         return
     specs = local_worker.plan_workers(choice.device, choice.gpus, order.model.compute_type,
                                       os.environ)
-    if local_worker.gpu_on_cpu(os.environ) and choice.device == "cuda":
+    if devices.gpu_on_cpu(os.environ) and choice.device == "cuda":
         log.warning("test switch %s: workers bound to the fake GPUs run the model on the CPU",
-                    local_worker.ENV_GPU_ON_CPU)
+                    devices.ENV_GPU_ON_CPU)
     specs = specs[: max(1, len(gathered.files))]  # an idle worker would only cost a spawn
     observer = local_progress(quiet)
     with observer:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-from whisperfleet_runner import models, pipeline
+from whisperfleet_runner import cpus, devices, models
 from whisperfleet_runner.audio import SAMPLE_RATE
 from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.packed_decode import PackedDecoder
@@ -63,16 +63,16 @@ def batch_size_for_memory(requested: int, free_mib: int, weights_mib: int) -> in
 
 
 def resolve_compute_type(compute_type: str, device: str, device_index: int = 0) -> str:
-    """Map "auto" to a concrete type: int8 on CPU, float16 on GPUs that support it
-    (compute capability >= 7.0, Tensor Cores), int8_float32 on older GPUs."""
-    if compute_type != "auto":
-        return compute_type
-    if device == "cpu":
-        return "int8"
-    import ctranslate2
+    """A concrete compute type by the one rule in `devices.resolve_compute_type`. Callers
+    normally resolve "auto" with NVML's compute capability; without it, CTranslate2's own
+    float16 support on the device stands for "compute capability >= 7.0"."""
+    capability = None
+    if compute_type == "auto" and device == "cuda":
+        import ctranslate2
 
-    supported = ctranslate2.get_supported_compute_types(device, device_index)
-    return "float16" if "float16" in supported else "int8_float32"
+        float16 = "float16" in ctranslate2.get_supported_compute_types(device, device_index)
+        capability = "7.0" if float16 else "0.0"
+    return devices.resolve_compute_type(compute_type, device, capability)
 
 
 class Engine:
@@ -98,7 +98,7 @@ class Engine:
         requested = resolve_compute_type(compute_type, device, indices[0])
         if cpu_threads <= 0:
             # CTranslate2's default (4, or OMP_NUM_THREADS) ignores cgroup quotas and affinity.
-            cpu_threads = pipeline.available_cpus()
+            cpu_threads = cpus.available_cpus()
         self.cpu_threads = cpu_threads
         self.model_path = models.resolve_model(model.name, model.cache_dir)
         started = time.monotonic()

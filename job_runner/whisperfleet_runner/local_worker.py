@@ -5,10 +5,8 @@ GPU's UUID, CUDA_DEVICE_ORDER) before anything imports CTranslate2, so CUDA in t
 only ever sees that GPU and no memory lands on the others; the model is then device 0.
 Files come from the task queue and go through `shard.run_files`, the same loop a pod runs.
 
-Test switch (deliberately narrow): with `WHISPERFLEET_TEST_GPU_ON_CPU=1` AND the fake NVML
-active (`WHISPERFLEET_FAKE_NVML` set, see tests/fakes), a worker bound to a fake GPU keeps
-that binding but runs the model on the CPU. Without the fake NVML the switch does nothing,
-so it can never move a real GPU run onto the CPU.
+Under the narrow test switch (`devices.ENV_GPU_ON_CPU`, effective only with the fake NVML),
+a worker bound to a fake GPU keeps that binding but runs the model on the CPU.
 """
 
 from __future__ import annotations
@@ -24,12 +22,8 @@ from typing import Any
 
 from whisperfleet_runner import devices
 from whisperfleet_runner.config import GpuIdentity, WorkOrder
+from whisperfleet_runner.cpus import available_cpus
 from whisperfleet_runner.nvml import GpuInfo
-from whisperfleet_runner.pipeline import available_cpus
-
-# The narrow test switch lives in devices (shared with shard pods); re-exported for callers.
-ENV_GPU_ON_CPU = devices.ENV_GPU_ON_CPU
-gpu_on_cpu = devices.gpu_on_cpu
 
 # Read-ahead per worker (decoded samples, 64 KB per audio second: about 8 minutes). Files a
 # worker holds are not available to the others, so a small window keeps the GPUs finishing
@@ -66,7 +60,7 @@ def plan_workers(
                            devices.resolve_compute_type(compute_type, "cpu", None),
                            cpu_threads=cores, env={"CUDA_VISIBLE_DEVICES": ""},
                            log_level=level)]
-    on_cpu = gpu_on_cpu(environ)
+    on_cpu = devices.gpu_on_cpu(environ)
     specs = []
     for index, gpu in enumerate(gpus):
         if on_cpu:  # GPU compute types make no sense on the CPU: auto picks int8 there

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from whisperfleet_runner.pipeline import available_cpus, cgroup_cpu_quota
+from whisperfleet_runner.cpus import available_cpus, cgroup_cpu_quota
 
 
 def affinity() -> int:
