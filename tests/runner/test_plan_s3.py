@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from whisperfleet_runner import config
 from whisperfleet_runner.config import OutputOptions, PlanReport, WorkOrder
 from whisperfleet_runner.planner import plan, read_manifest
 
-CLI = "/work/venv/bin/whisperfleet"
+# The entry point installed beside the interpreter running the tests (same venv).
+CLI = str(Path(sys.executable).parent / "whisperfleet")
 
 
 def order_for(bucket: str, **kwargs: object) -> WorkOrder:

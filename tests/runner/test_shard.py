@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -19,7 +20,8 @@ from whisperfleet_runner.shard import run_files
 from whisperfleet_runner.shard_pod import run_shard
 from whisperfleet_runner.storage import InputFile
 
-CLI = "/work/venv/bin/whisperfleet"
+# The entry point installed beside the interpreter running the tests (same venv).
+CLI = str(Path(sys.executable).parent / "whisperfleet")
 FAKES = Path(__file__).resolve().parent.parent / "fakes"
 GOOD = ["hello.wav", "nested/numbers.wav", "nested/deeper/hello.wav", "with space é.wav",
         "silence.wav"]
