@@ -40,6 +40,7 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # --- environment that carries a work order into a pod ----------------------------------
 ENV_WORK_ORDER = "WHISPERFLEET_WORK_ORDER"  # JSON of WorkOrder
 ENV_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # set by the Indexed Job controller
+ENV_TERMINATION_LOG = "WHISPERFLEET_TERMINATION_LOG"  # = the container's terminationMessagePath
 ENV_MODEL_CACHE = "WHISPERFLEET_MODEL_CACHE"  # pre-staged models dir (<cache>/<name>/model.bin)
 MODEL_CACHE_MOUNT = "/models"
 

@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-from whisperfleet_runner import cpus, devices, models
+from whisperfleet_runner import models
 from whisperfleet_runner.audio import SAMPLE_RATE
 from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.gpu import cpus, devices
 from whisperfleet_runner.packed_decode import PackedDecoder
 from whisperfleet_runner.transcript import Segment, Transcript, Word
 

@@ -48,7 +48,8 @@ from tests.operator.test_operator_e2e import (
     tj_path,
 )
 from whisperfleet_operator import naming
-from whisperfleet_runner import config, devices
+from whisperfleet_runner import config
+from whisperfleet_runner.gpu import devices
 from whisperfleet_runner.ledger import merge, parse_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -136,7 +137,7 @@ async def run_pod(job_body: Obj, pod_name: str, secrets: dict[str, dict[str, str
         env.update({"PYTHONPATH": str(FAKES), devices.ENV_FAKE_NVML: json.dumps([gpu]),
                     "NVIDIA_VISIBLE_DEVICES": gpu["uuid"], devices.ENV_GPU_ON_CPU: "1"})
     # The kubelet creates the termination log; the runner writes it only when it exists
-    # (cli_plan.default_termination_log). /dev/termination-log is not ours here, so point
+    # (cli.pod_io.default_termination_log). /dev/termination-log is not ours here, so point
     # the runner at a file standing for it.
     assert container["terminationMessagePath"] == config.TERMINATION_MESSAGE_PATH
     log_file = scratch / "termination-log"

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from whisperfleet_runner import audio, packed_decode, packing
+from whisperfleet_runner.batch import run_files
 from whisperfleet_runner.config import ModelOptions, OutputOptions, TranscriptionOptions, WorkOrder
 from whisperfleet_runner.engine import Engine, get_engine
-from whisperfleet_runner.shard import run_files
 from whisperfleet_runner.storage import InputFile
 from whisperfleet_runner.transcript import Segment
 

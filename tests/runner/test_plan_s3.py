@@ -15,7 +15,7 @@ import pytest
 
 from whisperfleet_runner import config
 from whisperfleet_runner.config import OutputOptions, PlanReport, WorkOrder
-from whisperfleet_runner.planner import plan, read_manifest
+from whisperfleet_runner.pod.planner import plan, read_manifest
 
 # The entry point installed beside the interpreter running the tests (same venv).
 CLI = str(Path(sys.executable).parent / "whisperfleet")

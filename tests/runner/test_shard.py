@@ -13,11 +13,11 @@ import boto3
 import pytest
 
 from whisperfleet_runner import config
+from whisperfleet_runner.batch import run_files
 from whisperfleet_runner.config import OutputOptions, ShardReport, WorkOrder
 from whisperfleet_runner.ledger import FAILED, SUCCEEDED, merge, read_ledger
-from whisperfleet_runner.planner import plan, read_manifest
-from whisperfleet_runner.shard import run_files
-from whisperfleet_runner.shard_pod import run_shard
+from whisperfleet_runner.pod.planner import plan, read_manifest
+from whisperfleet_runner.pod.shard import run_shard
 from whisperfleet_runner.storage import InputFile
 
 # The entry point installed beside the interpreter running the tests (same venv).

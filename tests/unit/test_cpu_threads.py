@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from whisperfleet_runner.cpus import available_cpus, cgroup_cpu_quota
+from whisperfleet_runner.gpu.cpus import available_cpus, cgroup_cpu_quota
 
 
 def affinity() -> int:
@@ -62,9 +62,9 @@ def test_this_machine_is_not_overcounted() -> None:
 def test_the_local_cpu_worker_uses_the_cpus_this_process_may_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from whisperfleet_runner import local_worker
+    from whisperfleet_runner import worker
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {3})
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    (spec,) = local_worker.plan_workers("cpu", [], "auto", {})
+    (spec,) = worker.plan_workers("cpu", [], "auto", {})
     assert spec.cpu_threads == 1 and spec.compute_type == "int8"

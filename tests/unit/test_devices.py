@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from whisperfleet_runner import config, devices, gpu_choice
-from whisperfleet_runner.devices import GpuNotVisibleError, NoGpuError
+from whisperfleet_runner import config
+from whisperfleet_runner.gpu import choice as gpu_choice
+from whisperfleet_runner.gpu import devices
+from whisperfleet_runner.gpu.devices import GpuNotVisibleError, NoGpuError
 
 
 def uuid(i: int) -> str:
@@ -228,7 +230,7 @@ def test_cpu_never_touches_nvml(fake_nvml) -> None:
 def test_the_chosen_identity_is_logged(fake_nvml, caplog: pytest.LogCaptureFixture) -> None:
     fake_nvml([{**gpu(0), "mig": [{"uuid": "MIG-cafe", "profile": "3g.20gb",
                                    "memory_total_mib": 19968}]}])
-    caplog.set_level(logging.INFO, logger="whisperfleet_runner.devices")
+    caplog.set_level(logging.INFO, logger="whisperfleet_runner.gpu.devices")
     devices.select_allocated("cuda", {"NVIDIA_VISIBLE_DEVICES": "MIG-cafe"})
     line = next(r.getMessage() for r in caplog.records if "MIG-cafe" in r.getMessage())
     for part in ("CUDA device 0", "NVIDIA A100-SXM4-40GB", "00000000:07:00.0", "19968 MiB",

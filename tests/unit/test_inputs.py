@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from whisperfleet_runner.config import DEFAULT_INCLUDE
-from whisperfleet_runner.inputs import InputError, gather, glob_regex
+from whisperfleet_runner.local.inputs import InputError, gather, glob_regex
 
 
 def _tree(root: Path, files: dict[str, int]) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from whisperfleet_runner.config import DEFAULT_INCLUDE
-from whisperfleet_runner.keys import (
+from whisperfleet_runner.storage.keys import (
     UnsafeKeyError,
     in_state_dir,
     is_temporary,

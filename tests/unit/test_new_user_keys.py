@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from whisperfleet_runner.config import DEFAULT_INCLUDE
-from whisperfleet_runner.inputs import gather
+from whisperfleet_runner.local.inputs import gather
 
 
 def _tree(root: Path, names: list[str]) -> Path:
@@ -66,7 +66,7 @@ def test_a_bodyless_403_is_access_denied_with_both_hints(
     # permission look alike. It used to come out as reason StorageError, "403: Forbidden".
     from botocore.exceptions import ClientError
 
-    from whisperfleet_runner.storage_errors import wrap_error
+    from whisperfleet_runner.storage.errors import wrap_error
 
     secret = "Wr0ngSecret/NeverPrinted+123"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from whisperfleet_runner import nvml
+from whisperfleet_runner.gpu import nvml
 
 A100 = "NVIDIA A100-SXM4-40GB"
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from whisperfleet_runner.planner import (
+from whisperfleet_runner.pod.planner import (
     ManifestEntry,
     auto_shards,
     balance,

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from whisperfleet_runner import storage
 from whisperfleet_runner.config import PlanReport, WorkOrder
-from whisperfleet_runner.keys import UnsafeKeyError, output_stem
+from whisperfleet_runner.storage.keys import UnsafeKeyError, output_stem
 
 log = logging.getLogger(__name__)
 

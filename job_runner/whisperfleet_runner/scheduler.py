@@ -1,6 +1,6 @@
 """The local batch run: spread gathered inputs over one worker process per chosen GPU.
 
-Workers (`local_worker`) are spawned processes fed from one shared queue, longest files
+Workers (`worker`) are spawned processes fed from one shared queue, longest files
 first; the parent never imports CTranslate2, so CUDA is never initialised in it. Inputs are
 gathered by `inputs.gather`.
 """
@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from whisperfleet_runner.config import FileFailure, ShardReport, WorkOrder
-from whisperfleet_runner.inputs import Gathered
 from whisperfleet_runner.ledger import SKIPPED, SUCCEEDED, LedgerRecord
-from whisperfleet_runner.local_worker import (
+from whisperfleet_runner.local.inputs import Gathered
+from whisperfleet_runner.worker import (
     BEGIN,
     DONE,
     ERROR,

@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from whisperfleet_runner.ledger import FAILED, SKIPPED, SUCCEEDED, LedgerRecord
-from whisperfleet_runner.local import RunSummary
-from whisperfleet_runner.local_worker import WorkerSpec
+from whisperfleet_runner.scheduler import RunSummary
+from whisperfleet_runner.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 

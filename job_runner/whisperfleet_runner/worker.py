@@ -3,7 +3,7 @@
 The body runs in a *spawned* process. It exports its binding (CUDA_VISIBLE_DEVICES = its
 GPU's UUID, CUDA_DEVICE_ORDER) before anything imports CTranslate2, so CUDA in this process
 only ever sees that GPU and no memory lands on the others; the model is then device 0.
-Files come from the task queue and go through `shard.run_files`, the same loop a pod runs.
+Files come from the task queue and go through `batch.run_files`, the same loop a pod runs.
 
 Under the narrow test switch (`devices.ENV_GPU_ON_CPU`, effective only with the fake NVML),
 a worker bound to a fake GPU keeps that binding but runs the model on the CPU.
@@ -20,10 +20,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from whisperfleet_runner import devices
 from whisperfleet_runner.config import GpuIdentity, WorkOrder
-from whisperfleet_runner.cpus import available_cpus
-from whisperfleet_runner.nvml import GpuInfo
+from whisperfleet_runner.gpu import devices
+from whisperfleet_runner.gpu.cpus import available_cpus
+from whisperfleet_runner.gpu.nvml import GpuInfo
 
 # Read-ahead per worker (decoded samples, 64 KB per audio second: about 8 minutes). Files a
 # worker holds are not available to the others, so a small window keeps the GPUs finishing
@@ -114,7 +114,7 @@ def worker_main(spec: WorkerSpec, order_json: str, tasks: Any, events: Any, stop
 
 def _work(spec: WorkerSpec, order: WorkOrder, tasks: Any, events: Any, stop: Any,
           no_more: Any) -> None:
-    from whisperfleet_runner import shard, storage
+    from whisperfleet_runner import batch, storage
 
     # Taken from the queue, not yet recorded. run_files reads ahead (prefetch, short-clip
     # packing), so several files can be in hand at once.
@@ -146,7 +146,7 @@ def _work(spec: WorkerSpec, order: WorkOrder, tasks: Any, events: Any, stop: Any
                     compute_type=spec.compute_type, cpu_threads=spec.cpu_threads,
                     free_memory_mib=spec.free_memory_mib)
 
-    report = shard.run_files(files(), order, get_engine, device=spec.label,
+    report = batch.run_files(files(), order, get_engine, device=spec.label,
                              gpus=[spec.gpu] if spec.gpu else [], progress=progress,
                              prefetch_bytes=PREFETCH_BYTES)
     # A worker that cannot load the model hands its files back: the parent requeues them

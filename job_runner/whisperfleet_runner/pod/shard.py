@@ -12,9 +12,9 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from whisperfleet_runner import storage
+from whisperfleet_runner.batch import run_files
 from whisperfleet_runner.config import ShardReport, WorkOrder
 from whisperfleet_runner.ledger import LedgerWriter, attempt_name
-from whisperfleet_runner.shard import run_files
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def run_shard(order: WorkOrder, index: int, environ: MutableMapping[str, str]) -
     before the model initialises CUDA. Errors that stop the whole shard come back in the
     report's error_reason/error_message (NoGPU, BadManifest, a storage reason, ModelNotFound…).
     """
-    from whisperfleet_runner import planner
+    from whisperfleet_runner.pod import planner
 
     try:
         entries = [e for e in planner.read_manifest(order.manifest_uri) if e.shard == index]
@@ -52,7 +52,7 @@ def run_on_allocated(
     ledger: LedgerWriter | None = None,
 ) -> ShardReport:
     """Select this process's allocated devices (see run_shard) and run `files` on them."""
-    from whisperfleet_runner import devices
+    from whisperfleet_runner.gpu import devices
 
     try:
         selection = devices.select_allocated(order.device, environ)

@@ -12,9 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from whisperfleet_runner import nvml
-from whisperfleet_runner.devices import INDEX_PATTERN, NoGpuError, cuda_enumeration, lookup
-from whisperfleet_runner.nvml import GpuInfo
+from whisperfleet_runner.gpu import nvml
+from whisperfleet_runner.gpu.devices import INDEX_PATTERN, NoGpuError, cuda_enumeration, lookup
+from whisperfleet_runner.gpu.nvml import GpuInfo
 
 
 @dataclass

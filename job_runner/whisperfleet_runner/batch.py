@@ -2,7 +2,7 @@
 
 `run_files` is the loop (no click, no environment): for each file it confines the output
 keys, skips files whose outputs exist, decodes, transcribes, renders and publishes every
-format, and records the outcome. One bad file never stops the others. `shard_pod.run_shard`
+format, and records the outcome. One bad file never stops the others. `pod.shard.run_shard`
 wraps it for a pod: read the manifest, pick the allocated devices, run this shard's files.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from whisperfleet_runner import audio, formats, packing, pipeline, storage
+from whisperfleet_runner import audio, formats, packing, storage
 from whisperfleet_runner.config import (
     FileFailure,
     GpuIdentity,
@@ -32,6 +32,7 @@ from whisperfleet_runner.ledger import (
     LedgerRecord,
     LedgerWriter,
 )
+from whisperfleet_runner.overlap import DEFAULT_PREFETCH_BYTES, Inline, Prefetcher, Publisher
 from whisperfleet_runner.transcript import Transcript
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def run_files(
     gpus: list[GpuIdentity] | None = None,
     progress: Progress | None = None,
     overlap: bool = True,
-    prefetch_bytes: int = pipeline.DEFAULT_PREFETCH_BYTES,
+    prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
 ) -> ShardReport:
     """Transcribe `files` as `order` says; every file attempted ends in one ledger record.
 
@@ -123,13 +124,13 @@ def run_files(
 
     prepared: Iterable[_Prepared]
     if overlap:
-        prefetcher = pipeline.Prefetcher(
+        prefetcher = Prefetcher(
             files, run.prepare, size_of=lambda p: 0 if p.samples is None else p.samples.nbytes,
             max_bytes=prefetch_bytes,
         )
-        prepared, publisher = prefetcher, pipeline.Publisher()
+        prepared, publisher = prefetcher, Publisher()
     else:
-        prefetcher, publisher = None, pipeline.Inline()
+        prefetcher, publisher = None, Inline()
     try:
         run.process(prepared if overlap else map(run.prepare, files), publisher, finish)
     except EngineLoadError as exc:

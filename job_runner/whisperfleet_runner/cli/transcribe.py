@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from whisperfleet_runner import config, options
-from whisperfleet_runner.cli import main
+from whisperfleet_runner import config
+from whisperfleet_runner.cli import options
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _summary_path(_ctx: click.Context, _param: click.Parameter, value: str | Non
     return value
 
 
-@main.command("transcribe", epilog=_EPILOG)
+@click.command("transcribe", epilog=_EPILOG)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", required=True, metavar="FOLDER|URI",
               help="Output folder or prefix (s3://…); outputs mirror the input paths.")
@@ -84,8 +84,10 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
     are skipped, so re-running after Ctrl-C or a failure finishes the rest.
     """
     _configure_logging(quiet, verbose)
-    from whisperfleet_runner import devices, gpu_choice, local, local_worker, storage
-    from whisperfleet_runner import inputs as gathering
+    from whisperfleet_runner import scheduler, storage, worker
+    from whisperfleet_runner.gpu import choice as gpu_choice
+    from whisperfleet_runner.gpu import devices
+    from whisperfleet_runner.local import inputs as gathering
 
     output = _output_uri(output)
     order = config.WorkOrder(
@@ -118,7 +120,7 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
     except (gathering.InputError, storage.StorageError) as exc:
         _fail(str(exc))
         return
-    specs = local_worker.plan_workers(choice.device, choice.gpus, order.model.compute_type,
+    specs = worker.plan_workers(choice.device, choice.gpus, order.model.compute_type,
                                       os.environ)
     if devices.gpu_on_cpu(os.environ) and choice.device == "cuda":
         log.warning("test switch %s: workers bound to the fake GPUs run the model on the CPU",
@@ -126,7 +128,7 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
     specs = specs[: max(1, len(gathered.files))]  # an idle worker would only cost a spawn
     observer = local_progress(quiet)
     with observer:
-        summary = local.run(gathered, order, specs, observer)
+        summary = scheduler.run(gathered, order, specs, observer)
     code = exit_code(summary)
     try:
         _report(summary, choice, quiet, summary_json)
@@ -137,7 +139,7 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
 
 
 def _output_uri(output: str) -> str:
-    from whisperfleet_runner import keys
+    from whisperfleet_runner.storage import keys
 
     if keys.protocol(output) not in ("file", "local"):
         return output
@@ -152,7 +154,8 @@ def storage_check(output: str) -> None:
     write there: otherwise every file would be transcribed only to fail at publishing."""
     import uuid
 
-    from whisperfleet_runner import keys, storage
+    from whisperfleet_runner import storage
+    from whisperfleet_runner.storage import keys
 
     if keys.protocol(output) in ("file", "local"):
         return  # folders are created as needed; a refused write fails its file with a reason
@@ -173,7 +176,7 @@ def storage_check(output: str) -> None:
 
 
 def local_progress(quiet: bool) -> Any:
-    from whisperfleet_runner import progress
+    from whisperfleet_runner.local import progress
 
     return progress.LogProgress() if quiet else progress.LiveProgress()
 
@@ -189,7 +192,7 @@ def exit_code(summary: Any) -> int:
 def _report(summary: Any, choice: Any, quiet: bool, summary_json: str | None) -> None:
     from rich.console import Console
 
-    from whisperfleet_runner import progress
+    from whisperfleet_runner.local import progress
 
     if quiet:
         for line in progress.summary_lines(summary):

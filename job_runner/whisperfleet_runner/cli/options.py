@@ -40,7 +40,7 @@ def _language(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
-    from whisperfleet_runner import gpu_choice
+    from whisperfleet_runner.gpu import choice as gpu_choice
 
     try:
         return gpu_choice.parse_size(value)

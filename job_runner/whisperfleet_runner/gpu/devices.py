@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whisperfleet_runner import config, nvml
-from whisperfleet_runner.nvml import GpuInfo
+from whisperfleet_runner import config
+from whisperfleet_runner.gpu import nvml
+from whisperfleet_runner.gpu.nvml import GpuInfo
 
 log = logging.getLogger(__name__)
 

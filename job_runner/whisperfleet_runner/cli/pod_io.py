@@ -1,4 +1,4 @@
-"""`whisperfleet plan`: the planner pod's entry point, plus helpers the pod commands share.
+"""What the pod commands (`plan`, `run-shard`) share: logging, the work order, the report.
 
 Pods report through their termination message (the operator reads it from the pod status),
 so the report JSON goes to the termination log and to stdout; logs go to stderr.
@@ -13,7 +13,6 @@ import sys
 import click
 
 from whisperfleet_runner import config
-from whisperfleet_runner.cli import main
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,10 @@ def load_work_order(path: str | None, *, required: bool = True) -> config.WorkOr
 
 
 def default_termination_log() -> str | None:
-    """Kubernetes creates the termination log file; write there only when it exists."""
-    path = config.TERMINATION_MESSAGE_PATH
+    """Where the pod's terminationMessagePath is: $WHISPERFLEET_TERMINATION_LOG (the operator
+    sets it to the same path as the container's terminationMessagePath), else the Kubernetes
+    default. The kubelet creates that file; write there only when it exists."""
+    path = os.environ.get(config.ENV_TERMINATION_LOG) or config.TERMINATION_MESSAGE_PATH
     return path if os.path.isfile(path) and os.access(path, os.W_OK) else None
 
 
@@ -72,8 +73,9 @@ termination_log_option = click.option(
     "--termination-log",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help=f"Where to write the report (default {config.TERMINATION_MESSAGE_PATH} when it "
-    "exists; the report is printed to stdout in any case).",
+    help=f"Where to write the report (default ${config.ENV_TERMINATION_LOG}, else "
+    f"{config.TERMINATION_MESSAGE_PATH}, when that file exists; the report is printed to "
+    "stdout in any case).",
 )
 work_order_option = click.option(
     "--work-order",
@@ -84,25 +86,3 @@ work_order_option = click.option(
 )
 
 
-@main.command("plan")
-@work_order_option
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker pods that will run at once (shards: auto = about 4 per worker).")
-@click.option("--shards", type=click.IntRange(min=0), default=None,
-              help="Shard count, overriding the work order's (0 = auto).")
-@termination_log_option
-def plan_command(
-    work_order_path: str | None, workers: int, shards: int | None, termination_log: str | None
-) -> None:
-    """List the input, balance files over shards by size and write the manifest."""
-    configure_pod_logging()
-    order = load_work_order(work_order_path)
-    assert order is not None
-    from whisperfleet_runner.planner import plan
-
-    report = plan(order, shards, workers=workers)
-    emit_report(report.to_json(), termination_log)
-    if report.error_reason == "NoMatchingFiles":
-        sys.exit(config.EXIT_USAGE)
-    if report.error_reason:
-        sys.exit(config.EXIT_STORAGE)

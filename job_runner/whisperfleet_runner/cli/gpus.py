@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from whisperfleet_runner import gpu_choice, nvml
-from whisperfleet_runner.cli import main
+from whisperfleet_runner.gpu import choice as gpu_choice
+from whisperfleet_runner.gpu import nvml
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
@@ -18,7 +18,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(exc)) from exc
 
 
-@main.command("gpus")
+@click.command("gpus")
 @click.option("--min-free-memory", "min_free_mib", default="0", callback=_size,
               metavar="SIZE", help="Mark GPUs with less free memory as busy (e.g. 4GiB).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -14,8 +14,7 @@ import sys
 import click
 
 from whisperfleet_runner import config
-from whisperfleet_runner.cli import main
-from whisperfleet_runner.cli_plan import (
+from whisperfleet_runner.cli.pod_io import (
     configure_pod_logging,
     emit_report,
     load_work_order,
@@ -53,7 +52,7 @@ def exit_code(report: config.ShardReport) -> int:
     return config.EXIT_OK
 
 
-@main.command("run-shard")
+@click.command("run-shard")
 @work_order_option
 @click.option("--index", type=click.IntRange(min=0), default=None,
               help=f"Shard to run (default: env {config.ENV_COMPLETION_INDEX}).")
@@ -79,7 +78,7 @@ def run_shard_command(
 ) -> None:
     """Transcribe one shard of a planned job (or the given --input URIs)."""
     configure_pod_logging()
-    from whisperfleet_runner import shard_pod
+    from whisperfleet_runner.pod import shard as pod_shard
 
     if inputs:
         order = _direct_order(work_order_path, inputs, output, model, device, formats, overwrite)
@@ -94,7 +93,7 @@ def run_shard_command(
         assert order is not None
         if overwrite:
             order.output.overwrite = True
-        report = shard_pod.run_shard(order, _shard_index(index), os.environ)
+        report = pod_shard.run_shard(order, _shard_index(index), os.environ)
         if report.total == 0 and not report.error_reason:
             # The planner never makes an empty shard: this index is not one of the plan's.
             log.warning("shard %d has no files in %s: is the index beyond the planned shards?",
@@ -160,7 +159,8 @@ def _direct_order(
 
 def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
                 ) -> config.ShardReport:
-    from whisperfleet_runner import shard_pod, storage
+    from whisperfleet_runner import storage
+    from whisperfleet_runner.pod import shard as pod_shard
 
     files: list[storage.InputFile] = []
     for uri in inputs:
@@ -173,7 +173,7 @@ def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
         return _error(index, "NoMatchingFiles",
                       f"no files under {', '.join(inputs)} match {', '.join(order.include)}")
     files.sort(key=lambda f: -f.size)  # longest first: the tail of the run is short files
-    return shard_pod.run_on_allocated(order, files, os.environ, shard=index)
+    return pod_shard.run_on_allocated(order, files, os.environ, shard=index)
 
 
 def _error(index: int, reason: str, message: str) -> config.ShardReport:

@@ -1,6 +1,6 @@
 """The `whisperfleet` command: thin click commands over plain functions.
 
-Each subcommand lives in its own module and is registered here; heavy imports
+Each subcommand lives in its own module and is added here explicitly; heavy imports
 (faster-whisper, fsspec) happen inside the commands, so `whisperfleet --help` is fast.
 """
 
@@ -9,6 +9,10 @@ from __future__ import annotations
 import click
 
 from whisperfleet_runner import __version__
+from whisperfleet_runner.cli.gpus import gpus_command
+from whisperfleet_runner.cli.plan import plan_command
+from whisperfleet_runner.cli.shard import run_shard_command
+from whisperfleet_runner.cli.transcribe import transcribe_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,16 +21,5 @@ def main() -> None:
     """Batch speech transcription with faster-whisper on the GPUs you choose."""
 
 
-def _register() -> None:
-    # Subcommand modules register themselves on `main` when imported.
-    import importlib
-
-    for name in ("cli_transcribe", "cli_gpus", "cli_shard", "cli_plan"):
-        try:
-            importlib.import_module(f"whisperfleet_runner.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"whisperfleet_runner.{name}":
-                raise
-
-
-_register()
+for _command in (transcribe_command, gpus_command, run_shard_command, plan_command):
+    main.add_command(_command)

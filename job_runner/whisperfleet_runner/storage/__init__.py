@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from whisperfleet_runner.config import DEFAULT_INCLUDE, STATE_DIR
-from whisperfleet_runner.keys import (
+from whisperfleet_runner.storage.errors import StorageError, wrap_error
+from whisperfleet_runner.storage.keys import (
     UnsafeKeyError,
     in_state_dir,
     is_temporary,
@@ -31,7 +32,6 @@ from whisperfleet_runner.keys import (
     output_uris,
     protocol,
 )
-from whisperfleet_runner.storage_errors import StorageError, wrap_error
 
 __all__ = [
     "InputFile",
