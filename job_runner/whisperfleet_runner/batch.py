@@ -1,9 +1,9 @@
-"""Transcribe a set of files into their outputs: the shard pod's work, reusable by local workers.
+"""Transcribe a stream of files into their outputs, on one device: the loop every run uses.
 
-`run_files` is the loop (no click, no environment): for each file it confines the output
-keys, skips files whose outputs exist, decodes, transcribes, renders and publishes every
-format, and records the outcome. One bad file never stops the others. `pod.shard.run_shard`
-wraps it for a pod: read the manifest, pick the allocated devices, run this shard's files.
+`run_files` (no click, no environment): for each file it confines the output keys, skips
+files whose outputs exist, decodes, transcribes (short clips packed, see packing), renders
+and publishes every format, and records the outcome. One bad file never stops the others.
+A single-device pod runs it in-process; the scheduler runs it in one worker per device.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import numpy as np
 
 from whisperfleet_runner import audio, formats, packing, storage
 from whisperfleet_runner.config import (
-    FileFailure,
     GpuIdentity,
+    JobOptions,
+    Reason,
     ShardReport,
     TranscriptionOptions,
-    WorkOrder,
 )
+from whisperfleet_runner.gpu.nvml import GpuLost
 from whisperfleet_runner.ledger import (
     FAILED,
     SKIPPED,
@@ -37,16 +38,17 @@ from whisperfleet_runner.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
-MAX_REPORTED_FAILURES = 20  # the report carries the first ones; the ledger has them all
-
 EngineGetter = Callable[[], Any]  # returns an object with .transcribe(audio, source, options)
 Progress = Callable[[LedgerRecord], None]
+# In the stream of files: "more may come, but transcribe the short clips held now" (a
+# worker at its share of files must free its hand before taking more).
+FLUSH = object()
 
 
 class EngineLoadError(RuntimeError):
     """The model could not be loaded: no file of the shard can run (reported, not per file)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -68,26 +70,28 @@ class _LazyEngine:
             except Exception as exc:
                 from whisperfleet_runner.models import ModelNotFoundError
 
-                reason = "ModelNotFound" if isinstance(exc, ModelNotFoundError) else "ModelLoad"
+                reason = (Reason.MODEL_NOT_FOUND if isinstance(exc, ModelNotFoundError)
+                          else Reason.MODEL_LOAD)
                 raise EngineLoadError(reason, f"cannot load the model: {exc}") from exc
             check = getattr(engine, "unsupported", None)
             problem = check(self._options) if check else None
             if problem:
-                raise EngineLoadError("UnsupportedOptions", problem)
+                raise EngineLoadError(Reason.UNSUPPORTED_OPTIONS, problem)
             self._engine = engine
         return self._engine
 
 
 class _FileFailed(Exception):
-    def __init__(self, reason: str, *, bad_input: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.bad_input = bad_input
+    """One file failed: `code` says why for programs, the message for people."""
+
+    def __init__(self, code: Reason, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def run_files(
-    files: Iterable[storage.InputFile],
-    order: WorkOrder,
+    files: Iterable[storage.InputFile | object],
+    options: JobOptions,
     get_engine: EngineGetter,
     *,
     ledger: LedgerWriter | None = None,
@@ -97,8 +101,9 @@ def run_files(
     progress: Progress | None = None,
     overlap: bool = True,
     prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+    check_device: Callable[[], None] | None = None,
 ) -> ShardReport:
-    """Transcribe `files` as `order` says; every file attempted ends in one ledger record.
+    """Transcribe `files` as `options` say; every file attempted ends in one ledger record.
 
     With `overlap`, the next files are read and decoded (up to `prefetch_bytes` of samples
     ahead) and finished transcripts are published on background threads while the model
@@ -106,17 +111,19 @@ def run_files(
     Records may therefore arrive out of input order, and several files are taken from
     `files` before the first one is recorded.
 
-    When the model cannot be loaded the loop stops: the report's error_reason says why and
-    the remaining files get no record (a retry, or a fixed spec, will do them).
+    When the model cannot be loaded, or `check_device` (called before each inference)
+    raises GpuLost, the loop stops: the report's error_reason says why, files in the
+    model's hands fail, and the files not started get no record (a retry, or another
+    worker, does them).
     """
     started = time.monotonic()
     report = ShardReport(shard=shard, device=device, gpus=list(gpus or []))
-    run = _Run(order, _LazyEngine(get_engine, order.transcription), shard=shard,
-               device=device)
+    run = _Run(options, _LazyEngine(get_engine, options.transcription), shard=shard,
+               device=device, check_device=check_device)
+    run.gpu = gpus[0].uuid if gpus and len(gpus) == 1 else ""
 
-    def finish(record: LedgerRecord, bad_input: bool) -> None:
-        _count(report, record)
-        report.bad_input += bad_input
+    def finish(record: LedgerRecord) -> None:
+        report.add(record)
         if ledger is not None:
             ledger.add(record)
         if progress is not None:
@@ -125,7 +132,8 @@ def run_files(
     prepared: Iterable[_Prepared]
     if overlap:
         prefetcher = Prefetcher(
-            files, run.prepare, size_of=lambda p: 0 if p.samples is None else p.samples.nbytes,
+            files, run.prepare,
+            size_of=lambda p: p.samples.nbytes if p and p.samples is not None else 0,
             max_bytes=prefetch_bytes,
         )
         prepared, publisher = prefetcher, Publisher()
@@ -136,6 +144,11 @@ def run_files(
     except EngineLoadError as exc:
         report.error_reason, report.error_message = exc.reason, str(exc)
         log.error("%s", exc)
+    except GpuLost as exc:
+        report.error_reason, report.error_message = Reason.GPU_LOST.value, str(exc)
+        log.error("%s; the files in its hands fail and will be retried", exc)
+        run.fail_in_hands(_FileFailed(Reason.GPU_LOST, f"{exc}; retried by the next attempt"),
+                          finish)
     finally:
         if prefetcher is not None:
             prefetcher.close()
@@ -147,19 +160,6 @@ def run_files(
     return report
 
 
-def _count(report: ShardReport, record: LedgerRecord) -> None:
-    report.total += 1
-    if record.status == SUCCEEDED:
-        report.succeeded += 1
-        report.audio_seconds += record.audio_seconds
-    elif record.status == SKIPPED:
-        report.skipped += 1
-    else:
-        report.failed += 1
-        if len(report.failures) < MAX_REPORTED_FAILURES:
-            report.failures.append(FileFailure(uri=record.uri, reason=record.reason))
-
-
 @dataclass
 class _Prepared:
     """A file after the I/O stage: finished (skipped/failed), or decoded samples to do."""
@@ -169,45 +169,55 @@ class _Prepared:
     started: float
     outputs: dict[str, str] = field(default_factory=dict)
     samples: np.ndarray | None = None
-    bad_input: bool = False
 
 
-Finish = Callable[[LedgerRecord, bool], None]
+Finish = Callable[[LedgerRecord], None]
 
 
 class _Run:
     """The three stages of run_files: prepare (I/O, decode), infer (main thread), publish."""
 
-    def __init__(self, order: WorkOrder, engine: _LazyEngine, *, shard: int, device: str) -> None:
-        self.order, self.engine, self.shard, self.device = order, engine, shard, device
+    def __init__(self, options: JobOptions, engine: _LazyEngine, *, shard: int, device: str,
+                 check_device: Callable[[], None] | None = None) -> None:
+        self.options, self.engine, self.shard, self.device = options, engine, shard, device
+        self.check_device = check_device or (lambda: None)
+        self.current: _Prepared | None = None  # in the model's hands
+        self.gpu = ""  # the one GPU's UUID, for records
         self.claimed: dict[str, str] = {}  # output uri -> the input that owns it in this run
         self.pending: list[tuple[_Prepared, Future[float]]] = []
         self.clips: list[_Prepared] = []  # decoded short files waiting to be packed
         self.clip_seconds = 0.0
 
-    def prepare(self, file: storage.InputFile) -> _Prepared:
-        """Confine outputs, skip done files, read and decode (the prefetch thread's part)."""
+    def prepare(self, file: storage.InputFile | object) -> _Prepared | None:
+        """Confine outputs, skip done files, read and decode (the prefetch thread's part).
+        FLUSH passes through as None."""
+        if not isinstance(file, storage.InputFile):
+            return None
         item = _Prepared(file, LedgerRecord(uri=file.uri, key=file.key, status=FAILED,
-                                            shard=self.shard, device=self.device),
+                                            shard=self.shard, device=self.device,
+                                            gpu=self.gpu),
                          time.monotonic())
         try:
-            item.outputs = _output_uris(file, self.order)
+            item.outputs = _output_uris(file, self.options)
             _claim(file, item.outputs, self.claimed)
             item.record.outputs = list(item.outputs.values())
-            if not self.order.output.overwrite and _exists(item.record.outputs):
+            if not self.options.output.overwrite and _exists(item.record.outputs):
                 item.record.status, item.record.reason = SKIPPED, "outputs exist"
                 log.info("%s: skipped, its outputs exist", file.uri)
             else:
                 item.samples = _decode(file)
         except _FileFailed as exc:
-            item.record.reason, item.bad_input = exc.reason, exc.bad_input
-            log.warning("%s failed: %s", file.uri, exc.reason)
+            _failed(item.record, exc)
         return item
 
-    def process(self, prepared: Iterable[_Prepared], publisher: Any, finish: Finish) -> None:
-        options = self.order.transcription
+    def process(self, prepared: Iterable[_Prepared | None], publisher: Any,
+                finish: Finish) -> None:
+        options = self.options.transcription
         for item in prepared:
-            if item.samples is None:
+            if item is None:  # FLUSH
+                if self.clips:
+                    self._flush_clips(self.engine.get(), publisher)
+            elif item.samples is None:
                 self._done(item, finish)
             else:
                 model = self.engine.get()  # EngineLoadError stops the run
@@ -217,21 +227,35 @@ class _Run:
                     if self.clip_seconds >= max(1, options.batch_size) * packing.WINDOW_CAPACITY:
                         self._flush_clips(model, publisher)
                 else:
+                    self.current = item
+                    self.check_device()  # GpuLost stops the run
                     self._publish(item, self._infer(model, item), publisher)
+                    self.current = None
             self.drain(finish, wait=False)
         if self.clips:
             self._flush_clips(self.engine.get(), publisher)
 
+    def fail_in_hands(self, failure: _FileFailed, finish: Finish) -> None:
+        """After a lost device: the file being transcribed and the clips waiting to be
+        packed end failed (their transcripts may be lost with the device)."""
+        items = [*([self.current] if self.current else []), *self.clips]
+        self.current, self.clips, self.clip_seconds = None, [], 0.0
+        for item in items:
+            item.samples = None
+            _failed(item.record, failure)
+            self._done(item, finish)
+
     def _packable(self, model: Any, samples: np.ndarray) -> bool:
         return (hasattr(model, "transcribe_windows")
-                and packing.can_pack(self.order.transcription, model.multilingual)
+                and packing.can_pack(self.options.transcription, model.multilingual)
                 and packing.is_short(audio.duration(samples)))
 
     def _flush_clips(self, model: Any, publisher: Any) -> None:
+        self.check_device()  # GpuLost stops the run; the clips are still held
         items, self.clips, self.clip_seconds = self.clips, [], 0.0
         clips = [packing.Clip(i.file.uri, i.samples) for i in items]  # type: ignore[arg-type]
         try:
-            transcripts = packing.transcribe_packed(model, clips, self.order.transcription)
+            transcripts = packing.transcribe_packed(model, clips, self.options.transcription)
         except Exception:  # one clip must not poison the others: fall back to one by one
             log.exception("packed transcription of %d files failed; transcribing them one "
                           "by one", len(items))
@@ -243,16 +267,16 @@ class _Run:
 
     def _infer(self, model: Any, item: _Prepared) -> Transcript | _FileFailed:
         try:
-            return model.transcribe(item.samples, item.file.uri, self.order.transcription)
+            return model.transcribe(item.samples, item.file.uri, self.options.transcription)
         except Exception as exc:  # one file's inference error must not stop the others
             log.exception("transcription of %s failed", item.file.uri)
-            return _FileFailed(f"transcription failed: {type(exc).__name__}: {exc}",
-                               bad_input=False)
+            return _FileFailed(Reason.TRANSCRIPTION_FAILED,
+                               f"transcription failed: {type(exc).__name__}: {exc}")
 
     def _publish(self, item: _Prepared, result: Transcript | _FileFailed, publisher: Any) -> None:
         seconds = audio.duration(item.samples)  # type: ignore[arg-type]
         item.samples = None  # decoded audio is large; the transcript is all that is needed now
-        formats_ = self.order.output.formats
+        formats_ = self.options.output.formats
 
         def write() -> float:
             if isinstance(result, _FileFailed):
@@ -262,8 +286,7 @@ class _Run:
                 # json last: a reader that sees a file's json sees its other outputs too.
                 storage.publish_set({item.outputs[fmt]: text for fmt, text in rendered.items()})
             except storage.StorageError as exc:
-                raise _FileFailed(_storage_reason("writing outputs", exc),
-                                  bad_input=False) from exc
+                raise _storage_failure("writing outputs", exc) from exc
             return float(result.duration or seconds)
 
         self.pending.append((item, publisher.submit(write)))
@@ -276,24 +299,25 @@ class _Run:
                 item.record.audio_seconds = future.result()
                 item.record.status = SUCCEEDED
             except _FileFailed as exc:
-                item.record.reason, item.bad_input = exc.reason, exc.bad_input
-                log.warning("%s failed: %s", item.file.uri, exc.reason)
+                _failed(item.record, exc)
             except Exception as exc:  # a renderer bug must still end in a record
-                item.record.reason = f"writing outputs failed: {type(exc).__name__}: {exc}"
                 log.exception("publishing %s failed", item.file.uri)
+                _failed(item.record, _FileFailed(
+                    Reason.TRANSCRIPTION_FAILED,
+                    f"writing outputs failed: {type(exc).__name__}: {exc}"))
             self._done(item, finish)
 
     def _done(self, item: _Prepared, finish: Finish) -> None:
         item.record.wall_seconds = time.monotonic() - item.started
         item.record.time = time.time()
-        finish(item.record, item.bad_input)
+        finish(item.record)
 
 
-def _output_uris(file: storage.InputFile, order: WorkOrder) -> dict[str, str]:
+def _output_uris(file: storage.InputFile, options: JobOptions) -> dict[str, str]:
     try:
-        return dict(storage.output_uris(file.key, order.output.uri, order.output.formats))
+        return dict(storage.output_uris(file.key, options.output.uri, options.output.formats))
     except storage.UnsafeKeyError as exc:
-        raise _FileFailed(str(exc), bad_input=True) from exc
+        raise _FileFailed(Reason.UNSAFE_KEY, str(exc)) from exc
 
 
 def _claim(file: storage.InputFile, outputs: dict[str, str], claimed: dict[str, str]) -> None:
@@ -302,9 +326,9 @@ def _claim(file: storage.InputFile, outputs: dict[str, str], claimed: dict[str, 
     owner = next((claimed[u] for u in outputs.values() if u in claimed), None)
     if owner is not None and owner != file.uri:
         raise _FileFailed(
+            Reason.OUTPUT_COLLISION,
             f"output collision: its outputs ({next(iter(outputs.values()))} …) are those of "
             f"{owner}; rename one of the two",
-            bad_input=True,
         )
     claimed.update(dict.fromkeys(outputs.values(), file.uri))
 
@@ -313,7 +337,7 @@ def _exists(uris: list[str]) -> bool:
     try:
         return storage.outputs_exist(uris)
     except storage.StorageError as exc:
-        raise _FileFailed(_storage_reason("checking outputs", exc), bad_input=False) from exc
+        raise _storage_failure("checking outputs", exc) from exc
 
 
 def _decode(file: storage.InputFile) -> np.ndarray:
@@ -321,12 +345,17 @@ def _decode(file: storage.InputFile) -> np.ndarray:
     try:
         data = storage.read_bytes(file.uri)
     except storage.StorageError as exc:
-        raise _FileFailed(_storage_reason("reading the input", exc), bad_input=False) from exc
+        raise _storage_failure("reading the input", exc) from exc
     try:
         return audio.decode(data, file.key or file.uri)
     except audio.BadMediaError as exc:
-        raise _FileFailed(f"bad media: {exc.reason}", bad_input=True) from exc
+        raise _FileFailed(Reason.BAD_MEDIA, f"bad media: {exc.reason}") from exc
 
 
-def _storage_reason(action: str, exc: storage.StorageError) -> str:
-    return f"storage error {action} ({exc.reason}): {exc}"
+def _storage_failure(action: str, exc: storage.StorageError) -> _FileFailed:
+    return _FileFailed(exc.reason, f"storage error {action} ({exc.reason}): {exc}")
+
+
+def _failed(record: LedgerRecord, exc: _FileFailed) -> None:
+    record.status, record.code, record.reason = FAILED, exc.code.value, str(exc)
+    log.warning("%s failed: %s", record.uri, record.reason)

@@ -7,9 +7,10 @@ free of heavy imports (no faster-whisper, no fsspec, no click).
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 # --- exit codes (CLI and pods; the operator's podFailurePolicy keys on them) -------------
 EXIT_OK = 0
@@ -19,6 +20,80 @@ EXIT_NO_GPU = 3  # a GPU was required (device cuda) but none allocated/usable
 EXIT_BAD_INPUT = 42  # a shard finished, but some of its files are bad media: FailIndex, no retry
 EXIT_STORAGE = 43  # input/output storage unreachable (missing bucket, bad credentials)
 EXIT_INTERRUPTED = 130  # CLI stopped by Ctrl-C (128 + SIGINT); a re-run resumes
+
+
+class Reason(str, enum.Enum):
+    """Why a file, a shard or a plan failed: the names that cross the runner/operator
+    boundary (ledger records, pod reports, exit codes, TranscriptionJob status)."""
+
+    # A file's own fault: no retry can fix it (its shard fails without retries).
+    BAD_MEDIA = "BadMedia"
+    UNSAFE_KEY = "UnsafeKey"
+    OUTPUT_COLLISION = "OutputCollision"
+    # A file that failed for a reason a retry may cure.
+    TRANSCRIPTION_FAILED = "TranscriptionFailed"
+    # A whole shard or plan that could not run.
+    NO_GPU = "NoGPU"
+    GPU_LOST = "GpuLost"
+    BAD_WORK_ORDER = "BadWorkOrder"
+    BAD_MANIFEST = "BadManifest"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    MODEL_LOAD = "ModelLoad"
+    UNSUPPORTED_OPTIONS = "UnsupportedOptions"
+    NO_MATCHING_FILES = "NoMatchingFiles"
+    # Storage (input, output or state), translated from the storage client's errors.
+    BUCKET_NOT_FOUND = "BucketNotFound"
+    ACCESS_DENIED = "AccessDenied"
+    INVALID_CREDENTIALS = "InvalidCredentials"
+    NO_CREDENTIALS = "NoCredentials"
+    NOT_FOUND = "NotFound"
+    INVALID_URI = "InvalidUri"
+    UNREACHABLE = "Unreachable"
+    MISSING_DRIVER = "MissingDriver"
+    STORAGE_ERROR = "StorageError"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def exit_code(self) -> int:
+        """The pod's exit code when this reason ends it; the podFailurePolicy keys on it."""
+        return EXIT_CODES[self]
+
+    @property
+    def bad_input(self) -> bool:
+        """The file itself is at fault: retrying the shard cannot help."""
+        return EXIT_CODES[self] == EXIT_BAD_INPUT
+
+    @classmethod
+    def parse(cls, value: str) -> Reason | None:
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+
+_STORAGE = (Reason.BUCKET_NOT_FOUND, Reason.ACCESS_DENIED, Reason.INVALID_CREDENTIALS,
+            Reason.NO_CREDENTIALS, Reason.NOT_FOUND, Reason.INVALID_URI, Reason.UNREACHABLE,
+            Reason.MISSING_DRIVER, Reason.STORAGE_ERROR)
+# The one table of reasons and exit codes. EXIT_USAGE fails the whole Job (every shard would
+# fail alike); EXIT_NO_GPU and EXIT_STORAGE are retried within spec.retries.perShard (another
+# node, a passing outage); 1 is retried too.
+EXIT_CODES: dict[Reason, int] = {
+    Reason.BAD_MEDIA: EXIT_BAD_INPUT,
+    Reason.UNSAFE_KEY: EXIT_BAD_INPUT,
+    Reason.OUTPUT_COLLISION: EXIT_BAD_INPUT,
+    Reason.TRANSCRIPTION_FAILED: EXIT_SOME_FAILED,
+    Reason.NO_GPU: EXIT_NO_GPU,
+    Reason.GPU_LOST: EXIT_NO_GPU,
+    Reason.BAD_WORK_ORDER: EXIT_USAGE,
+    Reason.BAD_MANIFEST: EXIT_USAGE,
+    Reason.MODEL_NOT_FOUND: EXIT_USAGE,
+    Reason.MODEL_LOAD: EXIT_SOME_FAILED,
+    Reason.UNSUPPORTED_OPTIONS: EXIT_USAGE,
+    Reason.NO_MATCHING_FILES: EXIT_USAGE,
+    **dict.fromkeys(_STORAGE, EXIT_STORAGE),
+}
 
 # --- defaults --------------------------------------------------------------------------
 DEFAULT_INCLUDE: tuple[str, ...] = (
@@ -72,6 +147,15 @@ class OutputOptions:
 
 
 @dataclass
+class JobOptions:
+    """What to do with every file of a batch, wherever it runs: a shard pod or a local run."""
+
+    output: OutputOptions
+    model: ModelOptions = field(default_factory=ModelOptions)
+    transcription: TranscriptionOptions = field(default_factory=TranscriptionOptions)
+
+
+@dataclass
 class WorkOrder:
     """Everything a planner or shard pod needs, apart from credentials (those come from env)."""
 
@@ -83,6 +167,11 @@ class WorkOrder:
     transcription: TranscriptionOptions = field(default_factory=TranscriptionOptions)
     shards: int = 0  # 0 = planner decides
     device: str = "cuda"  # pods: cuda (GPU required) or cpu
+
+    @property
+    def options(self) -> JobOptions:
+        """The per-file options (the same objects: changing one changes the order)."""
+        return JobOptions(self.output, self.model, self.transcription)
 
     @property
     def state_uri(self) -> str:
@@ -116,6 +205,11 @@ class WorkOrder:
         )
 
 
+def _error_exit_code(reason: str) -> int:
+    known = Reason.parse(reason)
+    return known.exit_code if known else EXIT_SOME_FAILED  # unknown: let Kubernetes retry
+
+
 def _build(cls: type, data: Any) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__} must be a JSON object, not {type(data).__name__}")
@@ -142,8 +236,13 @@ class PlanReport:
     bytes: int = 0
     shards: int = 0
     manifest_uri: str = ""
-    error_reason: str = ""  # CamelCase, e.g. BucketNotFound, NoMatchingFiles, AccessDenied
+    error_reason: str = ""  # a Reason, e.g. BucketNotFound, NoMatchingFiles, AccessDenied
     error_message: str = ""  # human readable, never contains credentials
+
+    @property
+    def exit_code(self) -> int:
+        """The planner pod's exit code (its Job fails at once on EXIT_USAGE/EXIT_STORAGE)."""
+        return _error_exit_code(self.error_reason) if self.error_reason else EXIT_OK
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -162,33 +261,91 @@ class GpuIdentity:
     pci_bus_id: str = ""
     compute_capability: str = ""
     mig_profile: str = ""
+    # What this GPU did, in a report of a pod that had several: each GPU's share of the work.
+    files: int = 0
+    failed: int = 0
+    audio_seconds: float = 0.0
 
 
 @dataclass
 class FileFailure:
     uri: str
+    reason: str  # for people: what went wrong and what to do
+    code: str = ""  # a Reason value, for programs
+
+
+# --- what happened to each file, and the one place outcomes are counted ------------------
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SKIPPED = "skipped"
+STATUSES = (SUCCEEDED, FAILED, SKIPPED)
+MAX_REPORTED_FAILURES = 20  # reports and status carry the first ones; the ledger has them all
+
+
+class Outcome(Protocol):
+    """One file's outcome (a ledger record is one)."""
+
+    uri: str
+    status: str
     reason: str
+    code: str
+    audio_seconds: float
 
 
 @dataclass
-class ShardReport:
-    """A shard's summary; serialised to at most TERMINATION_MESSAGE_LIMIT bytes."""
+class Tally:
+    """File outcomes counted: shard reports, local run summaries and the progress display
+    all count through `add`, so they cannot disagree on what a status means."""
 
-    shard: int = 0
     total: int = 0
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
-    bad_input: int = 0  # of `failed`: bad media or unsafe keys, which no retry can fix
+    bad_input: int = 0  # of `failed`: bad media, unsafe keys, collisions; no retry can fix
     audio_seconds: float = 0.0
+    failures: list[FileFailure] = field(default_factory=list)  # the first ones
+
+    def add(self, outcome: Outcome, keep_failures: int = MAX_REPORTED_FAILURES) -> None:
+        self.total += 1
+        if outcome.status == SUCCEEDED:
+            self.succeeded += 1
+            self.audio_seconds += outcome.audio_seconds
+        elif outcome.status == SKIPPED:
+            self.skipped += 1
+        else:
+            self.failed += 1
+            code = Reason.parse(outcome.code)
+            self.bad_input += bool(code and code.bad_input)
+            if len(self.failures) < keep_failures:
+                self.failures.append(FileFailure(outcome.uri, outcome.reason, outcome.code))
+
+
+@dataclass
+class ShardReport(Tally):
+    """A shard's summary; serialised to at most TERMINATION_MESSAGE_LIMIT bytes."""
+
+    shard: int = 0
     wall_seconds: float = 0.0
     device: str = ""
     node: str = ""
     pod: str = ""
     gpus: list[GpuIdentity] = field(default_factory=list)
-    failures: list[FileFailure] = field(default_factory=list)  # the first ones; ledger has all
-    error_reason: str = ""  # set when the shard could not run at all (NoGPU, StorageError…)
+    error_reason: str = ""  # a Reason, set when the shard could not run at all
     error_message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """The shard pod's exit code; the operator's podFailurePolicy keys on it.
+
+        A shard that could not run exits with its reason's code. Bad media alone gives
+        EXIT_BAD_INPUT (FailIndex: retrying cannot help); any other file failure gives 1, so
+        Kubernetes retries the index and the retry skips the files already written.
+        """
+        if self.error_reason:
+            return _error_exit_code(self.error_reason)
+        if self.failed > self.bad_input:
+            return EXIT_SOME_FAILED
+        return EXIT_BAD_INPUT if self.failed else EXIT_OK
 
     @property
     def real_time_factor(self) -> float:

@@ -63,10 +63,10 @@ def batch_size_for_memory(requested: int, free_mib: int, weights_mib: int) -> in
     return max(1, min(requested, room // item_mib))
 
 
-def resolve_compute_type(compute_type: str, device: str, device_index: int = 0) -> str:
-    """A concrete compute type by the one rule in `devices.resolve_compute_type`. Callers
-    normally resolve "auto" with NVML's compute capability; without it, CTranslate2's own
-    float16 support on the device stands for "compute capability >= 7.0"."""
+def _concrete_compute_type(compute_type: str, device: str, device_index: int) -> str:
+    """The one rule (`devices.resolve_compute_type`); placements resolve "auto" with NVML's
+    compute capability beforehand. Without one, CTranslate2's own float16 support on the
+    device stands for "compute capability >= 7.0"."""
     capability = None
     if compute_type == "auto" and device == "cuda":
         import ctranslate2
@@ -77,26 +77,25 @@ def resolve_compute_type(compute_type: str, device: str, device_index: int = 0) 
 
 
 class Engine:
-    """A loaded Whisper model on one device (or a list of GPUs) that transcribes arrays."""
+    """A loaded Whisper model on one device that transcribes arrays. Several GPUs are
+    several processes, each with its own Engine (see scheduler): one model replica per
+    device, each fed by its own loop, so no GPU waits for another's Python thread."""
 
     def __init__(
         self,
         model: ModelOptions,
         device: str = "cpu",
-        device_index: list[int] | int = 0,
+        device_index: int = 0,
         compute_type: str = "int8",
         cpu_threads: int = 0,
-        num_workers: int = 1,
         free_memory_mib: int | None = None,
     ) -> None:
-        # `compute_type` is the one used; callers pass model.compute_type (or a resolved one).
-        # `free_memory_mib`: the least free memory of the GPUs (NVML, before loading); it
-        # bounds the batch size from the start instead of waiting for an out-of-memory.
+        # `free_memory_mib`: the GPU's free memory (NVML, before loading); it bounds the
+        # batch size from the start instead of waiting for an out-of-memory.
         self.options = model
         self.device = device
-        indices = list(device_index) if isinstance(device_index, (list, tuple)) else [device_index]
-        self.device_label = "cpu" if device == "cpu" else f"{device}:{','.join(map(str, indices))}"
-        requested = resolve_compute_type(compute_type, device, indices[0])
+        self.device_label = "cpu" if device == "cpu" else f"{device}:{device_index}"
+        requested = _concrete_compute_type(compute_type, device, device_index)
         if cpu_threads <= 0:
             # CTranslate2's default (4, or OMP_NUM_THREADS) ignores cgroup quotas and affinity.
             cpu_threads = cpus.available_cpus()
@@ -109,7 +108,6 @@ class Engine:
             device_index=device_index,
             compute_type=requested,
             cpu_threads=cpu_threads,
-            num_workers=num_workers,
         )
         # CTranslate2 may substitute a type the device lacks (int8 -> int8_float32 on CPU).
         self.compute_type: str = self.whisper.model.compute_type
@@ -274,20 +272,24 @@ _engines_lock = threading.Lock()
 def get_engine(
     model: ModelOptions,
     device: str = "cpu",
-    device_index: list[int] | int = 0,
+    device_index: int = 0,
     compute_type: str = "int8",
     cpu_threads: int = 0,
-    num_workers: int = 1,
     free_memory_mib: int | None = None,
 ) -> Engine:
     """The process-wide Engine for these arguments; the model loads on the first call only."""
-    indices = tuple(device_index) if isinstance(device_index, (list, tuple)) else (device_index,)
-    key = (dataclasses.astuple(model), device, indices, compute_type, cpu_threads, num_workers,
+    key = (dataclasses.astuple(model), device, device_index, compute_type, cpu_threads,
            free_memory_mib)
     with _engines_lock:  # held while loading, so two threads never load the same model twice
         engine = _engines.get(key)
         if engine is None:
-            engine = Engine(model, device, device_index, compute_type, cpu_threads, num_workers,
+            engine = Engine(model, device, device_index, compute_type, cpu_threads,
                             free_memory_mib)
             _engines[key] = engine
         return engine
+
+
+def load(model: ModelOptions, placement: devices.ModelPlacement) -> Engine:
+    """The engine for `model` where `placement` (gpu.devices.place_model) puts it."""
+    return get_engine(model, placement.device, placement.device_index, placement.compute_type,
+                      placement.cpu_threads, placement.free_memory_mib)

@@ -17,13 +17,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from whisperfleet_runner import storage
+from whisperfleet_runner.config import FAILED, SKIPPED, STATUSES, SUCCEEDED
+
+__all__ = ["FAILED", "SKIPPED", "SUCCEEDED", "LedgerRecord", "LedgerWriter", "merge",
+           "parse_records", "read_ledger"]
 
 log = logging.getLogger(__name__)
-
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-SKIPPED = "skipped"
-STATUSES = (SUCCEEDED, FAILED, SKIPPED)
 # When attempts disagree about a file, the most useful outcome wins: a later attempt that
 # skipped a file (outputs exist) does not hide that an earlier one wrote them.
 _RANK = {SUCCEEDED: 2, SKIPPED: 1, FAILED: 0}
@@ -35,10 +34,12 @@ class LedgerRecord:
     key: str
     status: str
     outputs: list[str] = field(default_factory=list)
-    reason: str = ""
+    reason: str = ""  # for people
+    code: str = ""  # a config.Reason value when failed
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
-    device: str = ""
+    device: str = ""  # what did it: "cuda:1", "GPU 2", "cpu"
+    gpu: str = ""  # that GPU's UUID
     shard: int = 0
     time: float = field(default_factory=time.time)  # unix seconds when the file finished
 
@@ -57,9 +58,11 @@ class LedgerRecord:
             status=str(data["status"]),
             outputs=[str(o) for o in data.get("outputs") or []],
             reason=str(data.get("reason") or ""),
+            code=str(data.get("code") or ""),
             audio_seconds=float(data.get("audio_seconds") or 0.0),
             wall_seconds=float(data.get("wall_seconds") or 0.0),
             device=str(data.get("device") or ""),
+            gpu=str(data.get("gpu") or ""),
             shard=int(data.get("shard") or 0),
             time=float(data.get("time") or 0.0),
         )

@@ -1,12 +1,10 @@
-"""One local worker process: bound to one GPU (or the CPU), fed from the shared queue.
+"""One worker process: bound to one GPU (or the CPU), fed from the scheduler's shared queue.
 
 The body runs in a *spawned* process. It exports its binding (CUDA_VISIBLE_DEVICES = its
 GPU's UUID, CUDA_DEVICE_ORDER) before anything imports CTranslate2, so CUDA in this process
 only ever sees that GPU and no memory lands on the others; the model is then device 0.
-Files come from the task queue and go through `batch.run_files`, the same loop a pod runs.
-
-Under the narrow test switch (`devices.ENV_GPU_ON_CPU`, effective only with the fake NVML),
-a worker bound to a fake GPU keeps that binding but runs the model on the CPU.
+Files come from the task queue and go through `batch.run_files`, the loop a single-device
+pod runs in-process. What happens is told to the parent as typed events (below).
 """
 
 from __future__ import annotations
@@ -16,81 +14,87 @@ import logging.handlers
 import os
 import queue
 import signal
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from whisperfleet_runner.config import GpuIdentity, WorkOrder
-from whisperfleet_runner.gpu import devices
-from whisperfleet_runner.gpu.cpus import available_cpus
-from whisperfleet_runner.gpu.nvml import GpuInfo
+from whisperfleet_runner.config import GpuIdentity, JobOptions, ShardReport
+from whisperfleet_runner.gpu.devices import ModelPlacement
+from whisperfleet_runner.ledger import LedgerRecord
+from whisperfleet_runner.storage import InputFile
 
 # Read-ahead per worker (decoded samples, 64 KB per audio second: about 8 minutes). Files a
 # worker holds are not available to the others, so a small window keeps the GPUs finishing
 # together and lets Ctrl-C stop soon; it still hides a read and a decode behind inference.
 PREFETCH_BYTES = 32 * 1024 * 1024
 
-# Messages on the events queue (worker -> parent), each a tuple starting with the kind.
-BEGIN, FILE, DONE, ERROR, LOG = "begin", "file", "done", "error", "log"
-
 
 @dataclass
 class WorkerSpec:
     index: int
-    label: str  # for people: "GPU 2" (nvidia-smi index) or "CPU"
-    device: str  # what the worker is bound to: "cuda" or "cpu"
-    model_device: str  # where the model runs: the same, except under the test switch
-    compute_type: str
-    cpu_threads: int = 0  # 0: CTranslate2's default
+    label: str  # for people and records: "cuda:2" (a GPU by its CUDA ordinal) or "cpu"
+    placement: ModelPlacement  # where and how the model runs in this worker
     env: dict[str, str] = field(default_factory=dict)  # exported before CUDA can initialise
     gpu: GpuIdentity | None = None
-    free_memory_mib: int | None = None  # bounds the batch size (NVML, before loading)
+    # Files this worker may hold at once (taken, not yet recorded): its fair share of a
+    # small batch, so one fast starter cannot take every file while the others load.
+    max_in_hand: int = 1 << 30
+    shard: int = 0  # for records, when a pod's shard is spread over its GPUs
     log_level: int = logging.INFO
 
 
-def plan_workers(
-    device: str, gpus: list[GpuInfo], compute_type: str, environ: Mapping[str, str]
-) -> list[WorkerSpec]:
-    """One spec per chosen GPU, or one CPU worker using all the machine's cores."""
-    level = logging.getLogger().getEffectiveLevel()
-    cores = available_cpus()  # the affinity mask and cgroup quota, not the host's count
-    if device == "cpu" or not gpus:
-        # An empty CUDA_VISIBLE_DEVICES keeps the CPU worker off every GPU.
-        return [WorkerSpec(0, "CPU", "cpu", "cpu",
-                           devices.resolve_compute_type(compute_type, "cpu", None),
-                           cpu_threads=cores, env={"CUDA_VISIBLE_DEVICES": ""},
-                           log_level=level)]
-    on_cpu = devices.gpu_on_cpu(environ)
-    specs = []
-    for index, gpu in enumerate(gpus):
-        if on_cpu:  # GPU compute types make no sense on the CPU: auto picks int8 there
-            model_device, threads = "cpu", max(1, cores // len(gpus))
-            resolved = devices.resolve_compute_type("auto", "cpu", None)
-        else:
-            model_device, threads = "cuda", 0
-            resolved = devices.resolve_compute_type(compute_type, "cuda", gpu.compute_capability)
-        specs.append(WorkerSpec(
-            index, f"GPU {gpu.label}", "cuda", model_device, resolved, cpu_threads=threads,
-            env=devices.bind_environment([gpu]), gpu=devices.to_identity(gpu, 0),
-            free_memory_mib=gpu.memory_free_mib, log_level=level,
-        ))
-    return specs
+# --- events: worker -> parent ------------------------------------------------------------
+@dataclass
+class Began:
+    worker: int
+    uri: str
+
+
+@dataclass
+class Recorded:
+    worker: int
+    record: LedgerRecord
+
+
+@dataclass
+class Finished:
+    """The worker ran out of files (or stopped); `returned` were taken but never started."""
+
+    worker: int
+    report: ShardReport
+    cuda_visible_devices: str  # as the worker process itself saw it
+    returned: list[InputFile]
+
+
+@dataclass
+class Crashed:
+    worker: int
+    message: str
+
+
+@dataclass
+class Logged:
+    record: logging.LogRecord
+
+
+Event = Began | Recorded | Finished | Crashed | Logged
 
 
 class _EventLogHandler(logging.handlers.QueueHandler):
     """Sends log records to the parent, which hands them to whatever logging it configured."""
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        self.queue.put((LOG, record))
+        self.queue.put(Logged(record))
 
 
 def _terminate(_signum: int, _frame: Any) -> None:
-    # A second Ctrl-C in the parent terminates workers: unwind (publish removes its
+    # The parent terminates workers on a second Ctrl-C: unwind (publish removes its
     # temporary file on the way out) instead of dying with a half-written one.
     raise KeyboardInterrupt
 
 
-def worker_main(spec: WorkerSpec, order_json: str, tasks: Any, events: Any, stop: Any,
+def worker_main(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: Any,
                 no_more: Any) -> None:
     """The spawned process's body (module level, so spawn can pickle a reference to it).
 
@@ -104,53 +108,79 @@ def worker_main(spec: WorkerSpec, order_json: str, tasks: Any, events: Any, stop
     root.handlers[:] = [_EventLogHandler(events)]
     root.setLevel(spec.log_level)
     try:
-        _work(spec, WorkOrder.from_json(order_json), tasks, events, stop, no_more)
+        _work(spec, options, tasks, events, stop, no_more)
     except KeyboardInterrupt:
         pass  # terminated: the parent counts the files in hand as not attempted
     except Exception as exc:  # report, so the parent can name the worker and the reason
         logging.getLogger(__name__).exception("worker %s failed", spec.label)
-        events.put((ERROR, spec.index, f"{type(exc).__name__}: {exc}"))
+        events.put(Crashed(spec.index, f"{type(exc).__name__}: {exc}"))
 
 
-def _work(spec: WorkerSpec, order: WorkOrder, tasks: Any, events: Any, stop: Any,
+class _Hand:
+    """Files taken from the queue and not yet recorded, at most `limit` at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.files: dict[str, InputFile] = {}
+        self.changed = threading.Condition()
+
+    def take(self, file: InputFile) -> None:
+        with self.changed:
+            self.files[file.uri] = file
+
+    def done(self, uri: str) -> None:
+        with self.changed:
+            self.files.pop(uri, None)
+            self.changed.notify_all()
+
+    def wait_for_room(self, seconds: float) -> None:
+        with self.changed:
+            if len(self.files) >= self.limit:
+                self.changed.wait(seconds)
+
+
+def _work(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: Any,
           no_more: Any) -> None:
-    from whisperfleet_runner import batch, storage
+    from whisperfleet_runner import batch, engine
+    from whisperfleet_runner.gpu import nvml
 
-    # Taken from the queue, not yet recorded. run_files reads ahead (prefetch, short-clip
-    # packing), so several files can be in hand at once.
-    taken: dict[str, storage.InputFile] = {}
+    hand = _Hand(spec.max_in_hand)
 
-    def files() -> Iterator[storage.InputFile]:
+    def files() -> Iterator[InputFile | object]:
         while not stop.is_set():
+            if len(hand.files) >= hand.limit:
+                # Pack what is held, so records free room; repeated while full, because
+                # each FLUSH also lets the loop record what finished publishing since.
+                yield batch.FLUSH
+                hand.wait_for_room(0.2)
+                continue
             try:
-                item = tasks.get(timeout=0.2)
+                file = tasks.get(timeout=0.2)
             except queue.Empty:
                 if no_more.is_set():
                     return
                 continue
-            if item is None:
+            if file is None:
                 return
-            file = storage.InputFile(*item)
-            taken[file.uri] = file
-            events.put((BEGIN, spec.index, file.uri))
+            hand.take(file)
+            events.put(Began(spec.index, file.uri))
             yield file
 
-    def progress(record: Any) -> None:
-        taken.pop(record.uri, None)
-        events.put((FILE, spec.index, asdict(record)))
+    def recorded(record: LedgerRecord) -> None:
+        hand.done(record.uri)
+        events.put(Recorded(spec.index, record))
 
-    def get_engine() -> Any:
-        from whisperfleet_runner.engine import get_engine as load
+    def check_gpu() -> None:
+        if spec.gpu is not None:
+            nvml.check_healthy(spec.gpu.uuid)
 
-        return load(order.model, device=spec.model_device, device_index=0,
-                    compute_type=spec.compute_type, cpu_threads=spec.cpu_threads,
-                    free_memory_mib=spec.free_memory_mib)
-
-    report = batch.run_files(files(), order, get_engine, device=spec.label,
-                             gpus=[spec.gpu] if spec.gpu else [], progress=progress,
-                             prefetch_bytes=PREFETCH_BYTES)
-    # A worker that cannot load the model hands its files back: the parent requeues them
-    # for the workers that can.
-    returned = [(f.uri, f.key, f.size) for f in taken.values()] if report.error_reason else []
-    events.put((DONE, spec.index, report.to_json(limit=1 << 30),
-                os.environ.get("CUDA_VISIBLE_DEVICES", ""), returned))
+    report = batch.run_files(files(), options, lambda: engine.load(options.model, spec.placement),
+                             shard=spec.shard, device=spec.label,
+                             gpus=[spec.gpu] if spec.gpu else [],
+                             progress=recorded, prefetch_bytes=PREFETCH_BYTES,
+                             check_device=check_gpu)
+    # A worker that stops early (no model, a lost GPU) hands back what it never started:
+    # the parent requeues those files for the workers that can.
+    returned = list(hand.files.values()) if report.error_reason else []
+    events.put(Finished(spec.index, report, os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                        returned))

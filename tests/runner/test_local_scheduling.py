@@ -119,7 +119,7 @@ def test_auto_without_gpu_runs_on_cpu_with_one_warning(
 ) -> None:
     data = _run_skipping(fake_nvml(None), inputs, done_output, tmp_path)
     assert data["device"] == "cpu" and data["gpus_chosen"] == []
-    assert [(w["label"], w["device"]) for w in data["workers"]] == [("CPU", "cpu")]
+    assert [(w["label"], w["model_device"]) for w in data["workers"]] == [("cpu", "cpu")]
     assert _bindings(data) == [""]  # the CPU worker sees no GPU at all
     assert data["stderr"].count("running on CPU") == 1
 

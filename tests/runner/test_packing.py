@@ -231,7 +231,7 @@ def test_shard_packs_short_files_and_a_bad_file_poisons_nothing(
     engine: Engine, tmp_path: Path, audio_dir: Path, fail: bool
 ) -> None:
     spy = Spy(engine, fail=fail)
-    report = run_files(inputs(audio_dir), order_for(tmp_path), lambda: spy, device="cpu")
+    report = run_files(inputs(audio_dir), order_for(tmp_path).options, lambda: spy, device="cpu")
     assert spy.packed_calls == 1  # hello, numbers and silence share one call
     assert (report.succeeded, report.failed, report.bad_input) == (3, 1, 1)
     assert "empty file" in report.failures[0].reason
@@ -245,7 +245,7 @@ def test_shard_packs_short_files_and_a_bad_file_poisons_nothing(
 def test_switch_turns_packing_off(engine: Engine, tmp_path: Path, audio_dir: Path) -> None:
     spy = Spy(engine)
     order = order_for(tmp_path, pack_short_clips=False)
-    report = run_files(inputs(audio_dir), order, lambda: spy, device="cpu")
+    report = run_files(inputs(audio_dir), order.options, lambda: spy, device="cpu")
     assert spy.packed_calls == 0
     assert report.succeeded == 3
 

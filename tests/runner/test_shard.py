@@ -129,7 +129,7 @@ def test_climbing_key_fails_alone_and_no_model_loads_for_nothing(
         InputFile(uri=str(audio_dir / "hello.wav"), key="/etc/abs.wav", size=1),
         InputFile(uri=str(audio_dir / "bad" / "empty.wav"), key="bad/empty.wav", size=0),
     ]
-    report = run_files(files, order, never, device="cpu")
+    report = run_files(files, order.options, never, device="cpu")
     assert (report.total, report.failed, report.bad_input, report.succeeded) == (3, 3, 3, 0)
     assert "climb above" in report.failures[0].reason
     assert "absolute" in report.failures[1].reason
@@ -247,7 +247,7 @@ def test_options_the_model_cannot_honour_stop_the_shard_once(
 
     files = [InputFile(uri=str(audio_dir / "hello.wav"), key="hello.wav", size=1),
              InputFile(uri=str(audio_dir / "nested" / "numbers.wav"), key="n.wav", size=1)]
-    report = run_files(files, order, Picky, device="cpu")
+    report = run_files(files, order.options, Picky, device="cpu")
     assert report.error_reason == "UnsupportedOptions" and "'xx'" in report.error_message
     assert report.succeeded == 0 and report.failures == []
     assert not (tmp_path / "out").exists()

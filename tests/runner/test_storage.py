@@ -17,7 +17,6 @@ from whisperfleet_runner.storage import (
     InputFile,
     StorageError,
     UnsafeKeyError,
-    append_jsonl,
     list_inputs,
     list_uris,
     output_uris,
@@ -25,9 +24,7 @@ from whisperfleet_runner.storage import (
     publish,
     publish_set,
     read_bytes,
-    read_jsonl,
     read_text,
-    write_jsonl,
 )
 
 FIXTURE_KEYS = [
@@ -178,28 +175,6 @@ def test_publish_set_writes_json_last(tmp_path: Path) -> None:
     (tmp_path / "sub").unlink()
     publish_set(outputs)
     assert outputs_exist(outputs)
-
-
-def test_jsonl_helpers_round_trip(tmp_path: Path) -> None:
-    ledger = tmp_path / ".whisperfleet" / "uid" / "ledger"
-    append_jsonl(str(ledger / "0-0.jsonl"), [{"uri": "a é.wav", "ok": True}])
-    append_jsonl(str(ledger / "0-0.jsonl"), [{"uri": "b.wav", "ok": False}])
-    write_jsonl(f"file://{ledger}/1-0.jsonl", [{"uri": "c.wav"}])
-    assert read_jsonl(str(ledger / "0-0.jsonl")) == [
-        {"uri": "a é.wav", "ok": True}, {"uri": "b.wav", "ok": False}]
-    assert list_uris(str(ledger), ".jsonl") == [
-        f"{ledger}/0-0.jsonl", f"{ledger}/1-0.jsonl"]
-    assert list_uris(str(tmp_path / "missing")) == []
-
-
-def test_torn_last_jsonl_line_is_ignored_but_torn_middle_is_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "l.jsonl"
-    path.write_text('{"a": 1}\n{"b": ')
-    assert read_jsonl(str(path)) == [{"a": 1}]
-    path.write_text('{"a": 1}\n{"b": \n{"c": 3}\n')
-    with pytest.raises(StorageError, match="line 2") as info:
-        read_jsonl(str(path))
-    assert info.value.reason == "CorruptFile"
 
 
 def test_reading_a_missing_file_names_it(tmp_path: Path) -> None:

@@ -19,15 +19,14 @@ import requests
 from whisperfleet_runner.storage import (
     StorageError,
     UnsafeKeyError,
-    append_jsonl,
     list_inputs,
     list_uris,
     output_uris,
     outputs_exist,
     publish,
+    read_text,
     publish_set,
     read_bytes,
-    read_jsonl,
 )
 
 pytestmark = pytest.mark.slow  # a live HTTP server per session
@@ -131,13 +130,13 @@ def test_missing_bucket_is_named(s3_env: dict[str, str]) -> None:
         assert "AWS_ENDPOINT_URL" in str(info.value)
 
 
-def test_jsonl_ledger_helpers_on_s3(s3_env: dict[str, str], s3_bucket: str) -> None:
+def test_ledger_objects_are_listed_by_suffix_on_s3(s3_env: dict[str, str], s3_bucket: str
+                                                   ) -> None:
     ledger = f"s3://{s3_bucket}/out/.whisperfleet/uid/ledger"
-    append_jsonl(f"{ledger}/0-0.jsonl", [{"uri": "a.wav"}])
-    append_jsonl(f"{ledger}/0-0.jsonl", [{"uri": "b é.wav"}])
-    append_jsonl(f"{ledger}/1-0.jsonl", [{"uri": "c.wav"}])
-    assert read_jsonl(f"{ledger}/0-0.jsonl") == [{"uri": "a.wav"}, {"uri": "b é.wav"}]
+    for name in ("0-0.jsonl", "1-0.jsonl", "notes.txt"):
+        publish(f"{ledger}/{name}", '{"uri": "a é.wav"}\n')
     assert list_uris(ledger, ".jsonl") == [f"{ledger}/0-0.jsonl", f"{ledger}/1-0.jsonl"]
+    assert read_text(f"{ledger}/0-0.jsonl") == '{"uri": "a é.wav"}\n'
     assert list_uris(f"s3://{s3_bucket}/elsewhere/") == []
 
 

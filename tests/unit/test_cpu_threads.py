@@ -62,9 +62,9 @@ def test_this_machine_is_not_overcounted() -> None:
 def test_the_local_cpu_worker_uses_the_cpus_this_process_may_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from whisperfleet_runner import worker
+    from whisperfleet_runner import scheduler
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {3})
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    (spec,) = worker.plan_workers("cpu", [], "auto", {})
-    assert spec.cpu_threads == 1 and spec.compute_type == "int8"
+    (spec,) = scheduler.worker_specs([], "auto", {}, files=10)
+    assert spec.placement.cpu_threads == 1 and spec.placement.compute_type == "int8"

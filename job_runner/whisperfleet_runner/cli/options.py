@@ -1,12 +1,14 @@
 """Click options shared by the commands that transcribe, defined once and mapped to config.
 
-The option names mirror the TranscriptionJob spec (DESIGN §3/§5); `build_*` turn the parsed
-values into the config dataclasses, so a command never re-states a default or a choice list.
+The option names mirror the TranscriptionJob spec; each group reaches the command as one
+config dataclass, so a command never re-states a default or a choice list.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
@@ -48,7 +50,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(exc)) from exc
 
 
-_TRANSCRIPTION_OPTIONS = [
+_MODEL_OPTIONS = [
     click.option("--model", default=config.DEFAULT_MODEL, show_default=True,
                  help="Size name (large-v3, tiny.en…), Hugging Face repo id, or a local "
                       "CTranslate2 model directory."),
@@ -58,6 +60,9 @@ _TRANSCRIPTION_OPTIONS = [
     click.option("--compute-type", type=click.Choice(config.COMPUTE_TYPES), default="auto",
                  show_default=True,
                  help="auto: float16 on GPUs with compute capability >= 7.0, int8 on CPU."),
+]
+
+_TRANSCRIPTION_OPTIONS = [
     click.option("--language", default=None, callback=_language,
                  help="Language code (en, de…); default: detect per file."),
     click.option("--task", type=click.Choice(config.TASKS), default="transcribe",
@@ -98,34 +103,57 @@ _DEVICE_OPTIONS = [
 ]
 
 
-def _apply(decorators: list[Callable[[F], F]]) -> Callable[[F], F]:
+@dataclass(frozen=True)
+class OutputChoice:
+    """--formats, --overwrite, --include."""
+
+    formats: tuple[str, ...]
+    overwrite: bool
+    include: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """--device, --gpus, --min-free-memory."""
+
+    device: str
+    gpus: str
+    min_free_mib: int
+
+
+def _grouped(target: str, build: Callable[..., Any],
+             decorators: list[Callable[[F], F]]) -> Callable[[F], F]:
+    """Add `decorators`' options to a command, which receives them built into ONE argument
+    named `target` (a dataclass), instead of a long list of loose keyword arguments."""
+    names = [_param_name(d) for d in decorators]
+
     def wrap(func: F) -> F:
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            kwargs[target] = build(**{n: kwargs.pop(n) for n in names})
+            return func(*args, **kwargs)
+
         for decorator in reversed(decorators):
-            func = decorator(func)
-        return func
+            command = decorator(command)
+        return command  # type: ignore[return-value]
 
     return wrap
 
 
-transcription_options = _apply(_TRANSCRIPTION_OPTIONS)
-output_options = _apply(_OUTPUT_OPTIONS)
-device_options = _apply(_DEVICE_OPTIONS)
+def _param_name(decorator: Callable[[F], F]) -> str:
+    def probe() -> None: ...
+
+    decorator(probe)  # type: ignore[arg-type]
+    return str(probe.__click_params__[-1].name)  # type: ignore[attr-defined]
 
 
-def build_model(model: str, model_cache: str | None, compute_type: str) -> config.ModelOptions:
+def _model(model: str, model_cache: str | None, compute_type: str) -> config.ModelOptions:
     return config.ModelOptions(name=model, compute_type=compute_type, cache_dir=model_cache)
 
 
-def build_transcription(
-    language: str | None,
-    task: str,
-    beam_size: int,
-    batch_size: int,
-    vad_filter: bool,
-    word_timestamps: bool,
-    initial_prompt: str | None,
-    pack_short_clips: bool = True,
-) -> config.TranscriptionOptions:
+def _transcription(language: str | None, task: str, beam_size: int, batch_size: int,
+                   vad_filter: bool, word_timestamps: bool, initial_prompt: str | None,
+                   pack_short_clips: bool) -> config.TranscriptionOptions:
     return config.TranscriptionOptions(
         language=language, task=task, beam_size=beam_size, batch_size=batch_size,
         vad_filter=vad_filter, word_timestamps=word_timestamps,
@@ -133,5 +161,7 @@ def build_transcription(
     )
 
 
-def build_output(uri: str, formats: tuple[str, ...], overwrite: bool) -> config.OutputOptions:
-    return config.OutputOptions(uri=uri, formats=formats, overwrite=overwrite)
+model_options = _grouped("model", _model, _MODEL_OPTIONS)
+transcription_options = _grouped("transcription", _transcription, _TRANSCRIPTION_OPTIONS)
+output_options = _grouped("output_choice", OutputChoice, _OUTPUT_OPTIONS)
+device_options = _grouped("device_choice", DeviceChoice, _DEVICE_OPTIONS)

@@ -6,7 +6,6 @@ import sys
 
 import click
 
-from whisperfleet_runner import config
 from whisperfleet_runner.cli.pod_io import (
     configure_pod_logging,
     emit_report,
@@ -34,7 +33,4 @@ def plan_command(
 
     report = plan(order, shards, workers=workers)
     emit_report(report.to_json(), termination_log)
-    if report.error_reason == "NoMatchingFiles":
-        sys.exit(config.EXIT_USAGE)
-    if report.error_reason:
-        sys.exit(config.EXIT_STORAGE)
+    sys.exit(report.exit_code)

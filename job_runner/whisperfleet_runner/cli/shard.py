@@ -24,34 +24,6 @@ from whisperfleet_runner.cli.pod_io import (
 
 log = logging.getLogger(__name__)
 
-# Shard-level errors that are not about storage; every other error_reason came from storage.
-_USAGE_REASONS = (
-    "BadManifest", "BadWorkOrder", "ModelNotFound", "NoMatchingFiles", "UnsupportedOptions",
-)
-
-
-def exit_code(report: config.ShardReport) -> int:
-    """The pod's exit code; the operator's podFailurePolicy keys on it.
-
-    Bad media / unsafe keys alone give EXIT_BAD_INPUT (retrying cannot help: FailIndex);
-    any other file failure gives 1, so Kubernetes retries the index and the retry skips
-    the files already written.
-    """
-    if report.error_reason == "NoGPU":
-        return config.EXIT_NO_GPU
-    if report.error_reason in _USAGE_REASONS:
-        return config.EXIT_USAGE
-    if report.error_reason == "ModelLoad":
-        return 1
-    if report.error_reason:
-        return config.EXIT_STORAGE
-    if report.failed > report.bad_input:
-        return 1
-    if report.failed:
-        return config.EXIT_BAD_INPUT
-    return config.EXIT_OK
-
-
 @click.command("run-shard")
 @work_order_option
 @click.option("--index", type=click.IntRange(min=0), default=None,
@@ -83,7 +55,8 @@ def run_shard_command(
     if inputs:
         order = _direct_order(work_order_path, inputs, output, model, device, formats, overwrite)
         report = _run_direct(order, inputs, index or 0)
-        if report.error_reason == "NoGPU" and device is None and order.device == "cuda":
+        no_gpu = report.error_reason == config.Reason.NO_GPU
+        if no_gpu and device is None and order.device == "cuda":
             report.error_message += "; --input runs use --device cuda unless told otherwise: " \
                                     "pass --device cpu (or auto) to run on the CPU"
     else:
@@ -102,7 +75,7 @@ def run_shard_command(
     log.info("shard %d: %d succeeded, %d skipped, %d failed, %.1f audio s in %.1f s",
              report.shard, report.succeeded, report.skipped, report.failed,
              report.audio_seconds, report.wall_seconds)
-    sys.exit(exit_code(report))
+    sys.exit(report.exit_code)
 
 
 def _shard_index(index: int | None) -> int:
@@ -170,14 +143,14 @@ def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
         except storage.StorageError as exc:
             return _error(index, exc.reason, str(exc))
     if not files:
-        return _error(index, "NoMatchingFiles",
+        return _error(index, config.Reason.NO_MATCHING_FILES,
                       f"no files under {', '.join(inputs)} match {', '.join(order.include)}")
     files.sort(key=lambda f: -f.size)  # longest first: the tail of the run is short files
     return pod_shard.run_on_allocated(order, files, os.environ, shard=index)
 
 
-def _error(index: int, reason: str, message: str) -> config.ShardReport:
+def _error(index: int, reason: config.Reason, message: str) -> config.ShardReport:
     log.error("%s: %s", reason, message)
     return config.ShardReport(shard=index, node=os.environ.get("NODE_NAME", ""),
                               pod=os.environ.get("POD_NAME", ""),
-                              error_reason=reason, error_message=message)
+                              error_reason=reason.value, error_message=message)

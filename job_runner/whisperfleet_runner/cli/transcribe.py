@@ -69,6 +69,7 @@ def _summary_path(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", required=True, metavar="FOLDER|URI",
               help="Output folder or prefix (s3://…); outputs mirror the input paths.")
+@options.model_options
 @options.transcription_options
 @options.output_options
 @options.device_options
@@ -76,32 +77,28 @@ def _summary_path(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
               callback=_summary_path, help="Also write the run summary as JSON to this file.")
-def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbose: bool,
-                       summary_json: str | None, **kw: Any) -> None:
+def transcribe_command(inputs: tuple[str, ...], output: str, model: config.ModelOptions,
+                       transcription: config.TranscriptionOptions,
+                       output_choice: options.OutputChoice, device_choice: options.DeviceChoice,
+                       quiet: bool, verbose: bool, summary_json: str | None) -> None:
     """Transcribe INPUT files, folders (recursive), globs or URIs into OUTPUT.
 
     One worker process per chosen GPU, longest files first; files whose outputs all exist
     are skipped, so re-running after Ctrl-C or a failure finishes the rest.
     """
     _configure_logging(quiet, verbose)
-    from whisperfleet_runner import scheduler, storage, worker
+    from whisperfleet_runner import scheduler, storage
     from whisperfleet_runner.gpu import choice as gpu_choice
     from whisperfleet_runner.gpu import devices
     from whisperfleet_runner.local import inputs as gathering
 
     output = _output_uri(output)
-    order = config.WorkOrder(
-        job_uid="local", input_uri=inputs[0],
-        output=options.build_output(output, kw["formats"], kw["overwrite"]),
-        include=kw["include"],
-        model=options.build_model(kw["model"], kw["model_cache"], kw["compute_type"]),
-        transcription=options.build_transcription(
-            kw["language"], kw["task"], kw["beam_size"], kw["batch_size"], kw["vad_filter"],
-            kw["word_timestamps"], kw["initial_prompt"], kw["pack_short_clips"]),
-        device=kw["device"],
-    )
+    job = config.JobOptions(
+        config.OutputOptions(output, output_choice.formats, output_choice.overwrite),
+        model, transcription)
     try:
-        choice = gpu_choice.choose_local(kw["gpus"], kw["min_free_mib"], kw["device"])
+        choice = gpu_choice.choose_local(device_choice.gpus, device_choice.min_free_mib,
+                                         device_choice.device)
     except devices.NoGpuError as exc:
         lines = exc.choice.report() if exc.choice else []
         _fail("--device cuda: no usable GPU.\n" + "\n".join(f"  {ln}" for ln in lines)
@@ -115,20 +112,18 @@ def transcribe_command(inputs: tuple[str, ...], output: str, quiet: bool, verbos
         for refusal in choice.refused:
             log.warning("not using %s: %s", refusal.target, refusal.reason)
     try:
-        storage_check(output)
-        gathered = gathering.gather(inputs, order.include, output)
+        storage.check_writable(output)
+        gathered = gathering.gather(inputs, output_choice.include, output)
     except (gathering.InputError, storage.StorageError) as exc:
         _fail(str(exc))
         return
-    specs = worker.plan_workers(choice.device, choice.gpus, order.model.compute_type,
-                                      os.environ)
-    if devices.gpu_on_cpu(os.environ) and choice.device == "cuda":
-        log.warning("test switch %s: workers bound to the fake GPUs run the model on the CPU",
-                    devices.ENV_GPU_ON_CPU)
-    specs = specs[: max(1, len(gathered.files))]  # an idle worker would only cost a spawn
+    labeled = [(f"GPU {g.label}", g) for g in choice.gpus] if choice.device == "cuda" else []
+    specs = scheduler.worker_specs(labeled, model.compute_type, os.environ,
+                                   files=len(gathered.files))
     observer = local_progress(quiet)
     with observer:
-        summary = scheduler.run(gathered, order, specs, observer)
+        summary = scheduler.run(gathered.files, job, specs, observer, refused=gathered.refused)
+    summary.duplicates = gathered.duplicates
     code = exit_code(summary)
     try:
         _report(summary, choice, quiet, summary_json)
@@ -147,32 +142,6 @@ def _output_uri(output: str) -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         _fail(f"output {output} exists and is not a folder")
     return os.path.abspath(path)
-
-
-def storage_check(output: str) -> None:
-    """Fail before any work when the output bucket is missing or the credentials may not
-    write there: otherwise every file would be transcribed only to fail at publishing."""
-    import uuid
-
-    from whisperfleet_runner import storage
-    from whisperfleet_runner.storage import keys
-
-    if keys.protocol(output) in ("file", "local"):
-        return  # folders are created as needed; a refused write fails its file with a reason
-    # A LIST first: unlike a HEAD it tells a missing bucket (BucketNotFound) from a missing key.
-    state = f"{output.rstrip('/')}/{config.STATE_DIR}/preflight/"
-    probe = f"{state}write-check-{uuid.uuid4().hex}"
-    try:
-        storage.list_inputs(state)
-        storage.publish(probe, b"")
-    except storage.StorageError as exc:
-        # Name the output the user gave, not our probe key inside it.
-        text = str(exc).replace(probe, output).replace(state, output)
-        raise storage.StorageError(exc.reason, "output " + text) from exc
-    try:
-        storage.remove(probe)
-    except storage.StorageError as exc:  # may write, may not delete: harmless, say so once
-        log.debug("could not remove the write check %s: %s", probe, exc)
 
 
 def local_progress(quiet: bool) -> Any:

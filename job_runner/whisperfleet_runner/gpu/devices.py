@@ -1,4 +1,4 @@
-"""Which GPU(s) this process may use, and the `device_index` faster-whisper gets (DESIGN §4).
+"""Which GPU(s) this process may use, and the `device_index` faster-whisper gets.
 
 Pure logic over `nvml.list_gpus()` and an environment mapping; nothing here touches CUDA.
 Call `ensure_pci_bus_order()` (or apply a selection's env) BEFORE anything initialises CUDA
@@ -269,6 +269,34 @@ def _why_no_gpu(
 def gpu_on_cpu(environ: Mapping[str, str]) -> bool:
     """True when the test switch is on and the fake NVML is in use (see ENV_GPU_ON_CPU)."""
     return environ.get(ENV_GPU_ON_CPU, "") == "1" and bool(environ.get(ENV_FAKE_NVML))
+
+
+@dataclass(frozen=True)
+class ModelPlacement:
+    """Where one process's model runs and how: all `engine.load` needs besides the model."""
+
+    device: str  # "cuda" or "cpu": where the model runs
+    device_index: int = 0  # the CUDA ordinal in this process's view
+    compute_type: str = "int8"  # concrete ("auto" resolved)
+    cpu_threads: int = 0  # 0: every CPU this process may use
+    free_memory_mib: int | None = None  # NVML's free memory before loading: bounds the batch
+
+
+def place_model(gpu: GpuInfo | None, compute_type: str, environ: Mapping[str, str], *,
+                device_index: int = 0, cpu_threads: int = 0) -> ModelPlacement:
+    """The one path from a device to a model placement, for pods and local workers alike:
+    the CPU when `gpu` is None; under the test switch (the only place it is read) a GPU
+    keeps its binding but the model runs on the CPU, with CPU compute types."""
+    if gpu is None or gpu_on_cpu(environ):
+        if gpu is not None:
+            log.warning("test switch %s: the model for %s runs on the CPU", ENV_GPU_ON_CPU,
+                        gpu.uuid)
+            compute_type = "auto"  # GPU compute types make no sense there
+        return ModelPlacement("cpu", 0, resolve_compute_type(compute_type, "cpu", None),
+                              cpu_threads)
+    return ModelPlacement("cuda", device_index,
+                          resolve_compute_type(compute_type, "cuda", gpu.compute_capability),
+                          cpu_threads, gpu.memory_free_mib)
 
 
 def bind_environment(gpus: Sequence[GpuInfo]) -> dict[str, str]:

@@ -28,6 +28,10 @@ class NvmlUnavailable(RuntimeError):
     """NVML cannot be used here: nvidia-ml-py missing, no libnvidia-ml, or no driver loaded."""
 
 
+class GpuLost(RuntimeError):
+    """NVML reports a GPU as lost (fallen off the bus): nothing more will run on it."""
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     """One CUDA-usable device as NVML sees it: a whole GPU or one MIG instance."""
@@ -126,6 +130,31 @@ def list_gpus() -> list[GpuInfo]:
                 # were allocated it will report it by name as not visible.
                 log.warning("skipping NVML device %d: %s", index, exc)
         return gpus
+
+
+# A worker checks its GPU before every inference, so NVML stays initialised in that process
+# for its life instead of a session per query (nvmlInit can take a noticeable time).
+_health: dict[str, Any] = {}
+
+
+def check_healthy(uuid: str) -> None:
+    """Raise GpuLost when NVML says the GPU (or MIG device) `uuid` is lost. Any other NVML
+    trouble passes with a debug line: a health check must never fail healthy work."""
+    try:
+        nv = _health.get("nv")
+        if nv is None:
+            nv = _import_pynvml()
+            nv.nvmlInit()
+            _health["nv"] = nv
+        nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByUUID(uuid))
+    except NvmlUnavailable:
+        return
+    except Exception as exc:
+        nv = _health.get("nv")
+        lost = getattr(nv, "NVMLError_GpuIsLost", None)
+        if lost is not None and isinstance(exc, lost):
+            raise GpuLost(f"GPU {uuid} is lost (NVML: {exc})") from exc
+        log.debug("NVML health check of %s failed: %s", uuid, exc)
 
 
 def _mig_enabled(nv: ModuleType, handle: Any) -> bool:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from whisperfleet_runner.ledger import FAILED, SKIPPED, SUCCEEDED, LedgerRecord
+from whisperfleet_runner.ledger import SKIPPED, LedgerRecord
 from whisperfleet_runner.scheduler import RunSummary
-from whisperfleet_runner.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,40 +27,33 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class _Tally:
-    """Counts shared by both displays; the ETA is bytes still to do at the byte rate so far
-    (transcribed bytes only: skipped files cost nothing and would make it optimistic)."""
+class _Display:
+    """What both displays show. Counts are the run summary's own (the scheduler counts each
+    record once); kept here: bytes for the ETA (bytes still to do at the byte rate so far,
+    transcribed bytes only: skipped files cost nothing and would make it optimistic) and
+    what each worker holds now."""
 
     def __init__(self) -> None:
-        self.files = self.done = self.succeeded = self.failed = self.skipped = 0
+        self.summary = RunSummary()
+        self.files = 0
         self.total_bytes = self.done_bytes = self.work_bytes = 0
-        self.audio = 0.0
         self.started = time.monotonic()
-        self.workers: list[WorkerSpec] = []
         self.current: dict[int, str] = {}
-        self.per_worker: dict[int, list[float]] = {}  # files, audio seconds
         self.stopping = False
 
-    def started_run(self, files: int, total_bytes: int, workers: list[WorkerSpec]) -> None:
-        self.files, self.total_bytes, self.workers = files, total_bytes, workers
-        self.per_worker = {w.index: [0, 0.0] for w in workers}
+    def started_run(self, summary: RunSummary, files: int, total_bytes: int) -> None:
+        self.summary, self.files, self.total_bytes = summary, files, total_bytes
         self.started = time.monotonic()
 
     def finished(self, worker: int, record: LedgerRecord, size: int) -> None:
-        self.done += 1
         self.done_bytes += size
         self.current.pop(worker, None)
-        self.per_worker.setdefault(worker, [0, 0.0])[0] += 1
-        if record.status == SUCCEEDED:
-            self.succeeded += 1
+        if record.status != SKIPPED:
             self.work_bytes += size
-            self.audio += record.audio_seconds
-            self.per_worker[worker][1] += record.audio_seconds
-        elif record.status == SKIPPED:
-            self.skipped += 1
-        elif record.status == FAILED:
-            self.failed += 1
-            self.work_bytes += size
+
+    @property
+    def done(self) -> int:
+        return self.summary.total
 
     @property
     def elapsed(self) -> float:
@@ -70,7 +61,7 @@ class _Tally:
 
     @property
     def rtf(self) -> float:
-        return self.audio / self.elapsed if self.elapsed > 0 else 0.0
+        return self.summary.audio_seconds / self.elapsed if self.elapsed > 0 else 0.0
 
     def eta(self) -> str:
         left = self.total_bytes - self.done_bytes
@@ -82,11 +73,11 @@ class _Tally:
 
 
 class LiveProgress:
-    """The rich display (an Observer for local.run), on `console` (stderr by default)."""
+    """The rich display (a scheduler Observer), on `console` (stderr by default)."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.tally = _Tally()
+        self.display = _Display()
         self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
 
     def __enter__(self) -> LiveProgress:
@@ -96,38 +87,38 @@ class LiveProgress:
     def __exit__(self, *exc: object) -> None:
         self._live.stop()
 
-    def started(self, files: int, total_bytes: int, workers: list[WorkerSpec]) -> None:
-        self.tally.started_run(files, total_bytes, workers)
+    def started(self, summary: RunSummary, files: int, total_bytes: int) -> None:
+        self.display.started_run(summary, files, total_bytes)
 
     def file_started(self, worker: int, uri: str) -> None:
-        self.tally.current[worker] = uri
+        self.display.current[worker] = uri
 
     def file_finished(self, worker: int, record: LedgerRecord, size: int) -> None:
-        self.tally.finished(worker, record, size)
+        self.display.finished(worker, record, size)
 
     def stopping(self) -> None:
-        self.tally.stopping = True
+        self.display.stopping = True
         self.console.print("[yellow]Stopping: finishing the files in progress "
                            "(Ctrl-C again to abandon them; a re-run redoes them).[/]")
 
     def __rich__(self) -> RenderableType:
-        t = self.tally
-        fraction = t.done_bytes / t.total_bytes if t.total_bytes else (1.0 if t.files else 0.0)
+        d, s = self.display, self.display.summary
+        fraction = d.done_bytes / d.total_bytes if d.total_bytes else (1.0 if d.files else 0.0)
         width = 30
         bar = "█" * int(fraction * width) + "░" * (width - int(fraction * width))
         head = Text.assemble(
-            ("stopping " if t.stopping else "", "yellow"), (bar, "cyan"),
-            f" {t.done}/{t.files} files  {t.audio / 3600:.2f} h audio  "
-            f"RTF {t.rtf:.1f}x  elapsed {_clock(t.elapsed)}  ETA {t.eta()}",
-            (f"  ({t.failed} failed)" if t.failed else "", "red"),
+            ("stopping " if d.stopping else "", "yellow"), (bar, "cyan"),
+            f" {d.done}/{d.files} files  {s.audio_seconds / 3600:.2f} h audio  "
+            f"RTF {d.rtf:.1f}x  elapsed {_clock(d.elapsed)}  ETA {d.eta()}",
+            (f"  ({s.failed} failed)" if s.failed else "", "red"),
         )
         lines = [head]
-        for worker in t.workers:
-            count, audio = t.per_worker.get(worker.index, [0, 0.0])
-            current = t.current.get(worker.index)
+        for row in s.workers:
+            current = d.current.get(row.worker)
             doing = posixpath.basename(current.rstrip("/")) if current else "idle"
-            lines.append(Text(f"  {worker.label:<8} {worker.model_device}/{worker.compute_type}"
-                              f"  {int(count)} files  {audio / 60:.1f} min audio  {doing}"))
+            lines.append(Text(f"  {row.label:<8} {row.model_device}/{row.compute_type}"
+                              f"  {row.total} files  {row.audio_seconds / 60:.1f} min audio"
+                              f"  {doing}"))
         return Group(*lines)
 
 
@@ -135,7 +126,7 @@ class LogProgress:
     """--quiet: no live display, one log line per finished file."""
 
     def __init__(self) -> None:
-        self.tally = _Tally()
+        self.display = _Display()
 
     def __enter__(self) -> LogProgress:
         return self
@@ -143,18 +134,18 @@ class LogProgress:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def started(self, files: int, total_bytes: int, workers: list[WorkerSpec]) -> None:
-        self.tally.started_run(files, total_bytes, workers)
-        log.info("%d files on %s", files, ", ".join(w.label for w in workers))
+    def started(self, summary: RunSummary, files: int, total_bytes: int) -> None:
+        self.display.started_run(summary, files, total_bytes)
+        log.info("%d files on %s", files, ", ".join(r.label for r in summary.workers))
 
     def file_started(self, worker: int, uri: str) -> None:
-        self.tally.current[worker] = uri
+        self.display.current[worker] = uri
 
     def file_finished(self, worker: int, record: LedgerRecord, size: int) -> None:
-        t = self.tally
-        t.finished(worker, record, size)
-        log.info("[%d/%d] %s %s (%.1f s audio) ETA %s", t.done, t.files, record.status,
-                 record.uri, record.audio_seconds, t.eta())
+        d = self.display
+        d.finished(worker, record, size)
+        log.info("[%d/%d] %s %s (%.1f s audio) ETA %s", d.done, d.files, record.status,
+                 record.uri, record.audio_seconds, d.eta())
 
     def stopping(self) -> None:
         log.warning("stopping: finishing the files in progress; a re-run does the rest")
@@ -166,14 +157,12 @@ def print_summary(summary: RunSummary, console: Console, *, skipped_note: bool =
     for column in ("worker", "device", "files", "done", "skipped", "failed", "audio", "RTF"):
         table.add_column(column, justify="left" if column in ("worker", "device") else "right")
     for row in summary.workers:
-        gpu: dict[str, Any] | None = row.get("gpu")
-        device = f"{row['model_device']} {row['compute_type']}"
-        if gpu:
-            device = f"{gpu['name']} {gpu['uuid'][:12]}… ({device})"
-        rtf = row["audio_seconds"] / row["wall_seconds"] if row["wall_seconds"] else 0.0
-        table.add_row(row["label"], device, str(row["files"]), str(row["succeeded"]),
-                      str(row["skipped"]), str(row["failed"]),
-                      _clock(row["audio_seconds"]), f"{rtf:.1f}x")
+        device = f"{row.model_device} {row.compute_type}"
+        if row.gpu:
+            device = f"{row.gpu.name} {row.gpu.uuid[:12]}… ({device})"
+        rtf = row.audio_seconds / row.wall_seconds if row.wall_seconds else 0.0
+        table.add_row(row.label, device, str(row.total), str(row.succeeded), str(row.skipped),
+                      str(row.failed), _clock(row.audio_seconds), f"{rtf:.1f}x")
     table.add_row("total", "", str(summary.total), str(summary.succeeded), str(summary.skipped),
                   str(summary.failed), _clock(summary.audio_seconds),
                   f"{summary.real_time_factor:.1f}x", style="bold")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.config import PlanReport, WorkOrder
+from whisperfleet_runner.config import PlanReport, Reason, WorkOrder
 from whisperfleet_runner.storage.keys import UnsafeKeyError, output_stem
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def plan(order: WorkOrder, shards: int | None = None, *, workers: int = 1) -> Pl
     if not files:
         return _failed(
             report,
-            "NoMatchingFiles",
+            Reason.NO_MATCHING_FILES,
             f"no files under {order.input_uri} match {', '.join(order.include) or '(no globs)'}",
         )
     entries = build_manifest(files, shard_count(len(files), requested, workers))
@@ -158,8 +158,8 @@ def plan(order: WorkOrder, shards: int | None = None, *, workers: int = 1) -> Pl
     return report
 
 
-def _failed(report: PlanReport, reason: str, message: str) -> PlanReport:
-    report.error_reason = reason or "StorageError"
+def _failed(report: PlanReport, reason: Reason, message: str) -> PlanReport:
+    report.error_reason = reason.value
     report.error_message = message
     log.error("planning failed: %s: %s", report.error_reason, message)
     return report

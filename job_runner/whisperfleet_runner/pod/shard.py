@@ -13,8 +13,9 @@ from typing import Any
 
 from whisperfleet_runner import storage
 from whisperfleet_runner.batch import run_files
-from whisperfleet_runner.config import ShardReport, WorkOrder
-from whisperfleet_runner.ledger import LedgerWriter, attempt_name
+from whisperfleet_runner.config import MAX_REPORTED_FAILURES, Reason, ShardReport, WorkOrder
+from whisperfleet_runner.gpu.devices import DeviceSelection
+from whisperfleet_runner.ledger import LedgerRecord, LedgerWriter, attempt_name
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def run_shard(order: WorkOrder, index: int, environ: MutableMapping[str, str]) -
         return _shard_error(_pod_report(index, environ), exc.reason,
                             f"cannot read the manifest: {exc}")
     except (ValueError, UnicodeDecodeError) as exc:
-        return _shard_error(_pod_report(index, environ), "BadManifest",
+        return _shard_error(_pod_report(index, environ), Reason.BAD_MANIFEST,
                             f"{order.manifest_uri}: {exc}")
     ledger = LedgerWriter(order.ledger_uri, index, attempt_name(environ.get("POD_NAME")))
     return run_on_allocated(
@@ -51,18 +52,17 @@ def run_on_allocated(
     shard: int = 0,
     ledger: LedgerWriter | None = None,
 ) -> ShardReport:
-    """Select this process's allocated devices (see run_shard) and run `files` on them."""
+    """Select this process's allocated devices (see run_shard) and run `files` on them: on
+    one device in this process, on several with one worker process per GPU."""
     from whisperfleet_runner.gpu import devices
 
     try:
         selection = devices.select_allocated(order.device, environ)
-        compute_type = devices.resolve_compute_type(
-            order.model.compute_type, selection.device, selection.compute_capability
-        )
+        devices.resolve_compute_type(order.model.compute_type, "cpu", None)  # a known type?
     except devices.NoGpuError as exc:
-        return _shard_error(_pod_report(shard, environ), "NoGPU", str(exc))
+        return _shard_error(_pod_report(shard, environ), Reason.NO_GPU, str(exc))
     except ValueError as exc:
-        return _shard_error(_pod_report(shard, environ), "BadWorkOrder", str(exc))
+        return _shard_error(_pod_report(shard, environ), Reason.BAD_WORK_ORDER, str(exc))
     for warning in selection.warnings:
         log.warning("%s", warning)
     selection.apply(environ)  # before anything initialises CUDA
@@ -70,29 +70,95 @@ def run_on_allocated(
     for gpu in gpus:
         log.info("shard %d uses GPU %s (%s, %d MiB) as cuda:%d",
                  shard, gpu.uuid, gpu.name, gpu.memory_mib, gpu.device_index)
-    label = device_label(selection.device, selection.device_index)
-    ordinals = selection.device_index or [0]
-    model_device = selection.device
-    if model_device == "cuda" and devices.gpu_on_cpu(environ):
-        log.warning("test switch %s: the model runs on the CPU; the GPU binding is kept",
-                    devices.ENV_GPU_ON_CPU)
-        model_device, compute_type = "cpu", devices.resolve_compute_type("auto", "cpu", None)
-
-    def get_engine() -> Any:
-        from whisperfleet_runner.engine import get_engine as load
-
-        free = [g.memory_free_mib for g in selection.gpus if model_device == "cuda"]
-        return load(order.model, device=model_device,
-                    device_index=ordinals if len(ordinals) > 1 else ordinals[0],
-                    compute_type=compute_type, free_memory_mib=min(free) if free else None)
-
-    log.info("shard %d: %d files on %s (%s)", shard, len(files), label, compute_type)
-    report = run_files(files, order, get_engine, ledger=ledger, shard=shard, device=label,
-                       gpus=gpus)
+    log.info("shard %d: %d files on %s", shard, len(files),
+             device_label(selection.device, selection.device_index))
+    if len(selection.gpus) > 1:
+        report = _run_on_each_gpu(order, files, selection, environ, shard, ledger)
+    else:
+        report = _run_here(order, files, selection, environ, shard, ledger)
     report.node, report.pod = environ.get("NODE_NAME", ""), environ.get("POD_NAME", "")
     # A shard stopped early (the model did not load) still had all its files to do.
     report.total = max(report.total, len(files))
     return report
+
+
+def _run_here(order: WorkOrder, files: list[storage.InputFile], selection: DeviceSelection,
+              environ: MutableMapping[str, str], shard: int, ledger: LedgerWriter | None
+              ) -> ShardReport:
+    """One device (a GPU or the CPU): the loop runs in this process, no worker to spawn."""
+    from whisperfleet_runner import engine
+    from whisperfleet_runner.gpu import devices, nvml
+
+    gpu = selection.gpus[0] if selection.gpus else None
+    ordinal = selection.device_index[0] if selection.device_index else 0
+    placement = devices.place_model(gpu, order.model.compute_type, environ,
+                                    device_index=ordinal)
+
+    def check_gpu() -> None:
+        if gpu is not None:
+            nvml.check_healthy(gpu.uuid)
+
+    return run_files(files, order.options, lambda: engine.load(order.model, placement),
+                     ledger=ledger, shard=shard,
+                     device=device_label(selection.device, selection.device_index),
+                     gpus=selection.identities(), check_device=check_gpu)
+
+
+def _run_on_each_gpu(order: WorkOrder, files: list[storage.InputFile],
+                     selection: DeviceSelection, environ: MutableMapping[str, str], shard: int,
+                     ledger: LedgerWriter | None) -> ShardReport:
+    """Several GPUs: one worker process per GPU over one queue, as the local CLI does, so
+    every GPU works; the ledger and the report are this process's."""
+    from whisperfleet_runner import scheduler
+
+    labeled = [(f"cuda:{i}", g) for i, g in zip(selection.device_index, selection.gpus,
+                                                  strict=True)]
+    specs = scheduler.worker_specs(labeled, order.model.compute_type, environ,
+                                   files=len(files), shard=shard)
+    try:
+        summary = scheduler.run(files, order.options, specs, _PodLog(shard),
+                                on_record=ledger.add if ledger else None)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    report = ShardReport(shard=shard, wall_seconds=summary.wall_seconds,
+                         device=device_label(selection.device, selection.device_index))
+    for name in ("total", "succeeded", "failed", "skipped", "bad_input", "audio_seconds"):
+        setattr(report, name, getattr(summary, name))
+    report.failures = summary.failures[:MAX_REPORTED_FAILURES]
+    rows = {row.label: row for row in summary.workers}
+    for identity, (label, _gpu) in zip(selection.identities(), labeled, strict=True):
+        row = rows.get(label)
+        if row is not None:
+            identity.files, identity.failed = row.total, row.failed
+            identity.audio_seconds = round(row.audio_seconds, 2)
+        report.gpus.append(identity)
+    if summary.nothing_usable:  # every GPU's worker stopped early: the shard did not run
+        first = next(r for r in summary.workers if r.error)
+        report.error_reason = first.error_reason or Reason.TRANSCRIPTION_FAILED.value
+        report.error_message = "; ".join(summary.errors)
+    return report
+
+
+class _PodLog:
+    """Pod logs (`kubectl logs`) get a line per finished file."""
+
+    def __init__(self, shard: int) -> None:
+        self.shard, self.done = shard, 0
+
+    def started(self, summary: Any, files: int, total_bytes: int) -> None:
+        pass
+
+    def file_started(self, worker: int, uri: str) -> None:
+        pass
+
+    def file_finished(self, worker: int, record: LedgerRecord, size: int) -> None:
+        self.done += 1
+        log.info("shard %d: [%d] %s %s on %s", self.shard, self.done, record.status,
+                 record.uri, record.device)
+
+    def stopping(self) -> None:
+        pass
 
 
 def _pod_report(shard: int, environ: MutableMapping[str, str]) -> ShardReport:
@@ -106,8 +172,8 @@ def device_label(device: str, indices: Iterable[int]) -> str:
     return "cpu" if device == "cpu" else f"{device}:{','.join(map(str, ordinals or [0]))}"
 
 
-def _shard_error(report: ShardReport, reason: str, message: str) -> ShardReport:
-    report.error_reason = reason or "StorageError"
+def _shard_error(report: ShardReport, reason: Reason, message: str) -> ShardReport:
+    report.error_reason = reason.value
     report.error_message = message
     log.error("shard %d cannot run: %s: %s", report.shard, report.error_reason, message)
     return report

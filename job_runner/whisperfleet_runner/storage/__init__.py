@@ -11,7 +11,6 @@ used implicitly.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -21,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from whisperfleet_runner.config import DEFAULT_INCLUDE, STATE_DIR
+from whisperfleet_runner.config import DEFAULT_INCLUDE, STATE_DIR, Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.keys import (
     UnsafeKeyError,
@@ -37,7 +36,7 @@ __all__ = [
     "InputFile",
     "StorageError",
     "UnsafeKeyError",
-    "append_jsonl",
+    "check_writable",
     "exists",
     "list_inputs",
     "list_uris",
@@ -46,12 +45,9 @@ __all__ = [
     "publish",
     "publish_set",
     "read_bytes",
-    "read_jsonl",
     "read_text",
     "remove",
     "wrap_error",
-    "write_jsonl",
-    "write_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,7 +80,8 @@ def _filesystem(uri: str) -> tuple[Any, str]:
     scheme = protocol(uri)
     if re.match(r"^[^:/]+://[^/@]*:[^/@]*@", uri):
         # Libraries echo such URIs in their errors; refuse before any of them sees it.
-        raise StorageError("InvalidUri", f"{uri}: credentials inside a URI are not accepted; "
+        raise StorageError(Reason.INVALID_URI,
+                           f"{uri}: credentials inside a URI are not accepted; "
                            "give them in the environment (the storage secret)")
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
     digest = hashlib.sha256(repr((scheme, os.getpid(), env)).encode()).hexdigest()
@@ -134,7 +131,8 @@ def _list_local(uri: str, include: Sequence[str]) -> Iterator[InputFile]:
         yield InputFile(uri=scheme + path, key=os.path.basename(path), size=os.path.getsize(path))
         return
     if not os.path.isdir(path):
-        raise StorageError("NotFound", f"{uri} does not exist: give an existing folder or file")
+        raise StorageError(Reason.NOT_FOUND,
+                           f"{uri} does not exist: give an existing folder or file")
 
     def skipped(err: OSError) -> None:
         log.warning("skipping unreadable folder %s: %s", err.filename, err.strerror)
@@ -165,7 +163,7 @@ def _list_remote(uri: str, include: Sequence[str]) -> Iterator[InputFile]:
             return
         entries = fs.find(root, detail=True)
         if not entries and not uri.endswith("/") and not fs.isdir(root):
-            raise StorageError("NotFound", f"nothing found at {uri}: check the URI")
+            raise StorageError(Reason.NOT_FOUND, f"nothing found at {uri}: check the URI")
     except StorageError:
         raise
     except Exception as exc:
@@ -241,7 +239,7 @@ def exists(uri: str) -> bool:
         return False
     except Exception as exc:
         err = wrap_error(uri, exc)
-        if err.reason == "NotFound":
+        if err.reason == Reason.NOT_FOUND:
             return False
         raise err from exc
 
@@ -328,49 +326,22 @@ def publish_set(outputs: dict[str, bytes | str]) -> None:
         publish(uri, outputs[uri])
 
 
-def write_text(uri: str, text: str) -> None:
-    publish(uri, text)
-
-
-def write_jsonl(uri: str, records: Iterable[dict[str, Any]]) -> None:
-    publish(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def append_jsonl(uri: str, records: Iterable[dict[str, Any]]) -> None:
-    """Append records. Local files get a true append; object stores have no append, so the
-    object is read and republished: safe for one writer per object only (give each shard
-    its own ledger objects)."""
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if _is_local(uri):
-        path = local_path(uri)
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(lines)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except Exception as exc:
-            raise wrap_error(uri, exc) from exc
-        return
-    old = read_text(uri) if exists(uri) else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    publish(uri, old + lines)
-
-
-def read_jsonl(uri: str) -> list[dict[str, Any]]:
-    """Records of a JSON-lines object; a torn last line (crash mid-append) is skipped."""
-    lines = read_text(uri).splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise StorageError(
-                    "CorruptFile", f"{uri} line {number} is not valid JSON"
-                ) from None
-            log.warning("ignoring a torn last line in %s", uri)
-    return records
+def check_writable(output: str) -> None:
+    """Fail before any work when the output bucket is missing or the credentials may not
+    write there: otherwise every file would be transcribed only to fail at publishing."""
+    if _is_local(output):
+        return  # folders are created as needed; a refused write fails its file with a reason
+    # A LIST first: unlike a HEAD it tells a missing bucket (BucketNotFound) from a missing key.
+    state = f"{output.rstrip('/')}/{STATE_DIR}/preflight/"
+    probe = f"{state}write-check-{secrets.token_hex(16)}"
+    try:
+        list_inputs(state)
+        publish(probe, b"")
+    except StorageError as exc:
+        # Name the output the user gave, not our probe key inside it.
+        text = str(exc).replace(probe, output).replace(state, output)
+        raise StorageError(exc.reason, "output " + text) from exc
+    try:
+        remove(probe)
+    except StorageError as exc:  # may write, may not delete: harmless, say so once
+        log.debug("could not remove the write check %s: %s", probe, exc)

@@ -10,13 +10,14 @@ import os
 import re
 from collections.abc import Iterator
 
+from whisperfleet_runner.config import Reason
+
 
 class StorageError(Exception):
-    """Storage unusable for a URI. `reason` is CamelCase (BucketNotFound, AccessDenied,
-    InvalidCredentials, NoCredentials, NotFound, InvalidUri, Unreachable, MissingDriver,
-    StorageError); the message names the URI and what to do, and never holds credentials."""
+    """Storage unusable for a URI. `reason` is one of config.Reason's storage reasons; the
+    message names the URI and what to do, and never holds credentials."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         self.reason = reason
         super().__init__(_scrub(message))
 
@@ -69,36 +70,37 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
     bucket = uri.split("://", 1)[-1].split("/", 1)[0]
     if code in ("NoSuchBucket",) or (code == "" and "bucket does not exist" in str(exc)):
         return StorageError(
-            "BucketNotFound",
+            Reason.BUCKET_NOT_FOUND,
             f"bucket {bucket!r} of {uri} does not exist: check the URI, the region and the "
             "endpoint (AWS_ENDPOINT_URL)",
         )
     if code in _BAD_CREDENTIALS:
-        return StorageError("InvalidCredentials", f"{uri}: credentials rejected ({code}); "
+        return StorageError(Reason.INVALID_CREDENTIALS, f"{uri}: credentials rejected ({code}); "
                             + _CREDENTIAL_HINT)
     if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
-        return StorageError("NoCredentials", f"{uri}: no usable credentials found; "
+        return StorageError(Reason.NO_CREDENTIALS, f"{uri}: no usable credentials found; "
                             + _CREDENTIAL_HINT)
     if code in ("403", "Forbidden"):
         # A HEAD response has no body, so S3 cannot say why: a missing permission and a
         # wrong secret look the same.
-        return StorageError("AccessDenied", f"access denied to {uri} (403 Forbidden): grant "
+        return StorageError(Reason.ACCESS_DENIED, f"access denied to {uri} (403 Forbidden): grant "
                             "list/read on the input and write on the output, or "
                             + _CREDENTIAL_HINT)
     if code in _DENIED or (not code and isinstance(exc, PermissionError)):
-        return StorageError("AccessDenied", f"access denied to {uri}"
+        return StorageError(Reason.ACCESS_DENIED, f"access denied to {uri}"
                             + (f" ({code})" if code else "")
                             + ": grant list/read on the input and write on the output")
     if code in ("NoSuchKey", "404", "NotFound") or isinstance(exc, FileNotFoundError):
-        return StorageError("NotFound", f"{uri} does not exist")
+        return StorageError(Reason.NOT_FOUND, f"{uri} does not exist")
     if code in ("InvalidBucketName",) or isinstance(exc, ValueError):
-        return StorageError("InvalidUri", f"{uri} is not a usable storage URI: {exc}")
+        return StorageError(Reason.INVALID_URI, f"{uri} is not a usable storage URI: {exc}")
     if isinstance(exc, ImportError):
-        return StorageError("MissingDriver", f"no filesystem driver for {uri} ({exc}): install "
+        return StorageError(Reason.MISSING_DRIVER,
+                            f"no filesystem driver for {uri} ({exc}): install "
                             "whisperfleet[gcs] for gs://, whisperfleet[azure] for az://")
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
                 "ConnectionError", "ConnectionRefusedError", "ReadTimeoutError"}:
-        return StorageError("Unreachable", f"cannot reach the storage endpoint for {uri}: "
+        return StorageError(Reason.UNREACHABLE, f"cannot reach the storage endpoint for {uri}: "
                             "check AWS_ENDPOINT_URL / network access")
     detail = f"{code}: " if code else ""
-    return StorageError("StorageError", f"{uri}: {detail}{type(exc).__name__}: {exc}")
+    return StorageError(Reason.STORAGE_ERROR, f"{uri}: {detail}{type(exc).__name__}: {exc}")

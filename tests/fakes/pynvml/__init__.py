@@ -128,6 +128,11 @@ def _check(handle: _Handle, function: str) -> None:
     failure = (handle.spec.get("fail") or {}).get(function)
     if failure:
         raise NVMLError(_ERRORS_BY_NAME[failure])
+    # ... or be lost from the moment a file appears (a GPU that falls off the bus mid-run).
+    device = handle.parent or handle
+    flag = device.spec.get("lost_when")
+    if flag and Path(flag).exists():
+        raise NVMLError(NVML_ERROR_GPU_IS_LOST)
 
 
 # --- the pynvml API subset ------------------------------------------------------------
@@ -164,6 +169,17 @@ def nvmlDeviceGetHandleByIndex(index: int) -> _Handle:
     if not 0 <= index < len(_state["devices"]):
         raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
     return _state["devices"][index]
+
+
+def nvmlDeviceGetHandleByUUID(uuid: str | bytes) -> _Handle:
+    if _state["refcount"] <= 0:
+        raise NVMLError(NVML_ERROR_UNINITIALIZED)
+    wanted = uuid.decode() if isinstance(uuid, bytes) else uuid
+    for device in _state["devices"]:
+        for handle in (device, *device.mig_slots.values()):
+            if handle.spec.get("uuid") == wanted:
+                return handle
+    raise NVMLError(NVML_ERROR_NOT_FOUND)
 
 
 def nvmlDeviceGetName(handle: _Handle) -> str:
