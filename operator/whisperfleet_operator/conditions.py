@@ -1,4 +1,9 @@
-"""metav1.Condition bookkeeping shared by the status code (pure)."""
+"""The TranscriptionJob's status vocabulary, declared once, and metav1.Condition upserts.
+
+Phases, condition types and the reasons the operator writes are constants here (the
+runner's failure reasons are `config.Reason`, passed through as they are); Kubernetes' own
+names the operator reads from Jobs are here too. No other module spells these strings.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,74 @@ from typing import Any
 Obj = dict[str, Any]
 MAX_MESSAGE = 32768  # the CRD's bound on a condition message
 
+# --- phases (status.phase: for display; conditions are the API) --------------------------
+PENDING, PLANNING, RUNNING, SUSPENDED = "Pending", "Planning", "Running", "Suspended"
+SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED = "Succeeded", "PartiallySucceeded", "Failed"
+TERMINAL_PHASES = frozenset({SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED})
+
+# --- condition types ------------------------------------------------------------------------
+PLANNED_CONDITION = "Planned"
+RUNNING_CONDITION = "Running"
+COMPLETE_CONDITION = "Complete"
+FAILED_CONDITION = "Failed"
+SUSPENDED_CONDITION = "Suspended"
+PODS_HEALTHY_CONDITION = "PodsHealthy"  # False while pods cannot start
+CONDITION_TYPES = (PLANNED_CONDITION, RUNNING_CONDITION, COMPLETE_CONDITION, FAILED_CONDITION,
+                   SUSPENDED_CONDITION, PODS_HEALTHY_CONDITION)
+
+# --- reasons the operator writes (conditions and Events) -----------------------------------
+PLANNING_REASON = "Planning"
+PLANNED_REASON = "Planned"
+PLAN_UNREADABLE_REASON = "PlanUnreadable"
+PLANNER_FAILED_REASON = "PlannerFailed"
+SHARDS_RUNNING_REASON = "ShardsRunning"
+RUNNING_REASON = "Running"
+QUEUED_REASON = "Queued"
+SUSPENDED_REASON = "Suspended"
+RESUMED_REASON = "Resumed"
+INVALID_SPEC_REASON = "InvalidSpec"
+JOB_REJECTED_REASON = "JobRejected"
+WORKER_JOB_DELETED_REASON = "WorkerJobDeleted"
+JOB_FAILED_REASON = "JobFailed"
+PODS_STARTED_REASON = "PodsStarted"
+FINISHED_REASON = "Finished"
+# Why pods cannot start (PodsHealthy=False), most urgent to fix first.
+SECRET_NOT_FOUND_REASON = "SecretNotFound"
+CREATE_CONTAINER_CONFIG_ERROR_REASON = "CreateContainerConfigError"
+INVALID_IMAGE_NAME_REASON = "InvalidImageName"
+ERR_IMAGE_NEVER_PULL_REASON = "ErrImageNeverPull"
+IMAGE_PULL_BACK_OFF_REASON = "ImagePullBackOff"
+CREATE_CONTAINER_ERROR_REASON = "CreateContainerError"
+UNSCHEDULABLE_REASON = "Unschedulable"
+STUCK_REASONS = (SECRET_NOT_FOUND_REASON, CREATE_CONTAINER_CONFIG_ERROR_REASON,
+                 INVALID_IMAGE_NAME_REASON, ERR_IMAGE_NEVER_PULL_REASON,
+                 IMAGE_PULL_BACK_OFF_REASON, CREATE_CONTAINER_ERROR_REASON,
+                 UNSCHEDULABLE_REASON)
+EVENT_NORMAL, EVENT_WARNING = "Normal", "Warning"
+
+# --- Kubernetes' own names, as read from Jobs and pods -------------------------------------
+JOB_COMPLETE = "Complete"
+JOB_FAILED = "Failed"
+JOB_SUSPENDED = "Suspended"
+JOB_FAILED_INDEXES = "FailedIndexes"  # reason: every index ran, some failed
+POD_PENDING, POD_RUNNING = "Pending", "Running"
+POD_SUCCEEDED, POD_FAILED = "Succeeded", "Failed"
+POD_SCHEDULED = "PodScheduled"  # a pod condition type
+DISRUPTION_TARGET = "DisruptionTarget"  # a pod condition type
+
 
 def condition_status(status: Obj | None, type_: str) -> str | None:
     for cond in (status or {}).get("conditions") or []:
         if cond.get("type") == type_:
             return str(cond.get("status"))
+    return None
+
+
+def true_condition(obj: Obj | None, type_: str) -> Obj | None:
+    """The object's condition of this type when it is True (a Job's Complete, Failed …)."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return dict(cond)
     return None
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import copy
 import json
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import naming
 from .settings import OperatorSettings
+from .spec import GpuSpec, TranscriptionJob
 
-DEFAULT_RESOURCE = "nvidia.com/gpu"
 CLAIM_NAME = "gpu"  # the pod-level claim name and the device request name
 GFD_PRODUCT = "nvidia.com/gpu.product"
 GFD_MEMORY = "nvidia.com/gpu.memory"
@@ -30,55 +30,10 @@ GFD_CC_MINOR = "nvidia.com/gpu.compute.minor"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-@dataclass(frozen=True)
-class GpuRequest:
-    """spec.workers.gpu with defaults applied and values checked."""
-
-    count: int = 1
-    resource_name: str = DEFAULT_RESOURCE
-    products: tuple[str, ...] = ()
-    min_memory_mib: int = 0
-    min_compute_capability: tuple[int, int] | None = None
-    device_class_name: str = ""
-
-    @property
-    def uses_dra(self) -> bool:
-        return bool(self.device_class_name)
-
-
-def parse_compute_capability(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)(?:\.(\d+))?\s*", text)
-    if not match:
-        raise ValueError(
-            f"spec.workers.gpu.minComputeCapability: {text!r} is not MAJOR.MINOR (e.g. \"8.0\")"
-        )
-    return int(match.group(1)), int(match.group(2) or 0)
-
-
-def gpu_request(tj: dict[str, Any]) -> GpuRequest:
-    workers = (tj.get("spec") or {}).get("workers") or {}
-    gpu = workers.get("gpu") or {}
-    count = int(workers.get("gpusPerWorker", 1))
-    if count < 1:
-        raise ValueError("spec.workers.gpusPerWorker must be at least 1")
-    memory = int(gpu.get("minMemoryMiB") or 0)
-    if memory < 0:
-        raise ValueError("spec.workers.gpu.minMemoryMiB must not be negative")
-    cc = gpu.get("minComputeCapability")
-    return GpuRequest(
-        count=count,
-        resource_name=str(gpu.get("resourceName") or DEFAULT_RESOURCE),
-        products=tuple(str(p) for p in gpu.get("products") or ()),
-        min_memory_mib=memory,
-        min_compute_capability=parse_compute_capability(str(cc)) if cc else None,
-        device_class_name=str(gpu.get("deviceClassName") or ""),
-    )
-
-
 # --- device-plugin mode -------------------------------------------------------------------
 
 
-def gfd_node_selector_terms(req: GpuRequest) -> list[dict[str, Any]]:
+def gfd_node_selector_terms(req: GpuSpec) -> list[dict[str, Any]]:
     """Node selector terms (ORed) that together mean product ∈ products AND memory ≥ min AND
     compute capability ≥ min. [] when nothing is asked for."""
     common: list[dict[str, Any]] = []
@@ -136,7 +91,7 @@ def merge_required_node_terms(
     return merged
 
 
-def with_gpu_toleration(tolerations: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+def with_gpu_toleration(tolerations: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The user's tolerations plus the usual taint on GPU nodes, once."""
     result = [copy.deepcopy(t) for t in tolerations or []]
     if GPU_TOLERATION not in result:
@@ -151,7 +106,7 @@ def _cel_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid CEL string literal
 
 
-def dra_cel_selectors(req: GpuRequest, domain: str = "gpu.nvidia.com") -> list[str]:
+def dra_cel_selectors(req: GpuSpec, domain: str = "gpu.nvidia.com") -> list[str]:
     """CEL expressions, all of which a device must satisfy."""
     attrs = f"device.attributes[{_cel_string(domain)}]"
     exprs: list[str] = []
@@ -174,10 +129,10 @@ def dra_cel_selectors(req: GpuRequest, domain: str = "gpu.nvidia.com") -> list[s
 
 
 def build_resource_claim_template(
-    tj: dict[str, Any], settings: OperatorSettings
+    job: TranscriptionJob, settings: OperatorSettings
 ) -> dict[str, Any] | None:
     """The worker pods' ResourceClaimTemplate in DRA mode; None in device-plugin mode."""
-    req = gpu_request(tj)
+    req = job.workers.gpu
     if not req.uses_dra:
         return None
     exactly: dict[str, Any] = {
@@ -188,18 +143,11 @@ def build_resource_claim_template(
     selectors = dra_cel_selectors(req, settings.dra_attribute_domain)
     if selectors:
         exactly["selectors"] = [{"cel": {"expression": e}} for e in selectors]
-    meta = tj.get("metadata") or {}
-    metadata: dict[str, Any] = {
-        "name": naming.claim_template_name(tj),
-        "labels": naming.labels_for(tj, naming.COMPONENT_WORKER),
-        "ownerReferences": [naming.owner_reference(tj)],
-    }
-    if meta.get("namespace"):
-        metadata["namespace"] = meta["namespace"]
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
-        "metadata": metadata,
+        "metadata": naming.metadata(job, naming.claim_template_name(job),
+                                    naming.COMPONENT_WORKER),
         "spec": {"spec": {"devices": {"requests": [{"name": CLAIM_NAME, "exactly": exactly}]}}},
     }
 
@@ -217,13 +165,13 @@ class GpuPlacement:
     node_selector_terms: list[dict[str, Any]] = field(default_factory=list)  # AND into affinity
 
 
-def gpu_placement(tj: dict[str, Any]) -> GpuPlacement:
-    req = gpu_request(tj)
+def gpu_placement(job: TranscriptionJob) -> GpuPlacement:
+    req = job.workers.gpu
     if req.uses_dra:
         return GpuPlacement(
             container_claims=[{"name": CLAIM_NAME}],
             pod_resource_claims=[
-                {"name": CLAIM_NAME, "resourceClaimTemplateName": naming.claim_template_name(tj)}
+                {"name": CLAIM_NAME, "resourceClaimTemplateName": naming.claim_template_name(job)}
             ],
         )
     return GpuPlacement(

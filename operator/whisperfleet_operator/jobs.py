@@ -20,37 +20,16 @@ from typing import Any
 from whisperfleet_runner import config
 
 from . import gpu, naming, pods
+from .conditions import DISRUPTION_TARGET, JOB_COMPLETE, JOB_FAILED, true_condition
 from .settings import OperatorSettings
+from .spec import TranscriptionJob
 from .workorder import model_cache_claim, work_order_for
 
 MAX_COMPLETIONS = 100_000  # the API server's cap for Indexed Jobs with backoffLimitPerIndex
 
 
-def _metadata(tj: dict[str, Any], name: str, component: str) -> dict[str, Any]:
-    meta = tj.get("metadata") or {}
-    metadata: dict[str, Any] = {
-        "name": name,
-        "labels": naming.labels_for(tj, component),
-        "ownerReferences": [naming.owner_reference(tj)],
-    }
-    if meta.get("namespace"):
-        metadata["namespace"] = meta["namespace"]
-    return metadata
-
-
-def _workers(tj: dict[str, Any]) -> dict[str, Any]:
-    return (tj.get("spec") or {}).get("workers") or {}
-
-
-def parallelism(tj: dict[str, Any]) -> int:
-    value = int(_workers(tj).get("parallelism", 1))
-    if value < 1:
-        raise ValueError("spec.workers.parallelism must be at least 1")
-    return value
-
-
 def _disruption_rule() -> dict[str, Any]:
-    return {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    return {"action": "Ignore", "onPodConditions": [{"type": DISRUPTION_TARGET}]}
 
 
 def _exit_rule(action: str, *codes: int) -> dict[str, Any]:
@@ -64,16 +43,16 @@ def _exit_rule(action: str, *codes: int) -> dict[str, Any]:
     }
 
 
-def build_planner_job(tj: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+def build_planner_job(job: TranscriptionJob, settings: OperatorSettings) -> dict[str, Any]:
     """One pod, no GPU: lists the input, writes the manifest, reports a PlanReport."""
-    order = work_order_for(tj, settings)
+    order = work_order_for(job, settings)
     container = pods.base_container(
-        tj, settings, ["plan", "--workers", str(parallelism(tj))], order.to_json()
+        job, settings, ["plan", "--workers", str(job.workers.parallelism)], order.to_json()
     )
     container["resources"] = copy.deepcopy(settings.planner_resources)
-    pod_spec = pods.base_pod_spec(tj, settings)
+    pod_spec = pods.base_pod_spec(job, settings)
     pod_spec["containers"] = [container]
-    labels = naming.labels_for(tj, naming.COMPONENT_PLANNER)
+    labels = naming.labels_for(job, naming.COMPONENT_PLANNER)
     job_spec: dict[str, Any] = {
         "backoffLimit": settings.planner_backoff_limit,
         "podFailurePolicy": {"rules": [
@@ -83,7 +62,7 @@ def build_planner_job(tj: dict[str, Any], settings: OperatorSettings) -> dict[st
         ]},
         "podReplacementPolicy": "Failed",
         "template": {"metadata": {"labels": labels,
-                                  "annotations": naming.pod_annotations(tj)},
+                                  "annotations": naming.pod_annotations(job)},
                      "spec": pod_spec},
     }
     if settings.planner_deadline_seconds > 0:
@@ -91,19 +70,18 @@ def build_planner_job(tj: dict[str, Any], settings: OperatorSettings) -> dict[st
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(tj, naming.planner_job_name(tj), naming.COMPONENT_PLANNER),
+        "metadata": naming.metadata(job, naming.planner_job_name(job), naming.COMPONENT_PLANNER),
         "spec": job_spec,
     }
 
 
-def _worker_resources(tj: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    user = _workers(tj).get("resources")
-    resources = copy.deepcopy(user if user else settings.worker_resources)
+def _worker_resources(job: TranscriptionJob, settings: OperatorSettings) -> dict[str, Any]:
+    resources = copy.deepcopy(job.workers.resources or settings.worker_resources)
     return {k: v for k, v in resources.items() if k in ("requests", "limits") and v}
 
 
 def build_worker_job(
-    tj: dict[str, Any], plan: config.PlanReport, settings: OperatorSettings
+    job: TranscriptionJob, plan: config.PlanReport, settings: OperatorSettings
 ) -> dict[str, Any]:
     """ONE Indexed Job: completion index i runs shard i of the planner's manifest."""
     if plan.shards < 1:
@@ -113,51 +91,42 @@ def build_worker_job(
         )
     if plan.shards > MAX_COMPLETIONS:
         raise ValueError(f"the plan has {plan.shards} shards; at most {MAX_COMPLETIONS} allowed")
-    spec = tj.get("spec") or {}
-    workers = _workers(tj)
-    retries = spec.get("retries") or {}
-    per_shard = int(retries.get("perShard", 3))
-    max_failed = int(retries.get("maxFailedShards", 0))
-    if per_shard < 0 or max_failed < 0:
-        raise ValueError("spec.retries.perShard and maxFailedShards must not be negative")
+    workers = job.workers
+    order = dataclasses.replace(work_order_for(job, settings), shards=plan.shards)
+    cache_volumes, cache_mounts, cache_env = pods.model_cache(model_cache_claim(job, settings))
+    placement = gpu.gpu_placement(job)
 
-    order = dataclasses.replace(work_order_for(tj, settings), shards=plan.shards)
-    claim = model_cache_claim(tj, settings)
-    cache_volumes, cache_mounts, cache_env = pods.model_cache(claim)
-    placement = gpu.gpu_placement(tj)
-
-    container = pods.base_container(tj, settings, ["run-shard"], order.to_json())
+    container = pods.base_container(job, settings, ["run-shard"], order.to_json())
     # Before CUDA initialises, so CUDA ordinals follow nvidia-smi/NVML order.
     container["env"] = [{"name": "CUDA_DEVICE_ORDER", "value": "PCI_BUS_ID"},
                         *container["env"], *cache_env]
     container["volumeMounts"] = [*container["volumeMounts"], *cache_mounts]
-    resources = _worker_resources(tj, settings)
+    resources = _worker_resources(job, settings)
     if placement.limits:
         resources["limits"] = {**resources.get("limits", {}), **placement.limits}
     if placement.container_claims:
         resources["claims"] = placement.container_claims
     container["resources"] = resources
 
-    pod_spec = pods.base_pod_spec(tj, settings)
+    pod_spec = pods.base_pod_spec(job, settings)
     pod_spec["containers"] = [container]
     pod_spec["volumes"] = [*pod_spec["volumes"], *cache_volumes]
-    pod_spec["tolerations"] = gpu.with_gpu_toleration(workers.get("tolerations"))
-    if workers.get("nodeSelector"):
-        pod_spec["nodeSelector"] = dict(workers["nodeSelector"])
-    affinity = gpu.merge_required_node_terms(workers.get("affinity"),
-                                             placement.node_selector_terms)
+    pod_spec["tolerations"] = gpu.with_gpu_toleration(workers.tolerations)
+    if workers.node_selector:
+        pod_spec["nodeSelector"] = dict(workers.node_selector)
+    affinity = gpu.merge_required_node_terms(workers.affinity, placement.node_selector_terms)
     if affinity:
         pod_spec["affinity"] = affinity
-    if workers.get("priorityClassName"):
-        pod_spec["priorityClassName"] = str(workers["priorityClassName"])
+    if workers.priority_class_name:
+        pod_spec["priorityClassName"] = workers.priority_class_name
     if placement.pod_resource_claims:
         pod_spec["resourceClaims"] = placement.pod_resource_claims
 
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": plan.shards,
-        "parallelism": parallelism(tj),
-        "backoffLimitPerIndex": per_shard,
+        "parallelism": workers.parallelism,
+        "backoffLimitPerIndex": job.per_shard_retries,
         "podFailurePolicy": {"rules": [
             _disruption_rule(),
             _exit_rule("FailJob", config.EXIT_USAGE),
@@ -165,51 +134,46 @@ def build_worker_job(
         ]},
         "podReplacementPolicy": "Failed",
         # Kueue admits a queued Job by unsuspending it, so a queued Job starts suspended.
-        "suspend": bool(spec.get("suspend", False)) or bool(spec.get("queueName")),
+        "suspend": job.suspend or bool(job.queue_name),
         "template": {
-            "metadata": {"labels": naming.labels_for(tj, naming.COMPONENT_WORKER),
-                         "annotations": naming.pod_annotations(tj)},
+            "metadata": {"labels": naming.labels_for(job, naming.COMPONENT_WORKER),
+                         "annotations": naming.pod_annotations(job)},
             "spec": pod_spec,
         },
     }
     # 0 means "no limit": every shard runs to the end and the status counts the failed
     # ones. A positive value stops the whole Job once more shards than that have failed.
-    if max_failed > 0:
-        job_spec["maxFailedIndexes"] = min(max_failed, plan.shards)
-    if int(spec.get("activeDeadlineSeconds") or 0) > 0:
-        job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
+    if job.max_failed_shards > 0:
+        job_spec["maxFailedIndexes"] = min(job.max_failed_shards, plan.shards)
+    if job.active_deadline_seconds > 0:
+        job_spec["activeDeadlineSeconds"] = job.active_deadline_seconds
     # 0 would mean "delete at once" to Kubernetes; for us it means keep.
-    if int(spec.get("ttlSecondsAfterFinished") or 0) > 0:
-        job_spec["ttlSecondsAfterFinished"] = int(spec["ttlSecondsAfterFinished"])
+    if job.ttl_seconds_after_finished > 0:
+        job_spec["ttlSecondsAfterFinished"] = job.ttl_seconds_after_finished
 
-    metadata = _metadata(tj, naming.worker_job_name(tj), naming.COMPONENT_WORKER)
-    if spec.get("queueName"):
-        metadata["labels"][naming.LABEL_KUEUE_QUEUE] = str(spec["queueName"])
+    metadata = naming.metadata(job, naming.worker_job_name(job), naming.COMPONENT_WORKER)
+    if job.queue_name:
+        metadata["labels"][naming.LABEL_KUEUE_QUEUE] = job.queue_name
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
-def worker_job_drift(tj: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+def worker_job_drift(tj: TranscriptionJob, held: bool, job: dict[str, Any]) -> dict[str, Any]:
     """The spec fields of an existing, unfinished worker Job that differ from what the
     TranscriptionJob asks for now (a merge patch for `spec`; {} when in line).
 
     Only parallelism and suspend may change (the planner only lists storage and needs no
-    GPU, so it is never suspended). Resuming unsuspends the Job only if the operator held it
-    (status condition Suspended is True): Kueue admits a queued Job by unsuspending it, and
-    another controller's suspension is not ours to lift.
+    GPU, so it is never suspended). Resuming unsuspends the Job only if the operator held
+    it (`held`: its Suspended condition is True): Kueue admits a queued Job by unsuspending
+    it, and another controller's suspension is not ours to lift.
     """
-    conditions = (job.get("status") or {}).get("conditions") or []
-    if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-           for c in conditions):
+    if true_condition(job, JOB_COMPLETE) or true_condition(job, JOB_FAILED):
         return {}
-    spec, current = tj.get("spec") or {}, job.get("spec") or {}
-    held = any(c.get("type") == "Suspended" and c.get("status") == "True"
-               for c in (tj.get("status") or {}).get("conditions") or [])
+    current = job.get("spec") or {}
     drift: dict[str, Any] = {}
-    if current.get("parallelism") != parallelism(tj):
-        drift["parallelism"] = parallelism(tj)
-    suspend = bool(spec.get("suspend"))
-    if suspend and not current.get("suspend"):
+    if current.get("parallelism") != tj.workers.parallelism:
+        drift["parallelism"] = tj.workers.parallelism
+    if tj.suspend and not current.get("suspend"):
         drift["suspend"] = True
-    elif not suspend and current.get("suspend") and held and not spec.get("queueName"):
+    elif not tj.suspend and current.get("suspend") and held and not tj.queue_name:
         drift["suspend"] = False
     return drift

@@ -15,6 +15,10 @@ import hashlib
 import re
 from typing import Any
 
+import kopf
+
+from .spec import TranscriptionJob
+
 GROUP = "whisperfleet.io"
 VERSION = "v1alpha1"
 KIND = "TranscriptionJob"
@@ -35,63 +39,55 @@ MAX_NAME = 52  # leaves room for "-<index>" (up to 10 digits) in Indexed pods' h
 _HASH_LEN = 6
 
 
-def _uid(tj: dict[str, Any]) -> str:
-    uid = (tj.get("metadata") or {}).get("uid")
-    if not uid:
-        raise ValueError("TranscriptionJob has no metadata.uid; names must derive from it")
-    return str(uid)
-
-
-def _derived(tj: dict[str, Any], suffix: str) -> str:
-    name = str((tj.get("metadata") or {}).get("name") or "")
-    if not name:
-        raise ValueError("TranscriptionJob has no metadata.name")
-    digest = hashlib.sha256(_uid(tj).encode()).hexdigest()[:_HASH_LEN]
+def _derived(job: TranscriptionJob, suffix: str) -> str:
+    digest = hashlib.sha256(job.uid.encode()).hexdigest()[:_HASH_LEN]
     tail = f"-{suffix}-{digest}"
     # Dots are legal in object names but not in the pods' DNS-label hostnames.
-    stem = re.sub(r"[^a-z0-9-]", "-", name.lower())[: MAX_NAME - len(tail)].strip("-")
+    stem = re.sub(r"[^a-z0-9-]", "-", job.name.lower())[: MAX_NAME - len(tail)].strip("-")
     return f"{stem or 'tj'}{tail}"
 
 
-def planner_job_name(tj: dict[str, Any]) -> str:
-    return _derived(tj, "plan")
+def planner_job_name(job: TranscriptionJob) -> str:
+    return _derived(job, "plan")
 
 
-def worker_job_name(tj: dict[str, Any]) -> str:
-    return _derived(tj, "work")
+def worker_job_name(job: TranscriptionJob) -> str:
+    return _derived(job, "work")
 
 
-def claim_template_name(tj: dict[str, Any]) -> str:
-    return _derived(tj, "gpu")
+def claim_template_name(job: TranscriptionJob) -> str:
+    return _derived(job, "gpu")
 
 
-def labels_for(tj: dict[str, Any], component: str) -> dict[str, str]:
+def labels_for(job: TranscriptionJob, component: str) -> dict[str, str]:
     """Labels on the Jobs, their pods and claim templates; select pods of one TranscriptionJob
     with `LABEL_JOB_UID` (plus `LABEL_COMPONENT` for planner vs worker)."""
     return {
         LABEL_NAME: "whisperfleet",
         LABEL_MANAGED_BY: "whisperfleet-operator",
         LABEL_COMPONENT: component,
-        LABEL_JOB_UID: _uid(tj),
+        LABEL_JOB_UID: job.uid,
     }
 
 
-def pod_annotations(tj: dict[str, Any]) -> dict[str, str]:
+def pod_annotations(job: TranscriptionJob) -> dict[str, str]:
     """Annotations on the planner's and workers' pods (see `ANNOTATION_TJ_NAME`)."""
-    name = (tj.get("metadata") or {}).get("name")
-    if not name:
-        raise ValueError("TranscriptionJob has no metadata.name")
-    return {ANNOTATION_TJ_NAME: str(name)}
+    return {ANNOTATION_TJ_NAME: job.name}
 
 
-def owner_reference(tj: dict[str, Any]) -> dict[str, Any]:
+def owner_reference(job: TranscriptionJob) -> dict[str, Any]:
     """Controller owner reference: deleting the TranscriptionJob deletes what it owns."""
-    meta = tj.get("metadata") or {}
-    return {
-        "apiVersion": tj.get("apiVersion") or f"{GROUP}/{VERSION}",
-        "kind": tj.get("kind") or KIND,
-        "name": meta["name"],
-        "uid": _uid(tj),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return dict(kopf.build_owner_reference({
+        "apiVersion": job.api_version or f"{GROUP}/{VERSION}",
+        "kind": job.kind or KIND,
+        "metadata": {"name": job.name, "uid": job.uid},
+    }, controller=True, block_owner_deletion=True))
+
+
+def metadata(job: TranscriptionJob, name: str, component: str) -> dict[str, Any]:
+    """Metadata of an object the TranscriptionJob owns, in its namespace."""
+    meta: dict[str, Any] = {"name": name, "labels": labels_for(job, component),
+                            "ownerReferences": [owner_reference(job)]}
+    if job.namespace:
+        meta["namespace"] = job.namespace
+    return meta

@@ -14,13 +14,13 @@ from typing import Any
 from whisperfleet_runner import config
 
 from .settings import OperatorSettings
+from .spec import TranscriptionJob
 
 CONTAINER_NAME = "runner"
 HOME_DIR = "/home/whisperfleet"
 TMP_DIR = "/tmp"
 MODEL_CACHE_VOLUME = "model-cache"
 DATA_VOLUME = "data"
-DEFAULT_DATA_MOUNT = "/data"  # the CRD's default for spec.storage.volume.mountPath
 FILE_SCHEME = "file://"
 
 
@@ -49,20 +49,20 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def storage_env(tj: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def storage_env(job: TranscriptionJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(env, envFrom) for object storage: endpoint/region as plain values, secrets by ref."""
-    storage = (tj.get("spec") or {}).get("storage") or {}
+    storage = job.storage
     env: list[dict[str, Any]] = []
-    if storage.get("endpoint"):
+    if storage.endpoint:
         # botocore (and so s3fs) reads AWS_ENDPOINT_URL for every AWS client.
-        env.append({"name": "AWS_ENDPOINT_URL", "value": str(storage["endpoint"])})
-    if storage.get("region"):
+        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
+    if storage.region:
         # AWS_DEFAULT_REGION for botocore, AWS_REGION for the newer SDKs and tools.
-        env.append({"name": "AWS_DEFAULT_REGION", "value": str(storage["region"])})
-        env.append({"name": "AWS_REGION", "value": str(storage["region"])})
+        env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region})
+        env.append({"name": "AWS_REGION", "value": storage.region})
     env_from: list[dict[str, Any]] = []
-    if storage.get("secretName"):
-        env_from.append({"secretRef": {"name": str(storage["secretName"])}})
+    if storage.secret_name:
+        env_from.append({"secretRef": {"name": storage.secret_name}})
     return env, env_from
 
 
@@ -108,91 +108,87 @@ def _under(uri: str, mount: str) -> bool:
     return inside and ".." not in path.split("/")
 
 
-def data_volume(tj: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def data_volume(job: TranscriptionJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts) for spec.storage.volume, or nothing.
 
     Admission refuses what is checked here; this catches a CRD installed without its rules,
     so a file:// job fails with a message instead of pods that find no files.
     """
-    spec = tj.get("spec") or {}
-    volume = (spec.get("storage") or {}).get("volume") or {}
-    uris = {field: str((spec.get(field) or {}).get("uri") or "") for field in ("input", "output")}
-    mount = str(volume.get("mountPath") or DEFAULT_DATA_MOUNT)
+    volume = job.storage.volume
+    uris = {"input": job.input_uri, "output": job.output.uri}
     for field, uri in uris.items():
         if not uri.startswith(FILE_SCHEME):
             continue
-        if not volume.get("claimName"):
+        if volume is None:
             raise ValueError(f"spec.{field}.uri is a file:// path, which needs "
                              "spec.storage.volume (the PersistentVolumeClaim mounted in the pods)")
-        if not _under(uri, mount):
-            raise ValueError(f"spec.{field}.uri must be file://{mount} or a path under it, "
-                             "without .. segments")
-    if not volume.get("claimName"):
+        if not _under(uri, volume.mount_path):
+            raise ValueError(f"spec.{field}.uri must be file://{volume.mount_path} or a path "
+                             "under it, without .. segments")
+    if volume is None:
         return [], []
-    read_only = bool(volume.get("readOnly", False))
+    read_only = volume.read_only
     if read_only and uris["output"].startswith(FILE_SCHEME):
         raise ValueError("spec.storage.volume.readOnly must be false when spec.output.uri is "
                          "file:// (the transcripts are written to the volume)")
-    claim: dict[str, Any] = {"claimName": str(volume["claimName"])}
-    mounted: dict[str, Any] = {"name": DATA_VOLUME, "mountPath": mount}
+    claim: dict[str, Any] = {"claimName": volume.claim_name}
+    mounted: dict[str, Any] = {"name": DATA_VOLUME, "mountPath": volume.mount_path}
     if read_only:
         claim["readOnly"] = True
         mounted["readOnly"] = True
     return [{"name": DATA_VOLUME, "persistentVolumeClaim": claim}], [mounted]
 
 
-def image_for(tj: dict[str, Any], settings: OperatorSettings) -> str:
+def image_for(job: TranscriptionJob, settings: OperatorSettings) -> str:
     """The job's own runner image override, else the operator's; planner and workers share it
     so both run the same version of the runner."""
-    workers = (tj.get("spec") or {}).get("workers") or {}
-    return str(workers.get("image") or settings.runner_image)
+    return job.workers.image or settings.runner_image
 
 
-def image_pull_secrets(tj: dict[str, Any], settings: OperatorSettings) -> list[dict[str, str]]:
-    workers = (tj.get("spec") or {}).get("workers") or {}
-    names: list[str] = []
-    for item in [*(workers.get("imagePullSecrets") or []), *settings.image_pull_secrets]:
-        name = item.get("name") if isinstance(item, dict) else item
-        if name and name not in names:
-            names.append(str(name))
-    return [{"name": n} for n in names]
+def image_pull_secrets(job: TranscriptionJob, settings: OperatorSettings
+                       ) -> list[dict[str, str]]:
+    names = dict.fromkeys([*job.workers.image_pull_secrets, *settings.image_pull_secrets])
+    return [{"name": n} for n in names if n]
 
 
 def base_container(
-    tj: dict[str, Any], settings: OperatorSettings, args: list[str], work_order_json: str
+    job: TranscriptionJob, settings: OperatorSettings, args: list[str], work_order_json: str
 ) -> dict[str, Any]:
     """The runner container both pod kinds start from; callers add resources and mounts."""
-    env, env_from = storage_env(tj)
+    env, env_from = storage_env(job)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": image_for(tj, settings),
+        "image": image_for(job, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["whisperfleet"],
         "args": args,
-        "env": [{"name": config.ENV_WORK_ORDER, "value": work_order_json}, *runtime_env(), *env],
+        "env": [{"name": config.ENV_WORK_ORDER, "value": work_order_json}, *runtime_env(),
+                # The runner reads its report's path from here: one source with the field.
+                {"name": config.ENV_TERMINATION_LOG, "value": config.TERMINATION_MESSAGE_PATH},
+                *env],
         "securityContext": container_security_context(),
         "terminationMessagePath": config.TERMINATION_MESSAGE_PATH,
         # The runner writes its report there; if it dies first, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [*scratch_volumes()[1], *data_volume(tj)[1]],
+        "volumeMounts": [*scratch_volumes()[1], *data_volume(job)[1]],
     }
     if env_from:
         container["envFrom"] = env_from
     return container
 
 
-def base_pod_spec(tj: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+def base_pod_spec(job: TranscriptionJob, settings: OperatorSettings) -> dict[str, Any]:
     """Pod spec without containers: no API token, restricted security, scratch volumes."""
     spec: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job controller retries; required by podFailurePolicy
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,  # keep the env small and free of unrelated services
         "securityContext": pod_security_context(settings),
-        "volumes": [*scratch_volumes()[0], *data_volume(tj)[0]],
+        "volumes": [*scratch_volumes()[0], *data_volume(job)[0]],
     }
     if settings.worker_service_account:
         spec["serviceAccountName"] = settings.worker_service_account
-    secrets = image_pull_secrets(tj, settings)
+    secrets = image_pull_secrets(job, settings)
     if secrets:
         spec["imagePullSecrets"] = secrets
     return spec

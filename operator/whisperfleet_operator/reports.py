@@ -17,6 +17,8 @@ from typing import Any
 
 from whisperfleet_runner.config import PlanReport, ShardReport
 
+from .conditions import POD_FAILED, POD_SUCCEEDED
+
 logger = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
@@ -47,12 +49,12 @@ def pod_name(pod: Obj) -> str:
 
 
 def succeeded(pod: Obj) -> bool:
-    return (pod.get("status") or {}).get("phase") == "Succeeded"
+    return (pod.get("status") or {}).get("phase") == POD_SUCCEEDED
 
 
 def failed(pod: Obj) -> bool:
     """The pod's runner ended unsuccessfully (the pod may still be shutting down)."""
-    if (pod.get("status") or {}).get("phase") == "Failed":
+    if (pod.get("status") or {}).get("phase") == POD_FAILED:
         return True
     code = _terminated(pod).get("exitCode")
     return isinstance(code, int) and code != 0

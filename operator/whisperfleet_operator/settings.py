@@ -11,7 +11,6 @@ The Helm chart sets these variables; every one has a default that works out of t
 | WHISPERFLEET_WORKER_RESOURCES             | worker_resources (JSON)     |
 | WHISPERFLEET_PLANNER_RESOURCES            | planner_resources (JSON)    |
 | WHISPERFLEET_WORKER_SERVICE_ACCOUNT       | worker_service_account      |
-| WHISPERFLEET_NAMESPACES                   | namespaces (a,b; empty=all) |
 | WHISPERFLEET_RUN_AS_USER / _RUN_AS_GROUP  | run_as_user / run_as_group  |
 | WHISPERFLEET_PLANNER_BACKOFF_LIMIT        | planner_backoff_limit       |
 | WHISPERFLEET_PLANNER_DEADLINE_SECONDS     | planner_deadline_seconds    |
@@ -49,7 +48,6 @@ class OperatorSettings:
     worker_resources: dict[str, Any] = field(default_factory=_default_worker_resources)
     planner_resources: dict[str, Any] = field(default_factory=_default_planner_resources)
     worker_service_account: str = ""  # "" = namespace default; its token is never mounted
-    namespaces: tuple[str, ...] = ()  # namespaces the operator watches; () = cluster-wide
     run_as_user: int = 1000
     run_as_group: int = 1000
     planner_backoff_limit: int = 2
@@ -88,7 +86,6 @@ class OperatorSettings:
                 kwargs[name] = env[var].strip()
         for var, name in {
             "WHISPERFLEET_IMAGE_PULL_SECRETS": "image_pull_secrets",
-            "WHISPERFLEET_NAMESPACES": "namespaces",
         }.items():
             if var in env:
                 kwargs[name] = tuple(p.strip() for p in env[var].split(",") if p.strip())

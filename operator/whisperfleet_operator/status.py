@@ -9,17 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from whisperfleet_runner.config import PlanReport, ShardReport
+from whisperfleet_runner.config import MAX_REPORTED_FAILURES, PlanReport, Reason, ShardReport
 
+from . import conditions as c
 from . import reports, stuck
 from .conditions import clip as _clip
-from .conditions import condition_status, set_condition
+from .conditions import condition_status, set_condition, true_condition
+from .spec import TranscriptionJob
 
-PENDING, PLANNING, RUNNING, SUSPENDED = "Pending", "Planning", "Running", "Suspended"
-SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED = "Succeeded", "PartiallySucceeded", "Failed"
-TERMINAL_PHASES = frozenset({SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED})
-CONDITION_TYPES = ("Planned", "Running", "Complete", "Failed", "Suspended", stuck.CONDITION)
-MAX_FAILURES = 20
+MAX_FAILURES = MAX_REPORTED_FAILURES
 MAX_WORKERS = 32  # status must stay small: one entry per finished shard pod, newest first
 # CRD bounds on status strings and lists: a status the API server refuses is never stored.
 MAX_URI, MAX_REASON, MAX_NAME, MAX_GPU_TEXT, MAX_GPUS = 4096, 1024, 253, 128, 16
@@ -30,11 +28,16 @@ Obj = dict[str, Any]
 
 
 def is_terminal(status: Obj | None) -> bool:
-    return (status or {}).get("phase") in TERMINAL_PHASES
+    return (status or {}).get("phase") in c.TERMINAL_PHASES
 
 
 def is_planned(status: Obj | None) -> bool:
-    return condition_status(status, "Planned") == "True"
+    return condition_status(status, c.PLANNED_CONDITION) == "True"
+
+
+def operator_holds_suspension(status: Obj | None) -> bool:
+    """The operator suspended the worker Job (spec.suspend), so it may lift it again."""
+    return condition_status(status, c.SUSPENDED_CONDITION) == "True"
 
 
 def format_duration(seconds: float) -> str:
@@ -62,14 +65,6 @@ def parse_indexes(text: str | None) -> set[int]:
     return result
 
 
-def job_condition(job: Obj | None, type_: str) -> Obj | None:
-    """The Job's condition of this type when it is True (Complete, Failed, Suspended …)."""
-    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return cond
-    return None
-
-
 @dataclass(frozen=True)
 class PlannerOutcome:
     state: str  # "running" | "succeeded" | "failed"
@@ -88,7 +83,7 @@ def planner_outcome(job: Obj | None, pods: list[Obj]) -> PlannerOutcome:
             break
         if crashed is None and reports.failed(pod):
             crashed = pod
-    failed = job_condition(job, "Failed")
+    failed = true_condition(job, c.JOB_FAILED)
     if plan is not None and plan.error_reason:
         return PlannerOutcome("failed", plan, plan.error_reason, plan.error_message)
     if failed is not None:
@@ -96,13 +91,14 @@ def planner_outcome(job: Obj | None, pods: list[Obj]) -> PlannerOutcome:
         if plan is None and crashed is not None:
             message += (f"; planner pod {reports.pod_name(crashed)}: "
                         f"{reports.describe_failure(crashed)}")
-        return PlannerOutcome("failed", plan, str(failed.get("reason") or "PlannerFailed"),
-                              message)
-    if job_condition(job, "Complete") is not None:
+        return PlannerOutcome("failed", plan,
+                              str(failed.get("reason") or c.PLANNER_FAILED_REASON), message)
+    if true_condition(job, c.JOB_COMPLETE) is not None:
         if plan is None:
-            return PlannerOutcome("failed", None, "PlanUnreadable", _unreadable_plan(pods))
+            return PlannerOutcome("failed", None, c.PLAN_UNREADABLE_REASON,
+                                  _unreadable_plan(pods))
         if plan.files == 0 or plan.shards == 0:
-            return PlannerOutcome("failed", plan, "NoMatchingFiles",
+            return PlannerOutcome("failed", plan, Reason.NO_MATCHING_FILES.value,
                                   "the input holds no files matching spec.input.include")
         return PlannerOutcome("succeeded", plan)
     return PlannerOutcome("running")
@@ -130,85 +126,89 @@ def plan_from_status(status: Obj | None) -> PlanReport:
     )
 
 
-def _base(tj: Obj, now: str) -> tuple[Obj, list[Obj], int]:
-    old = tj.get("status") or {}
-    generation = int((tj.get("metadata") or {}).get("generation") or 0)
+def _base(old: Obj, generation: int, now: str) -> tuple[Obj, list[Obj], int]:
     status: Obj = {"observedGeneration": generation, "startTime": old.get("startTime") or now}
     return status, list(old.get("conditions") or []), generation
 
 
-def planning_status(tj: Obj, outcome: PlannerOutcome, planner_job_name: str, now: str,
-                    pods: list[Obj] | None = None) -> Obj:
+def planning_status(job: TranscriptionJob, old: Obj, outcome: PlannerOutcome,
+                    planner_job_name: str, now: str, pods: list[Obj] | None = None) -> Obj:
     """Status while planning, when the plan has just succeeded, or when it failed.
     `pods` are the planner's pods: one that cannot start is said loudly (PodsHealthy)."""
-    status, conds, gen = _base(tj, now)
-    suspended = bool((tj.get("spec") or {}).get("suspend"))
+    status, conds, gen = _base(old, job.generation, now)
+    suspended = job.suspend
     blocked = stuck.stuck_pods(pods or [])
     if outcome.state == "failed":
-        status.update(phase=FAILED, completionTime=now)
+        status.update(phase=c.FAILED, completionTime=now)
         message = outcome.message + stuck.note(conds)
-        conds = set_condition(conds, "Planned", False, outcome.reason, message, gen, now)
-        conds = set_condition(conds, "Failed", True, outcome.reason, message, gen, now)
+        conds = set_condition(conds, c.PLANNED_CONDITION, False, outcome.reason, message,
+                              gen, now)
+        conds = set_condition(conds, c.FAILED_CONDITION, True, outcome.reason, message, gen,
+                              now)
         conds = stuck.pods_health(conds, [], gen, now, finished=True)
     elif outcome.state == "succeeded" and outcome.plan is not None:
         plan = outcome.plan
         status.update(
-            phase=SUSPENDED if suspended else RUNNING,
+            phase=c.SUSPENDED if suspended else c.RUNNING,
             files={"total": plan.files, "succeeded": 0, "failed": 0, "skipped": 0},
             shards={"total": plan.shards, "succeeded": 0, "failed": 0, "active": 0},
             manifestUri=plan.manifest_uri,
         )
         msg = f"{plan.files} files in {plan.shards} shards"
-        conds = set_condition(conds, "Planned", True, "Planned", msg, gen, now)
+        conds = set_condition(conds, c.PLANNED_CONDITION, True, c.PLANNED_REASON, msg, gen,
+                              now)
         conds = stuck.pods_health(conds, [], gen, now)
     elif blocked:
         # The planner runs one pod at a time: stuck means planning cannot progress.
-        status["phase"] = PLANNING
-        conds = set_condition(conds, "Planned", False, blocked[0].reason,
+        status["phase"] = c.PLANNING
+        conds = set_condition(conds, c.PLANNED_CONDITION, False, blocked[0].reason,
                               stuck.describe(blocked, "planner"), gen, now)
         conds = stuck.pods_health(conds, blocked, gen, now, what="planner")
     else:
         # The planner only lists storage (no GPU), so it runs even while suspended.
-        status["phase"] = PLANNING
+        status["phase"] = c.PLANNING
         msg = f"planner Job {planner_job_name} is listing the input"
-        conds = set_condition(conds, "Planned", False, "Planning", msg, gen, now)
+        conds = set_condition(conds, c.PLANNED_CONDITION, False, c.PLANNING_REASON, msg, gen,
+                              now)
         conds = stuck.pods_health(conds, [], gen, now)
     conds = _suspension(conds, suspended, gen, now)
     status["conditions"] = conds
     return status
 
 
-def invalid_spec_status(tj: Obj, message: str, now: str, reason: str = "InvalidSpec") -> Obj:
+def invalid_spec_status(old: Obj, generation: int, message: str, now: str,
+                        reason: str = c.INVALID_SPEC_REASON) -> Obj:
     """A spec the builders (or the API server, reason JobRejected) refuse: Failed, with the
     message naming the field."""
-    status, conds, gen = _base(tj, now)
-    status.update(phase=FAILED, completionTime=now)
-    if any(c.get("type") == "Running" for c in conds):
-        conds = set_condition(conds, "Running", False, FAILED, message, gen, now)
-    conds = set_condition(conds, "Failed", True, reason, message, gen, now)
+    status, conds, gen = _base(old, generation, now)
+    status.update(phase=c.FAILED, completionTime=now)
+    if any(cond.get("type") == c.RUNNING_CONDITION for cond in conds):
+        conds = set_condition(conds, c.RUNNING_CONDITION, False, c.FAILED, message, gen, now)
+    conds = set_condition(conds, c.FAILED_CONDITION, True, reason, message, gen, now)
     status["conditions"] = conds
     return status
 
 
-def worker_job_deleted_status(tj: Obj, job_name: str, now: str) -> Obj:
+def worker_job_deleted_status(job: TranscriptionJob, old: Obj, job_name: str, now: str) -> Obj:
     """The worker Job vanished before the operator saw it finish: say so, re-run nothing."""
-    manifest = str((tj.get("status") or {}).get("manifestUri") or "")
+    manifest = str(old.get("manifestUri") or "")
     where = manifest.rsplit("/", 1)[0] if manifest else "the output's .whisperfleet folder"
     message = (
         f"the worker Job {job_name} was deleted before its outcome was recorded (by a user, "
         f"or by its TTL while the operator was away); the ledger under {where}/ledger holds "
         "every file's result; re-create the TranscriptionJob to transcribe what is missing "
         "(finished files are skipped unless spec.output.overwrite is true)")
-    return invalid_spec_status(tj, message, now, reason="WorkerJobDeleted")
+    return invalid_spec_status(old, job.generation, message, now,
+                               reason=c.WORKER_JOB_DELETED_REASON)
 
 
 def _suspension(conds: list[Obj], suspended: bool, gen: int, now: str) -> list[Obj]:
     if suspended:
-        return set_condition(conds, "Suspended", True, "Suspended", "spec.suspend is true",
-                             gen, now)
-    if any(c.get("type") == "Suspended" for c in conds):
-        return set_condition(conds, "Suspended", False, "Resumed", "spec.suspend is false",
-                             gen, now)
+        return set_condition(conds, c.SUSPENDED_CONDITION, True, c.SUSPENDED_REASON,
+                             "spec.suspend is true", gen, now)
+    if any(cond.get("type") == c.SUSPENDED_CONDITION for cond in conds):
+        return set_condition(conds, c.SUSPENDED_CONDITION, False, c.RESUMED_REASON,
+                             "spec.suspend is false", gen, now)
     return conds
 
 
@@ -254,11 +254,10 @@ def summary(status: Obj) -> str:
             f"{hours:.2f} h of audio")
 
 
-def running_status(tj: Obj, job: Obj, pods: list[Obj], now: str) -> Obj:
+def running_status(tj: TranscriptionJob, old: Obj, job: Obj, pods: list[Obj], now: str) -> Obj:
     """Aggregate the worker Job and its pods' shard reports into the status."""
-    status, conds, gen = _base(tj, now)
-    spec = tj.get("spec") or {}
-    plan = plan_from_status(tj.get("status"))
+    status, conds, gen = _base(old, tj.generation, now)
+    plan = plan_from_status(old)
     js = job.get("status") or {}
     done = parse_indexes(js.get("completedIndexes"))
     failed_idx = parse_indexes(js.get("failedIndexes"))
@@ -278,57 +277,57 @@ def running_status(tj: Obj, job: Obj, pods: list[Obj], now: str) -> Obj:
         jobName=str((job.get("metadata") or {}).get("name") or ""),
         manifestUri=plan.manifest_uri,
     )
-    complete, failed = job_condition(job, "Complete"), job_condition(job, "Failed")
+    complete, failed = true_condition(job, c.JOB_COMPLETE), true_condition(job, c.JOB_FAILED)
     if complete is not None:
         partial = files["failed"] > 0 or shards["failed"] > 0
-        phase = PARTIALLY_SUCCEEDED if partial else SUCCEEDED
+        phase = c.PARTIALLY_SUCCEEDED if partial else c.SUCCEEDED
     elif failed is not None:
         # FailedIndexes: every index ran to its end and the failed ones stayed within
         # maxFailedIndexes (the Job controller enforces spec.retries.maxFailedShards; it
         # stops early with MaxFailedIndexesExceeded otherwise). Bad media fails only its
         # index, so the other shards' transcripts are there: partly succeeded.
-        partial = failed.get("reason") == "FailedIndexes" and succeeded_shards > 0
-        phase = PARTIALLY_SUCCEEDED if partial else FAILED
-    elif spec.get("suspend"):
-        phase = SUSPENDED
+        partial = failed.get("reason") == c.JOB_FAILED_INDEXES and succeeded_shards > 0
+        phase = c.PARTIALLY_SUCCEEDED if partial else c.FAILED
+    elif tj.suspend:
+        phase = c.SUSPENDED
     elif (job.get("spec") or {}).get("suspend"):
-        phase = PENDING  # the Job waits for admission (Kueue unsuspends it)
+        phase = c.PENDING  # the Job waits for admission (Kueue unsuspends it)
     else:
-        phase = RUNNING
+        phase = c.RUNNING
     status["phase"] = phase
     text = summary(status)
-    blocked = [] if phase in TERMINAL_PHASES else stuck.stuck_pods(pods)
-    if phase in TERMINAL_PHASES:
+    terminal = phase in c.TERMINAL_PHASES
+    blocked = [] if terminal else stuck.stuck_pods(pods)
+    running = c.RUNNING_CONDITION
+    if terminal:
         status["completionTime"] = (js.get("completionTime") if complete else None) or now
-        conds = set_condition(conds, "Running", False, phase, text, gen, now)
-    elif phase == RUNNING and blocked and not stuck.running(pods):
+        conds = set_condition(conds, running, False, phase, text, gen, now)
+    elif phase == c.RUNNING and blocked and not stuck.running(pods):
         # Nothing runs and pods cannot start: the Job is "active" but nothing progresses.
-        conds = set_condition(conds, "Running", False, blocked[0].reason,
+        conds = set_condition(conds, running, False, blocked[0].reason,
                               f"{stuck.describe(blocked, 'worker')}; {text}", gen, now)
-    elif phase == RUNNING:
+    elif phase == c.RUNNING:
         msg = (f"{succeeded_shards} of {plan.shards} shards done, {shards['active']} active; "
                f"{text}")
         if blocked:
             msg += f"; {len(blocked)} pods cannot start ({blocked[0].reason})"
-        conds = set_condition(conds, "Running", True, "ShardsRunning", msg, gen, now)
-    elif phase == PENDING:
-        queue = spec.get("queueName") or ""
-        why = f"waiting for Kueue to admit the Job from queue {queue}" if queue else (
-            "the worker Job is suspended by another controller")
-        conds = set_condition(conds, "Running", False, "Queued", why, gen, now)
+        conds = set_condition(conds, running, True, c.SHARDS_RUNNING_REASON, msg, gen, now)
+    elif phase == c.PENDING:
+        why = (f"waiting for Kueue to admit the Job from queue {tj.queue_name}" if tj.queue_name
+               else "the worker Job is suspended by another controller")
+        conds = set_condition(conds, running, False, c.QUEUED_REASON, why, gen, now)
     else:
-        conds = set_condition(conds, "Running", False, "Suspended", "spec.suspend is true",
-                              gen, now)
-    if phase in (SUCCEEDED, PARTIALLY_SUCCEEDED):
-        conds = set_condition(conds, "Complete", True, phase, text, gen, now)
-    if phase == FAILED and failed is not None:
-        reason = str(failed.get("reason") or "JobFailed")
+        conds = set_condition(conds, running, False, c.SUSPENDED_REASON,
+                              "spec.suspend is true", gen, now)
+    if phase in (c.SUCCEEDED, c.PARTIALLY_SUCCEEDED):
+        conds = set_condition(conds, c.COMPLETE_CONDITION, True, phase, text, gen, now)
+    if phase == c.FAILED and failed is not None:
+        reason = str(failed.get("reason") or c.JOB_FAILED_REASON)
         message = str(failed.get("message") or "the worker Job failed") + stuck.note(conds)
-        conds = set_condition(conds, "Failed", True, reason, f"{message}; {text}", gen, now)
-    conds = stuck.pods_health(conds, blocked, gen, now, what="worker",
-                         finished=phase in TERMINAL_PHASES)
-    status["conditions"] = _suspension(conds, bool(spec.get("suspend")) and
-                                       phase not in TERMINAL_PHASES, gen, now)
+        conds = set_condition(conds, c.FAILED_CONDITION, True, reason, f"{message}; {text}",
+                              gen, now)
+    conds = stuck.pods_health(conds, blocked, gen, now, what="worker", finished=terminal)
+    status["conditions"] = _suspension(conds, tj.suspend and not terminal, gen, now)
     return status
 
 
@@ -344,26 +343,28 @@ def transitions(old: Obj | None, new: Obj) -> list[tuple[str, str, str]]:
     old = old or {}
     before, after = old.get("phase"), new.get("phase")
     events: list[tuple[str, str, str]] = []
+    planned = str(_condition(new, c.PLANNED_CONDITION).get("message"))
     if not is_planned(old) and is_planned(new):
-        events.append(("Normal", "Planned", str(_condition(new, "Planned").get("message"))))
-    events.extend(stuck.events(_condition(old, stuck.CONDITION),
-                               _condition(new, stuck.CONDITION)))
+        events.append((c.EVENT_NORMAL, c.PLANNED_REASON, planned))
+    events.extend(stuck.events(_condition(old, c.PODS_HEALTHY_CONDITION),
+                               _condition(new, c.PODS_HEALTHY_CONDITION)))
     if before == after:
         return events
-    if after == PLANNING:
-        events.append(("Normal", "Planning", str(_condition(new, "Planned").get("message"))))
-    elif after == RUNNING:
-        reason = "Resumed" if before == SUSPENDED else "Running"
-        events.append(("Normal", reason, f"worker Job {new.get('jobName', '')} is running"))
-    elif after == SUSPENDED:
-        events.append(("Normal", "Suspended", "spec.suspend is true; Jobs are suspended"))
-    elif after == SUCCEEDED:
-        events.append(("Normal", SUCCEEDED, summary(new)))
-    elif after == PARTIALLY_SUCCEEDED:
-        events.append(("Warning", PARTIALLY_SUCCEEDED, summary(new)))
-    elif after == FAILED:
-        cond = _condition(new, "Failed")
-        events.append(("Warning", str(cond.get("reason") or FAILED),
+    if after == c.PLANNING:
+        events.append((c.EVENT_NORMAL, c.PLANNING_REASON, planned))
+    elif after == c.RUNNING:
+        reason = c.RESUMED_REASON if before == c.SUSPENDED else c.RUNNING_REASON
+        events.append((c.EVENT_NORMAL, reason,
+                       f"worker Job {new.get('jobName', '')} is running"))
+    elif after == c.SUSPENDED:
+        events.append((c.EVENT_NORMAL, c.SUSPENDED_REASON,
+                       "spec.suspend is true; Jobs are suspended"))
+    elif after == c.SUCCEEDED:
+        events.append((c.EVENT_NORMAL, c.SUCCEEDED, summary(new)))
+    elif after == c.PARTIALLY_SUCCEEDED:
+        events.append((c.EVENT_WARNING, c.PARTIALLY_SUCCEEDED, summary(new)))
+    elif after == c.FAILED:
+        cond = _condition(new, c.FAILED_CONDITION)
+        events.append((c.EVENT_WARNING, str(cond.get("reason") or c.FAILED),
                        str(cond.get("message") or "failed")))
     return events
-

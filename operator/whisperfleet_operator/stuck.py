@@ -16,41 +16,43 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import conditions as c
 from . import naming
 from .conditions import condition_status, set_condition
 
 Obj = dict[str, Any]
-CONDITION = "PodsHealthy"
-STARTED = "PodsStarted"
+CONDITION = c.PODS_HEALTHY_CONDITION
 MAX_QUOTE = 1000  # of a kubelet/scheduler message quoted in status
 
 # Container waiting reasons that mean "cannot start until something outside changes"
 # -> the condition reason. ErrImagePull and ImagePullBackOff alternate while the kubelet
 # retries, so they share one reason (else every retry would be a new Warning Event).
 # ContainerCreating / PodInitializing are normal progress and absent here.
-_WAITING = {
-    "CreateContainerConfigError": "CreateContainerConfigError",
-    "CreateContainerError": "CreateContainerError",
-    "ErrImagePull": "ImagePullBackOff",
-    "ImagePullBackOff": "ImagePullBackOff",
-    "ErrImageNeverPull": "ErrImageNeverPull",
-    "InvalidImageName": "InvalidImageName",
+_WAITING = {  # the kubelet's waiting reasons (its own names) -> ours
+    "CreateContainerConfigError": c.CREATE_CONTAINER_CONFIG_ERROR_REASON,
+    "CreateContainerError": c.CREATE_CONTAINER_ERROR_REASON,
+    "ErrImagePull": c.IMAGE_PULL_BACK_OFF_REASON,
+    "ImagePullBackOff": c.IMAGE_PULL_BACK_OFF_REASON,
+    "ErrImageNeverPull": c.ERR_IMAGE_NEVER_PULL_REASON,
+    "InvalidImageName": c.INVALID_IMAGE_NAME_REASON,
 }
 _SECRET_MISSING = re.compile(r'secrets? "[^"]*" not found', re.IGNORECASE)
 _HINTS = {
-    "SecretNotFound": "create the Secret named in spec.storage.secretName in this namespace",
-    "CreateContainerConfigError": "check the Secret named in spec.storage.secretName",
-    "ImagePullBackOff": "check spec.workers.image, the operator's runner image and "
-                        "imagePullSecrets",
-    "ErrImageNeverPull": "the image is not on the node and imagePullPolicy is Never",
-    "InvalidImageName": "fix spec.workers.image or the operator's runner image setting",
-    "Unschedulable": "no node fits the pod (GPU product/memory, nodeSelector, tolerations, "
-                     "resources) or all are busy; a cluster autoscaler may still add one",
+    c.SECRET_NOT_FOUND_REASON:
+        "create the Secret named in spec.storage.secretName in this namespace",
+    c.CREATE_CONTAINER_CONFIG_ERROR_REASON: "check the Secret named in spec.storage.secretName",
+    c.IMAGE_PULL_BACK_OFF_REASON: "check spec.workers.image, the operator's runner image and "
+                                  "imagePullSecrets",
+    c.ERR_IMAGE_NEVER_PULL_REASON: "the image is not on the node and imagePullPolicy is Never",
+    c.INVALID_IMAGE_NAME_REASON: "fix spec.workers.image or the operator's runner image "
+                                 "setting",
+    c.UNSCHEDULABLE_REASON: "no node fits the pod (GPU product/memory, nodeSelector, "
+                            "tolerations, resources) or all are busy; a cluster autoscaler "
+                            "may still add one",
 }
 # When pods are stuck for different reasons, the condition names the one a user must fix
-# first: a missing Secret or bad image also blocks pods that were scheduled.
-_PRIORITY = ("SecretNotFound", "CreateContainerConfigError", "InvalidImageName",
-             "ErrImageNeverPull", "ImagePullBackOff", "CreateContainerError", "Unschedulable")
+# first (STUCK_REASONS' order): a missing Secret or bad image also blocks scheduled pods.
+_PRIORITY = c.STUCK_REASONS
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def why_stuck(pod: Obj) -> Stuck | None:
     """Why this pod cannot start, or None when it runs, is finished, is going away, or is
     still making normal progress (being scheduled, pulling, creating its container)."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    if meta.get("deletionTimestamp") or status.get("phase") not in (None, "Pending"):
+    if meta.get("deletionTimestamp") or status.get("phase") not in (None, c.POD_PENDING):
         return None
     name = str(meta.get("name") or "")
     for cs in [*(status.get("initContainerStatuses") or []),
@@ -80,13 +82,14 @@ def why_stuck(pod: Obj) -> Stuck | None:
             continue
         message = _quote(waiting.get("message")) or kubelet_reason
         reason = _WAITING[kubelet_reason]
-        if reason == "CreateContainerConfigError" and _SECRET_MISSING.search(message):
-            reason = "SecretNotFound"
+        if reason == c.CREATE_CONTAINER_CONFIG_ERROR_REASON and _SECRET_MISSING.search(message):
+            reason = c.SECRET_NOT_FOUND_REASON
         return Stuck(name, reason, f"{kubelet_reason}: {message}")
     for cond in status.get("conditions") or []:
-        if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
-                and cond.get("reason") == "Unschedulable"):
-            return Stuck(name, "Unschedulable", _quote(cond.get("message")) or "Unschedulable")
+        if (cond.get("type") == c.POD_SCHEDULED and cond.get("status") == "False"
+                and cond.get("reason") == c.UNSCHEDULABLE_REASON):
+            return Stuck(name, c.UNSCHEDULABLE_REASON,
+                         _quote(cond.get("message")) or c.UNSCHEDULABLE_REASON)
     return None
 
 
@@ -125,7 +128,7 @@ def describe(stuck: list[Stuck], what: str) -> str:
 
 
 def running(pods: list[Obj]) -> bool:
-    return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+    return any((p.get("status") or {}).get("phase") == c.POD_RUNNING for p in pods)
 
 
 def pods_health(conds: list[Obj], blocked: list[Stuck], gen: int, now: str, *,
@@ -138,9 +141,9 @@ def pods_health(conds: list[Obj], blocked: list[Stuck], gen: int, now: str, *,
     if condition_status({"conditions": conds}, CONDITION) != "False":
         return conds
     if finished:
-        return set_condition(conds, CONDITION, True, "Finished",
+        return set_condition(conds, CONDITION, True, c.FINISHED_REASON,
                              "the job ended; no pods are left to start", gen, now)
-    return set_condition(conds, CONDITION, True, STARTED,
+    return set_condition(conds, CONDITION, True, c.PODS_STARTED_REASON,
                          "no planner or worker pod is stuck", gen, now)
 
 
@@ -158,7 +161,8 @@ def events(old: Obj, new: Obj) -> list[tuple[str, str, str]]:
     reason, message = str(new.get("reason") or ""), str(new.get("message") or "")
     if new.get("status") == "False":
         if old.get("status") != "False" or old.get("reason") != reason:
-            return [("Warning", reason, message)]
-    elif new.get("status") == "True" and old.get("status") == "False" and reason == STARTED:
-        return [("Normal", STARTED, message)]
+            return [(c.EVENT_WARNING, reason, message)]
+    elif (new.get("status") == "True" and old.get("status") == "False"
+          and reason == c.PODS_STARTED_REASON):
+        return [(c.EVENT_NORMAL, c.PODS_STARTED_REASON, message)]
     return []

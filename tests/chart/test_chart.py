@@ -169,8 +169,6 @@ def test_watched_namespaces_get_roles_and_no_cluster_scoped_rights(
         f"--namespace={ns}" for ns in watched
     ]
     assert "--all-namespaces" not in container["args"]
-    assert env_of(container)["WHISPERFLEET_NAMESPACES"] == ",".join(watched)
-    assert OperatorSettings.from_env(env_of(container)).namespaces == tuple(watched)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -194,16 +192,10 @@ def test_peering_is_standalone_by_default_and_scoped_when_enabled(
     default_args = operator_deployment(rendered["defaults"])["spec"]["template"]["spec"][
         "containers"][0]["args"]
     assert "--standalone" in default_args
-    default_env = env_of(operator_deployment(rendered["defaults"])["spec"]["template"]["spec"][
-        "containers"][0])
-    assert default_env["WHISPERFLEET_PEERING"] == ""
     assert not [d for d in rendered["defaults"] if d["apiVersion"].startswith("kopf.dev/")]
     docs = rendered["custom-images"]  # all namespaces + peering
     args = operator_deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--peering=wf-peers" in args and "--standalone" not in args
-    # The operator's startup handler sets kopf's peering from this variable, after the CLI.
-    assert env_of(operator_deployment(docs)["spec"]["template"]["spec"]["containers"][0])[
-        "WHISPERFLEET_PEERING"] == "wf-peers"
     (role,) = of_kind(docs, "ClusterRole")
     assert rules_of(role)[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
     assert [d["metadata"]["name"] for d in of_kind(docs, "ClusterKopfPeering")] == ["wf-peers"]
@@ -281,7 +273,6 @@ def test_custom_images_and_runner_defaults_reach_the_operator(
     # Helm merges maps: the default memory limit stays unless the user nulls it.
     assert settings.worker_resources == {"requests": {"cpu": "4", "memory": "12Gi"},
                                          "limits": {"memory": "16Gi"}}
-    assert settings.namespaces == ()
 
 
 def test_notes_tell_the_user_how_to_apply_and_watch_a_job(helm: Any, tmp_path: Path) -> None:

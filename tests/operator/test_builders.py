@@ -13,34 +13,19 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from whisperfleet_operator import jobs, naming, workorder
+from tests.support.transcription_jobs import parsed, tj_object
+from whisperfleet_operator import jobs, naming, spec, workorder
 from whisperfleet_operator.settings import OperatorSettings
+from whisperfleet_operator.spec import TranscriptionJob
 from whisperfleet_runner import config
 
 K8S = kubernetes_validate.latest_version()  # the newest schemas it ships (>= 1.35)
 SECRET_VALUE = "wJalrXUtnFEMI-not-a-real-key"
 
 
-def make_tj(**spec: Any) -> dict[str, Any]:
-    """A TranscriptionJob as the API server hands it to the operator (DESIGN §3)."""
-    base: dict[str, Any] = {
-        "input": {"uri": "s3://media/podcasts/"},
-        "output": {"uri": "s3://media/transcripts/nov/"},
-        "storage": {"secretName": "s3-credentials"},
-        "workers": {"parallelism": 4},
-    }
-    base.update(spec)
-    return {
-        "apiVersion": "whisperfleet.io/v1alpha1",
-        "kind": "TranscriptionJob",
-        "metadata": {
-            "name": "podcasts-nov",
-            "namespace": "media",
-            "uid": "6f1c9d2e-1111-4a4a-9b9b-0123456789ab",
-            "generation": 1,
-        },
-        "spec": base,
-    }
+def make_tj(**spec: Any) -> TranscriptionJob:
+    """A TranscriptionJob as the operator reads it (parsed from the API server's object)."""
+    return parsed(**spec)
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -79,15 +64,13 @@ def test_names_are_deterministic_distinct_and_short() -> None:
 
 
 def test_recreated_job_with_same_name_gets_new_names() -> None:
-    old, new = make_tj(), make_tj()
-    new["metadata"]["uid"] = "0d4a7c2b-2222-4b4b-8c8c-ba9876543210"
+    old, new = make_tj(), parsed(uid="0d4a7c2b-2222-4b4b-8c8c-ba9876543210")
     assert naming.worker_job_name(old) != naming.worker_job_name(new)
     assert naming.planner_job_name(old) != naming.planner_job_name(new)
 
 
 def test_long_and_dotted_names_fit_pod_hostnames() -> None:
-    tj = make_tj()
-    tj["metadata"]["name"] = "a." + "very-long-name." * 16 + "z"
+    tj = parsed(name="a." + "very-long-name." * 16 + "z")
     name = naming.worker_job_name(tj)
     # Indexed pods are named/hostnamed "<job>-<index>": a DNS label of at most 63 chars.
     assert len(f"{name}-99999") <= 63
@@ -96,10 +79,10 @@ def test_long_and_dotted_names_fit_pod_hostnames() -> None:
 
 
 def test_names_need_a_uid() -> None:
-    tj = make_tj()
-    del tj["metadata"]["uid"]
+    obj = tj_object()
+    del obj["metadata"]["uid"]
     with pytest.raises(ValueError, match="uid"):
-        naming.worker_job_name(tj)
+        spec.parse(obj)
 
 
 # --- work order ----------------------------------------------------------------------------
@@ -290,9 +273,9 @@ def test_restricted_pod_security_and_no_api_token() -> None:
 
 
 def test_secret_values_are_never_inlined() -> None:
-    tj = make_tj(storage={"secretName": "s3-credentials", "region": "us-east-1"})
     # Even if someone tucks credentials into the spec, only the Secret reference travels.
-    tj["spec"]["storage"]["accessKeyId"] = SECRET_VALUE
+    tj = make_tj(storage={"secretName": "s3-credentials", "region": "us-east-1",
+                          "accessKeyId": SECRET_VALUE})
     for job in (jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS)):
         text = json.dumps(job)
         assert SECRET_VALUE not in text
@@ -307,11 +290,11 @@ def test_owner_reference_and_labels() -> None:
         (ref,) = job["metadata"]["ownerReferences"]
         assert ref == {
             "apiVersion": "whisperfleet.io/v1alpha1", "kind": "TranscriptionJob",
-            "name": "podcasts-nov", "uid": tj["metadata"]["uid"],
+            "name": "podcasts-nov", "uid": tj.uid,
             "controller": True, "blockOwnerDeletion": True,
         }
         pod_labels = job["spec"]["template"]["metadata"]["labels"]
-        assert pod_labels[naming.LABEL_JOB_UID] == tj["metadata"]["uid"]
+        assert pod_labels[naming.LABEL_JOB_UID] == tj.uid
     planner = jobs.build_planner_job(tj, SETTINGS)
     worker = jobs.build_worker_job(tj, PLAN, SETTINGS)
     assert planner["metadata"]["labels"][naming.LABEL_COMPONENT] == naming.COMPONENT_PLANNER
@@ -448,8 +431,8 @@ def test_pass_through_of_worker_scheduling_and_image_options() -> None:
     assert pod["nodeSelector"] == {"pool": "gpu-a"}
     assert {"key": "dedicated", "operator": "Equal", "value": "asr",
             "effect": "NoSchedule"} in pod["tolerations"]
-    assert pod["affinity"]["podAntiAffinity"] == tj["spec"]["workers"]["affinity"][
-        "podAntiAffinity"]
+    assert tj.workers.affinity is not None
+    assert pod["affinity"]["podAntiAffinity"] == tj.workers.affinity["podAntiAffinity"]
     assert pod["priorityClassName"] == "batch-low"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "ops-cred"}]
     assert pod["serviceAccountName"] == "asr-workers"
@@ -494,12 +477,12 @@ def test_settings_from_env() -> None:
         "WHISPERFLEET_RUNNER_IMAGE": "reg/runner:1",
         "WHISPERFLEET_IMAGE_PULL_POLICY": "Always",
         "WHISPERFLEET_MODEL_CACHE_CLAIM": "models",
-        "WHISPERFLEET_NAMESPACES": "a, b,,",
+        "WHISPERFLEET_IMAGE_PULL_SECRETS": "a, b,,",
         "WHISPERFLEET_RUN_AS_USER": "2000",
         "WHISPERFLEET_WORKER_RESOURCES": '{"requests": {"cpu": "1"}}',
     })
     assert s.runner_image == "reg/runner:1" and s.image_pull_policy == "Always"
-    assert s.model_cache_claim == "models" and s.namespaces == ("a", "b")
+    assert s.model_cache_claim == "models" and s.image_pull_secrets == ("a", "b")
     assert s.run_as_user == 2000 and s.worker_resources == {"requests": {"cpu": "1"}}
     assert OperatorSettings.from_env({}) == OperatorSettings()
 
@@ -521,17 +504,15 @@ def test_bad_settings_are_refused_clearly(env: dict[str, str], message: str) -> 
 
 
 def test_worker_job_follows_suspend_and_parallelism_but_not_into_kueue() -> None:
-    held = {"conditions": [{"type": "Suspended", "status": "True"}]}
     running_job = {"spec": {"parallelism": 4, "suspend": False}}
     suspended_job = {"spec": {"parallelism": 4, "suspend": True}}
-    assert jobs.worker_job_drift(make_tj(), running_job) == {}
-    assert jobs.worker_job_drift(make_tj(suspend=True), running_job) == {"suspend": True}
-    assert jobs.worker_job_drift(make_tj(workers={"parallelism": 9}), running_job) == {
-        "parallelism": 9}
+    drift = jobs.worker_job_drift
+    assert drift(make_tj(), False, running_job) == {}
+    assert drift(make_tj(suspend=True), False, running_job) == {"suspend": True}
+    assert drift(make_tj(workers={"parallelism": 9}), False, running_job) == {"parallelism": 9}
     # Resume lifts only the operator's own suspension, and never Kueue's admission gate.
-    assert jobs.worker_job_drift({**make_tj(), "status": held}, suspended_job) == {
-        "suspend": False}
-    assert jobs.worker_job_drift(make_tj(), suspended_job) == {}
-    assert jobs.worker_job_drift({**make_tj(queueName="q"), "status": held}, suspended_job) == {}
+    assert drift(make_tj(), True, suspended_job) == {"suspend": False}
+    assert drift(make_tj(), False, suspended_job) == {}
+    assert drift(make_tj(queueName="q"), True, suspended_job) == {}
     finished = {**running_job, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    assert jobs.worker_job_drift(make_tj(suspend=True), finished) == {}
+    assert drift(make_tj(suspend=True), False, finished) == {}

@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from whisperfleet_operator.spec import parse as parse_tj
 from whisperfleet_runner import config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,7 +216,7 @@ def test_a_defaulted_minimal_job_becomes_the_default_work_order(crd: dict[str, A
     stored, refused = cel.admit(crd, job())
     assert refused == []
     stored["metadata"]["uid"] = "0000-uid"
-    order = work_order_for(stored)
+    order = work_order_for(parse_tj(stored))
     assert order.include == config.DEFAULT_INCLUDE
     assert order.output == config.OutputOptions(uri="s3://media/out/")
     assert order.model == config.ModelOptions()
@@ -403,7 +404,8 @@ def test_the_mount_path_may_not_shadow_any_path_the_pods_use(crd: dict[str, Any]
 
     tj, _ = cel.admit(crd, job(model={"cacheVolume": {"claimName": "models"}}))
     tj["metadata"]["uid"] = "u"
-    worker = jobs.build_worker_job(tj, config.PlanReport(shards=1), OperatorSettings())
+    worker = jobs.build_worker_job(parse_tj(tj), config.PlanReport(shards=1),
+                                  OperatorSettings())
     [container] = worker["spec"]["template"]["spec"]["containers"]
     used = {m["mountPath"] for m in container["volumeMounts"]}
     used |= {str(Path(config.TERMINATION_MESSAGE_PATH).parent), config.MODEL_CACHE_MOUNT}
@@ -585,7 +587,8 @@ def test_statuses_the_operator_writes_fit_the_schema(crd: dict[str, Any]) -> Non
     stored["metadata"].update(generation=1, uid="u")
     now = "2024-11-02T10:00:00Z"
     plan = config.PlanReport(files=4, bytes=10, shards=2, manifest_uri="s3://media/out/m.jsonl")
-    planned = st.planning_status(stored, st.PlannerOutcome("succeeded", plan), "t-plan", now)
+    job_ = parse_tj(stored)
+    planned = st.planning_status(job_, {}, st.PlannerOutcome("succeeded", plan), "t-plan", now)
     long_key = "s3://media/in/" + "k" * 3000 + ".mp3"
     reports = [config.ShardReport(
         shard=i, total=2, succeeded=1, failed=1, audio_seconds=4000.0, pod=f"t-work-{i}",
@@ -602,8 +605,8 @@ def test_statuses_the_operator_writes_fit_the_schema(crd: dict[str, Any]) -> Non
     worker_job = {"metadata": {"name": "t-work"}, "status": {
         "completedIndexes": "0-1", "completionTime": now,
         "conditions": [{"type": "Complete", "status": "True"}]}}
-    running = st.running_status({**stored, "status": planned}, worker_job, pods, now)
+    running = st.running_status(job_, planned, worker_job, pods, now)
     assert running["workers"] and running["failures"]
-    invalid = st.invalid_spec_status(stored, "spec.input.uri must start with s3://", now)
+    invalid = st.invalid_spec_status({}, 1, "spec.input.uri must start with s3://", now)
     for status in (planned, running, invalid):
         assert [str(v) for v in cel.admit(crd, {**stored, "status": status})[1]] == []

@@ -48,6 +48,7 @@ from tests.operator.test_operator_e2e import (
     tj_path,
 )
 from whisperfleet_operator import naming
+from whisperfleet_operator.spec import parse as parse_tj
 from whisperfleet_runner import config
 from whisperfleet_runner.gpu import devices
 from whisperfleet_runner.ledger import merge, parse_records
@@ -223,7 +224,7 @@ async def test_operator_jobs_run_by_the_real_runner_on_s3(
     uid = created["metadata"]["uid"]
 
     # Plan: run the planner Job's pod for real.
-    planner_name = naming.planner_job_name(created)
+    planner_name = naming.planner_job_name(parse_tj(created))
     planner = await eventually(lambda: job(api, planner_name), what="the planner Job")
     assert apichecks.job_problems(planner) == []
     pod = f"{planner_name}-p0001"
@@ -235,7 +236,7 @@ async def test_operator_jobs_run_by_the_real_runner_on_s3(
     await set_job_status(api, planner_name, {"succeeded": 1, "conditions": [done("Complete")]})
 
     # Work: every index of the worker Job, as the Job controller would start them.
-    worker = await eventually(lambda: job(api, naming.worker_job_name(created)),
+    worker = await eventually(lambda: job(api, naming.worker_job_name(parse_tj(created))),
                               what="the worker Job")
     assert apichecks.job_problems(worker) == []
     name = worker["metadata"]["name"]

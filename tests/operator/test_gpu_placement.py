@@ -18,22 +18,19 @@ import kubernetes_validate
 import pytest
 from celpy import celtypes
 
-from whisperfleet_operator import gpu, jobs, naming
+from tests.support.transcription_jobs import parsed
+from whisperfleet_operator import gpu, jobs, naming, spec
 from whisperfleet_operator.settings import OperatorSettings
+from whisperfleet_operator.spec import TranscriptionJob
 from whisperfleet_runner import config
 
 PLAN = config.PlanReport(files=8, bytes=10**8, shards=4)
 SETTINGS = OperatorSettings()
 
 
-def make_tj(**spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "whisperfleet.io/v1alpha1",
-        "kind": "TranscriptionJob",
-        "metadata": {"name": "gpu-test", "namespace": "media",
-                     "uid": "2b0c3c1e-3333-4c4c-8d8d-00112233aabb"},
-        "spec": {"input": {"uri": "s3://in/"}, "output": {"uri": "s3://out/"}, **spec},
-    }
+def make_tj(**fields: Any) -> TranscriptionJob:
+    return parsed(name="gpu-test", uid="2b0c3c1e-3333-4c4c-8d8d-00112233aabb",
+                  input={"uri": "s3://in/"}, output={"uri": "s3://out/"}, **fields)
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -215,9 +212,9 @@ def test_bad_compute_capability_is_refused(bad: str) -> None:
 
 def test_bad_gpu_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="gpusPerWorker"):
-        gpu.gpu_request(make_tj(workers={"gpusPerWorker": 0}))
+        make_tj(workers={"gpusPerWorker": 0})
     with pytest.raises(ValueError, match="minMemoryMiB"):
-        gpu.gpu_request(make_tj(workers={"gpu": {"minMemoryMiB": -5}}))
+        make_tj(workers={"gpu": {"minMemoryMiB": -5}})
 
 
 # --- DRA mode --------------------------------------------------------------------------------
@@ -365,7 +362,7 @@ def test_placement_input_not_mutated() -> None:
         "nodeSelectorTerms": [{"matchExpressions": [
             {"key": "zone", "operator": "In", "values": ["a"]}]}]}}}
     before = copy.deepcopy(affinity)
-    terms = gpu.gfd_node_selector_terms(gpu.GpuRequest(min_memory_mib=1000))
+    terms = gpu.gfd_node_selector_terms(spec.GpuSpec(min_memory_mib=1000))
     merged = gpu.merge_required_node_terms(affinity, terms)
     assert affinity == before
     assert merged is not None and merged != before

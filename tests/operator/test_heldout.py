@@ -28,6 +28,7 @@ from tests.operator.conftest import (
 )
 from tests.operator.test_operator_e2e import CLAIMS, JOBS, TJS, done, live, request, shard
 from whisperfleet_operator import naming
+from whisperfleet_operator.spec import parse as parse_tj
 from whisperfleet_runner import config
 from whisperfleet_runner.config import PlanReport, WorkOrder
 
@@ -365,7 +366,7 @@ async def apply(api: ApiServer, body: Obj) -> tuple[Obj, Obj]:
 async def plan_done(api: ApiServer, created: Obj, shards: int, files: int = 0) -> Obj:
     """Play the planner's pod and Job controller; returns the planner Job."""
     namespace = created["metadata"]["namespace"]
-    name = naming.planner_job_name(created)
+    name = naming.planner_job_name(parse_tj(created))
     planner = await eventually(lambda: find_job(api, namespace, name), what=f"planner {name}")
     report = PlanReport(files=files or shards * 2, bytes=10**9, shards=shards,
                         manifest_uri=f"s3://x/.whisperfleet/{created['metadata']['uid']}/m.jsonl")
@@ -400,7 +401,7 @@ async def test_heldout_jobs_create_what_the_api_server_accepts(
         shards = stored["spec"]["shards"] or 3
         worker = await eventually(
             lambda c=created: find_job(api, c["metadata"]["namespace"],
-                                       naming.worker_job_name(c)),
+                                       naming.worker_job_name(parse_tj(c))),
             what=f"worker of {created['metadata']['name'][:40]}")
         accepted(worker)
         claims = [c for c in live(api, CLAIMS) if c["metadata"]["labels"][
@@ -412,7 +413,7 @@ async def test_heldout_jobs_create_what_the_api_server_accepts(
 
     # Finish the two twins differently: neither may see the other's Jobs or pods.
     twins = {c["metadata"]["namespace"]: c for c, _s in runs if c["metadata"]["name"] == "twin"}
-    worker = find_job(api, "media", naming.worker_job_name(twins["media"]))
+    worker = find_job(api, "media", naming.worker_job_name(parse_tj(twins["media"])))
     assert worker is not None
     for i in range(3):
         await post_pod(api, worker, f"{worker['metadata']['name']}-{i}-x", shard(i, ok=2),
@@ -423,7 +424,7 @@ async def test_heldout_jobs_create_what_the_api_server_accepts(
     assert final["status"]["files"] == {"total": 6, "succeeded": 6, "failed": 0, "skipped": 0}
     other = tj_of(api, "default", "twin")["status"]
     assert other["phase"] == "Running" and other["files"]["succeeded"] == 0
-    assert other["jobName"] == naming.worker_job_name(twins["default"])
+    assert other["jobName"] == naming.worker_job_name(parse_tj(twins["default"]))
 
     for created, _stored in runs:
         status_versions_valid(api, created["metadata"]["namespace"], created["metadata"]["name"])
@@ -438,7 +439,8 @@ async def running(api: ApiServer, name: str, shards: int = 2, **spec: Any) -> tu
     """A TranscriptionJob in media/, planned into `shards` shards; (created, worker Job)."""
     created, _ = await apply(api, tj_body(name, **spec))
     await plan_done(api, created, shards)
-    worker = await eventually(lambda: find_job(api, "media", naming.worker_job_name(created)),
+    worker_name = naming.worker_job_name(parse_tj(created))
+    worker = await eventually(lambda: find_job(api, "media", worker_name),
                               what="the worker Job")
     await phase_of(api, "media", name, "Running")
     return created, worker
@@ -524,18 +526,18 @@ async def test_oversized_reports_still_give_a_valid_status(api: ApiServer, opera
 
 async def test_planner_complete_but_its_pod_is_gone(api: ApiServer, operator: Any) -> None:
     created, _ = await apply(api, tj_body("lost-plan"))
-    name = naming.planner_job_name(created)
+    name = naming.planner_job_name(parse_tj(created))
     await eventually(lambda: find_job(api, "media", name), what="the planner Job")
     await job_status(api, "media", name, {"succeeded": 1, "conditions": [done("Complete")]})
     final = await phase_of(api, "media", "lost-plan", "Failed")
     failed = condition_of(final, "Failed")
     assert failed["reason"] == "PlanUnreadable" and "pod" in failed["message"]
-    assert find_job(api, "media", naming.worker_job_name(created)) is None
+    assert find_job(api, "media", naming.worker_job_name(parse_tj(created))) is None
 
 
 async def test_planner_deadline_without_pods(api: ApiServer, operator: Any) -> None:
     created, _ = await apply(api, tj_body("slow-plan"))
-    name = naming.planner_job_name(created)
+    name = naming.planner_job_name(parse_tj(created))
     await eventually(lambda: find_job(api, "media", name), what="the planner Job")
     await job_status(api, "media", name, {"failed": 0, "conditions": [
         done("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")]})
@@ -546,7 +548,7 @@ async def test_planner_deadline_without_pods(api: ApiServer, operator: Any) -> N
 
 async def test_planner_crash_reports_its_log_tail(api: ApiServer, operator: Any) -> None:
     created, _ = await apply(api, tj_body("crashy-plan"))
-    name = naming.planner_job_name(created)
+    name = naming.planner_job_name(parse_tj(created))
     planner = await eventually(lambda: find_job(api, "media", name), what="the planner Job")
     for attempt in range(3):
         await post_pod(api, planner, f"{name}-{attempt}",
@@ -700,4 +702,4 @@ async def test_deleted_and_recreated_namesake_starts_afresh(api: ApiServer, oper
     await plan_done(api, new, shards=1)
     fresh = await phase_of(api, "media", "again", "Running")
     assert fresh["status"]["files"]["succeeded"] == 0
-    assert fresh["status"]["jobName"] == naming.worker_job_name(new) != name
+    assert fresh["status"]["jobName"] == naming.worker_job_name(parse_tj(new)) != name

@@ -20,6 +20,7 @@ from tests.operator.conftest import (
     running_operator,
 )
 from whisperfleet_operator import naming
+from whisperfleet_operator.spec import parse as parse_tj
 from whisperfleet_runner.config import FileFailure, GpuIdentity, PlanReport, ShardReport
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -139,13 +140,13 @@ async def planned(api: ApiServer, name: str, files: int = 5, shards: int = 2,
                   **spec: Any) -> tuple[Obj, Obj]:
     """Create a TranscriptionJob, let its planner succeed; returns (tj, worker Job)."""
     created = await create_tj(api, name, **spec)
-    planner_name = naming.planner_job_name(created)
+    planner_name = naming.planner_job_name(parse_tj(created))
     planner = await eventually(lambda: job(api, planner_name), what="the planner Job")
     plan = PlanReport(files=files, bytes=1000, shards=shards,
                       manifest_uri="s3://media/transcripts/.whisperfleet/x/manifest.jsonl")
     await add_pod(api, planner, f"{planner_name}-abcde", plan.to_json())
     await set_job_status(api, planner_name, {"succeeded": 1, "conditions": [done("Complete")]})
-    worker = await eventually(lambda: job(api, naming.worker_job_name(created)),
+    worker = await eventually(lambda: job(api, naming.worker_job_name(parse_tj(created))),
                               what="the worker Job")
     return created, worker
 
@@ -242,7 +243,7 @@ async def test_planner_failure_is_reported_not_hung(
     api: ApiServer, operator: OperatorFactory,
 ) -> None:
     created = await create_tj(api, "nobucket")
-    planner_name = naming.planner_job_name(created)
+    planner_name = naming.planner_job_name(parse_tj(created))
     planner = await eventually(lambda: job(api, planner_name), what="the planner Job")
     report = PlanReport(error_reason="BucketNotFound",
                         error_message="bucket 'media' does not exist")
@@ -257,7 +258,8 @@ async def test_planner_failure_is_reported_not_hung(
     await eventually(lambda: ("Warning", "BucketNotFound") in
                      {(t, r) for t, r, _m in events_for(api, "nobucket")},
                      what="a BucketNotFound warning event")
-    assert job(api, naming.worker_job_name(created)) is None, "no worker Job after a failed plan"
+    assert job(api, naming.worker_job_name(parse_tj(created))) is None, \
+        "no worker Job after a failed plan"
 
 
 async def test_suspend_and_resume(api: ApiServer, operator: OperatorFactory) -> None:
@@ -324,14 +326,15 @@ async def test_parallelism_change_reaches_the_worker_job(
 async def test_gpu_claim_template_with_dra(api: ApiServer, operator: OperatorFactory) -> None:
     created = await create_tj(api, "dra", workers={
         "parallelism": 1, "gpu": {"deviceClassName": "gpu.nvidia.com", "minMemoryMiB": 40000}})
-    planner_name = naming.planner_job_name(created)
+    planner_name = naming.planner_job_name(parse_tj(created))
     planner = await eventually(lambda: job(api, planner_name), what="the planner Job")
     await add_pod(api, planner, f"{planner_name}-x", PlanReport(files=1, shards=1).to_json())
     await set_job_status(api, planner_name, {"succeeded": 1, "conditions": [done("Complete")]})
-    worker = await eventually(lambda: job(api, naming.worker_job_name(created)),
+    worker = await eventually(lambda: job(api, naming.worker_job_name(parse_tj(created))),
                               what="the worker Job")
     claims = live(api, CLAIMS)
-    assert [c["metadata"]["name"] for c in claims] == [naming.claim_template_name(created)]
+    expected = naming.claim_template_name(parse_tj(created))
+    assert [c["metadata"]["name"] for c in claims] == [expected]
     assert claims[0]["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
     pod_claims = worker["spec"]["template"]["spec"]["resourceClaims"]
     assert pod_claims[0]["resourceClaimTemplateName"] == claims[0]["metadata"]["name"]
@@ -359,7 +362,7 @@ async def test_operator_restart_mid_run_duplicates_nothing(
     assert final["status"]["files"]["succeeded"] == 2
     jobs = sorted(j["metadata"]["name"] for j in live(api, JOBS)
                   if j["metadata"]["labels"][naming.LABEL_JOB_UID] == created["metadata"]["uid"])
-    assert jobs == sorted([naming.planner_job_name(created), name])
+    assert jobs == sorted([naming.planner_job_name(parse_tj(created)), name])
     # Resuming found the existing Jobs by their deterministic names: no create attempts.
     assert len(api[kmock.action.CREATE, JOBS]) == creates_before
 
@@ -369,7 +372,7 @@ async def test_deletion_leaves_cleanup_to_owner_references(
 ) -> None:
     created, worker = await planned(api, "goner")
     await phase(api, "goner", "Running")
-    planner = job(api, naming.planner_job_name(created))
+    planner = job(api, naming.planner_job_name(parse_tj(created)))
     for owned in (planner, worker):
         assert owned is not None
         ref = owned["metadata"]["ownerReferences"][0]

@@ -6,16 +6,18 @@ from typing import Any
 
 import pytest
 
+from tests.support.transcription_jobs import parsed
 from whisperfleet_operator import status as st
+from whisperfleet_operator.spec import TranscriptionJob
 from whisperfleet_runner.config import FileFailure, GpuIdentity, PlanReport, ShardReport
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"
 Obj = dict[str, Any]
 
 
-def tj(status: Obj | None = None, **spec: Any) -> Obj:
-    return {"metadata": {"name": "t", "namespace": "ns", "uid": "u", "generation": 3},
-            "spec": spec, "status": status or {}}
+def tj(status: Obj | None = None, **spec: Any) -> tuple[TranscriptionJob, Obj]:
+    """(the parsed TranscriptionJob, its current status), as the status functions take them."""
+    return parsed(name="t", uid="u", generation=3, **spec), status or {}
 
 
 def pod(message: str, *, phase: str = "Succeeded", index: int | None = None,
@@ -34,7 +36,7 @@ def job(*conditions: tuple[str, str], **status: Any) -> Obj:
 
 
 def planned_status() -> Obj:
-    out = st.planning_status(tj(), st.PlannerOutcome("succeeded", PlanReport(
+    out = st.planning_status(*tj(), st.PlannerOutcome("succeeded", PlanReport(
         files=4, shards=2, manifest_uri="s3://b/m.jsonl")), "t-plan", NOW)
     return out
 
@@ -90,7 +92,7 @@ def test_planner_error_reason_wins_over_the_job_reason() -> None:
     outcome = st.planner_outcome(job(("Failed", "PodFailurePolicy")), [pod(text, phase="Failed")])
     assert (outcome.state, outcome.reason, outcome.message) == (
         "failed", "BucketNotFound", "no bucket b")
-    failed = st.planning_status(tj(), outcome, "t-plan", NOW)
+    failed = st.planning_status(*tj(), outcome, "t-plan", NOW)
     assert failed["phase"] == "Failed" and cond(failed, "Failed")["reason"] == "BucketNotFound"
 
 
@@ -108,7 +110,7 @@ def test_running_aggregates_counts_gpus_and_failures() -> None:
     pods = [pod(report(0, 2, seconds=90.0), index=0, name="w-0", finished=NOW),
             pod(report(1, 1, ("s3://b/bad.mp3",)), phase="Failed", index=1, name="w-1",
                 finished=LATER)]
-    out = st.running_status(base, job(active=1, succeeded=1, completedIndexes="0"), pods, LATER)
+    out = st.running_status(*base, job(active=1, succeeded=1, completedIndexes="0"), pods, LATER)
     assert out["phase"] == "Running"
     assert out["files"] == {"total": 4, "succeeded": 3, "failed": 1, "skipped": 0}
     assert out["shards"] == {"total": 2, "succeeded": 1, "failed": 0, "active": 1}
@@ -126,7 +128,7 @@ def test_a_retried_shard_counts_once_preferring_its_success() -> None:
     pods = [pod(report(0, 0, ("s3://b/x.wav",)), phase="Failed", index=0, name="a",
                 finished=LATER),
             pod(report(0, 2), index=0, name="b", finished=NOW)]
-    out = st.running_status(base, job(succeeded=1, completedIndexes="0"), pods, LATER)
+    out = st.running_status(*base, job(succeeded=1, completedIndexes="0"), pods, LATER)
     assert out["files"]["succeeded"] == 2 and out["files"]["failed"] == 0
 
 
@@ -138,7 +140,7 @@ def test_a_retried_shard_counts_once_preferring_its_success() -> None:
     ([("Failed", "DeadlineExceeded")], {"completedIndexes": "0"}, "Failed"),
 ])
 def test_job_outcome_to_phase(conditions: list[tuple[str, str]], extra: Obj, phase: str) -> None:
-    out = st.running_status(tj(planned_status()), job(*conditions, **extra), [], LATER)
+    out = st.running_status(*tj(planned_status()), job(*conditions, **extra), [], LATER)
     assert out["phase"] == phase
     assert out["completionTime"] == LATER
     assert cond(out, "Running")["status"] == "False"
@@ -147,9 +149,9 @@ def test_job_outcome_to_phase(conditions: list[tuple[str, str]], extra: Obj, pha
 
 
 def test_suspended_then_resumed_conditions() -> None:
-    paused = st.running_status(tj(planned_status(), suspend=True), job(), [], NOW)
+    paused = st.running_status(*tj(planned_status(), suspend=True), job(), [], NOW)
     assert paused["phase"] == "Suspended" and cond(paused, "Suspended")["status"] == "True"
-    resumed = st.running_status(tj(paused), job(active=2), [], LATER)
+    resumed = st.running_status(*tj(paused), job(active=2), [], LATER)
     assert resumed["phase"] == "Running"
     assert (cond(resumed, "Suspended")["status"], cond(resumed, "Suspended")["reason"]) == (
         "False", "Resumed")
@@ -157,17 +159,17 @@ def test_suspended_then_resumed_conditions() -> None:
 
 
 def test_transitions_name_what_changed() -> None:
-    planning = st.planning_status(tj(), st.PlannerOutcome("running"), "t-plan", NOW)
+    planning = st.planning_status(*tj(), st.PlannerOutcome("running"), "t-plan", NOW)
     assert [r for _t, r, _m in st.transitions({}, planning)] == ["Planning"]
-    running = st.running_status(tj(planned_status()), job(active=1), [], NOW)
+    running = st.running_status(*tj(planned_status()), job(active=1), [], NOW)
     assert [r for _t, r, _m in st.transitions(planning, running)] == ["Planned", "Running"]
     assert st.transitions(running, running) == []
-    failed = st.running_status(tj(running), job(("Failed", "BackoffLimitExceeded")), [], NOW)
+    failed = st.running_status(*tj(running), job(("Failed", "BackoffLimitExceeded")), [], NOW)
     assert st.transitions(running, failed)[0][:2] == ("Warning", "BackoffLimitExceeded")
 
 
 def test_invalid_spec_fails_naming_the_field() -> None:
-    out = st.invalid_spec_status(tj(), "spec.workers.parallelism must be at least 1", NOW)
+    out = st.invalid_spec_status({}, 3, "spec.workers.parallelism must be at least 1", NOW)
     assert out["phase"] == "Failed" and "parallelism" in cond(out, "Failed")["message"]
 
 

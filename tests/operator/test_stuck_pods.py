@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.transcription_jobs import parsed
 from whisperfleet_operator import jobs, naming, stuck
 from whisperfleet_operator import status as st
 from whisperfleet_operator.settings import OperatorSettings
+from whisperfleet_operator.spec import TranscriptionJob
 from whisperfleet_runner.config import PlanReport
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -18,11 +20,9 @@ UNSCHEDULABLE_MSG = ("0/3 nodes are available: 3 node(s) didn't match Pod's node
 Obj = dict[str, Any]
 
 
-def tj(status: Obj | None = None, **spec: Any) -> Obj:
-    return {"metadata": {"name": "talks", "namespace": "media", "uid": "u-1", "generation": 1},
-            "spec": {"input": {"uri": "s3://b/in/"}, "output": {"uri": "s3://b/out/"},
-                     "storage": {"secretName": "s3-credentials"}, **spec},
-            "status": status or {}}
+def tj(status: Obj | None = None, **spec: Any) -> tuple[TranscriptionJob, Obj]:
+    """(the parsed TranscriptionJob, its current status), as the status functions take them."""
+    return parsed(name="talks", uid="u-1", generation=1, **spec), status or {}
 
 
 def waiting(name: str, reason: str, message: str = "") -> Obj:
@@ -49,16 +49,16 @@ def cond(status: Obj, type_: str) -> Obj:
 
 
 def planning(pods: list[Obj], old: Obj | None = None, now: str = NOW) -> Obj:
-    return st.planning_status(tj(old), st.PlannerOutcome("running"), "talks-plan-abc", now,
+    return st.planning_status(*tj(old), st.PlannerOutcome("running"), "talks-plan-abc", now,
                               pods)
 
 
 def running(pods: list[Obj], old: Obj | None = None, job: Obj | None = None) -> Obj:
-    planned = st.planning_status(tj(), st.PlannerOutcome("succeeded", PlanReport(
+    planned = st.planning_status(*tj(), st.PlannerOutcome("succeeded", PlanReport(
         files=8, shards=4, manifest_uri="s3://b/out/m.jsonl")), "talks-plan-abc", NOW)
     base = {**planned, **(old or {})}
     job = job or {"metadata": {"name": "talks-work-abc"}, "status": {"active": 2}}
-    return st.running_status(tj(base), job, pods, NOW)
+    return st.running_status(*tj(base), job, pods, NOW)
 
 
 # --- classifying one pod ------------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_a_deadline_after_stuck_pods_fails_with_the_reason_they_never_started() 
     stuck_status = planning([unschedulable("p1")])
     deadline = st.PlannerOutcome("failed", None, "DeadlineExceeded",
                                  "Job was active longer than specified deadline")
-    out = st.planning_status(tj(stuck_status), deadline, "talks-plan-abc", LATER, [])
+    out = st.planning_status(*tj(stuck_status), deadline, "talks-plan-abc", LATER, [])
     failed = cond(out, "Failed")
     assert (out["phase"], failed["reason"]) == ("Failed", "DeadlineExceeded")
     assert "before that, planner pod p1 cannot start" in failed["message"]
@@ -192,7 +192,7 @@ def test_worker_job_finishing_clears_the_condition_without_a_started_event() -> 
 
 def test_job_templates_name_their_transcription_job_on_every_pod() -> None:
     settings = OperatorSettings()
-    owner = tj(workers={"parallelism": 2})
+    owner, _ = tj(workers={"parallelism": 2})
     planner = jobs.build_planner_job(owner, settings)
     worker = jobs.build_worker_job(owner, PlanReport(files=2, shards=2), settings)
     for job in (planner, worker):

@@ -20,6 +20,7 @@ from tests.operator.test_operator_e2e import (
     tj,
 )
 from whisperfleet_operator import naming
+from whisperfleet_operator.spec import parse as parse_tj
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio, pytest.mark.timeout(120)]
 Obj = dict[str, Any]
@@ -42,17 +43,15 @@ STARTED = {"phase": "Running", "conditions": [{"type": "PodScheduled", "status":
                "running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}
 
 
-async def add_pod(api: ApiServer, job_body: Obj, pod_name: str, status: Obj, *,
-                  from_template: bool = True) -> None:
+async def add_pod(api: ApiServer, job_body: Obj, pod_name: str, status: Obj) -> None:
     """A pod as the Job controller makes it from the template (labels, annotations, owner),
-    with the status the kubelet/scheduler gave it. `from_template=False`: a pod of a Job
-    made before its template named the TranscriptionJob (found through the Job instead)."""
+    with the status the kubelet/scheduler gave it."""
     template = job_body["spec"]["template"]["metadata"]
     meta = job_body["metadata"]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": pod_name, "namespace": NAMESPACE,
         "labels": {**template["labels"], "batch.kubernetes.io/job-name": meta["name"]},
-        "annotations": dict(template.get("annotations") or {}) if from_template else {},
+        "annotations": dict(template.get("annotations") or {}),
         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
                              "uid": meta["uid"], "controller": True}]},
         "spec": {"containers": [{"name": "runner", "image": "x"}]},
@@ -80,7 +79,7 @@ async def test_missing_secret_stalls_planning_loudly_then_clears(
     api: ApiServer, operator: OperatorFactory,
 ) -> None:
     created = await create_tj(api, "nosecret")
-    planner_name = naming.planner_job_name(created)
+    planner_name = naming.planner_job_name(parse_tj(created))
     planner = await eventually(lambda: job(api, planner_name), what="the planner Job")
     pod_name = f"{planner_name}-k2x9q"
     await add_pod(api, planner, pod_name,
@@ -113,7 +112,7 @@ async def test_workers_unschedulable_then_image_pull_then_running(
     name = worker["metadata"]["name"]
     # One pod from the annotated template, one as from an older Job without the annotation.
     await add_pod(api, worker, f"{name}-0-aaaaa", UNSCHEDULABLE)
-    await add_pod(api, worker, f"{name}-1-bbbbb", UNSCHEDULABLE, from_template=False)
+    await add_pod(api, worker, f"{name}-1-bbbbb", UNSCHEDULABLE)
 
     stalled = await health(api, "nogpu", "False", "Unschedulable")
     running = condition(stalled, "Running")

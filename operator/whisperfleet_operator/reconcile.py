@@ -1,0 +1,99 @@
+"""The reconcile state machine: one TranscriptionJob brought a step forward, idempotently.
+
+plan (a planner Job) -> work (one Indexed Job, plus a claim template for DRA) -> report
+(status from the Jobs and their pods). Every step reads the world afresh, so a restart, a
+missed event or a repeated one changes nothing; what it creates carries deterministic names,
+so nothing is created twice. API calls go through `kube`; builders and status are pure.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from . import conditions, gpu, jobs, kube, naming, spec, status
+from .settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+class Reconciler:
+    """What the handlers share: the API edge, settings, and one lock per TranscriptionJob
+    (events for one job arrive from several watches; its steps must not interleave)."""
+
+    def __init__(self, api: kube.Kube, settings: OperatorSettings) -> None:
+        self.kube, self.settings = api, settings
+        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks[(namespace, name)]
+
+    def reconcile(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Bring one TranscriptionJob a step forward and publish its status. With `uid`,
+        only that incarnation (a re-created namesake owns none of the old Jobs)."""
+        with self._lock(namespace, name):
+            tj = self.kube.get(kube.TRANSCRIPTION_JOBS, namespace, name)
+            meta = (tj or {}).get("metadata") or {}
+            if tj is None or meta.get("deletionTimestamp") or (uid and meta.get("uid") != uid):
+                return
+            old = tj.get("status") or {}
+            if status.is_terminal(old):
+                return  # final; the Jobs' pods may be gone (TTL), so never recount
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            generation = int(meta.get("generation") or 0)
+            try:
+                new = self._advance(spec.parse(tj), old, now)
+            except ValueError as exc:  # a spec the builders refuse; retrying cannot fix it
+                new = status.invalid_spec_status(old, generation, str(exc), now)
+            except kube.Rejected as exc:  # the API server refuses what the spec makes
+                new = status.invalid_spec_status(
+                    old, generation, f"the API server refused a Job: {exc}", now,
+                    reason=conditions.JOB_REJECTED_REASON)
+            if any(old.get(key) != value for key, value in new.items()):
+                self.kube.patch(kube.TRANSCRIPTION_JOBS, namespace, name, {"status": new},
+                                status=True)
+            for event_type, reason, message in status.transitions(old, new):
+                kopf.event(tj, type=event_type, reason=reason, message=message)
+
+    def _advance(self, job: spec.TranscriptionJob, old: Obj, now: str) -> Obj:
+        k, namespace = self.kube, job.namespace
+        if not status.is_planned(old):
+            planner_name = naming.planner_job_name(job)
+            planner = k.get(kube.JOBS, namespace, planner_name)
+            if planner is None:
+                k.create(kube.JOBS, namespace, jobs.build_planner_job(job, self.settings))
+                outcome, pods = status.PlannerOutcome("running"), []
+            else:
+                pods = k.list_pods(namespace, job.uid, naming.COMPONENT_PLANNER)
+                outcome = status.planner_outcome(planner, pods)
+            planned = status.planning_status(job, old, outcome, planner_name, now, pods)
+            if outcome.state != "succeeded":
+                return planned
+            old = {**old, **planned}
+
+        worker_name = naming.worker_job_name(job)
+        worker = k.get(kube.JOBS, namespace, worker_name)
+        if worker is None and old.get("jobName") == worker_name:
+            # It existed (the status named it) and is gone: never silently run it all again.
+            return status.worker_job_deleted_status(job, old, worker_name, now)
+        if worker is None:
+            claim_template = gpu.build_resource_claim_template(job, self.settings)
+            if claim_template is not None:
+                k.create(kube.CLAIM_TEMPLATES, namespace, claim_template)
+            body = jobs.build_worker_job(job, status.plan_from_status(old), self.settings)
+            k.create(kube.JOBS, namespace, body)
+            worker = k.get(kube.JOBS, namespace, worker_name) or body
+        drift = jobs.worker_job_drift(job, status.operator_holds_suspension(old), worker)
+        if drift:
+            k.patch(kube.JOBS, namespace, worker_name, {"spec": drift})
+            worker = {**worker, "spec": {**(worker.get("spec") or {}), **drift}}
+        pods = k.list_pods(namespace, job.uid, naming.COMPONENT_WORKER)
+        return status.running_status(job, old, worker, pods, now)

@@ -1,0 +1,232 @@
+"""A TranscriptionJob, parsed once into frozen dataclasses: what every builder, the status
+code and the work order read, instead of raw dicts with fallback defaults repeated.
+
+Defaults come from the runner's `config` (the CRD's defaults are tested equal to it), so a
+field the API server defaulted and one it did not (a CRD installed without defaults, an old
+object) read the same. Admission (schema + CEL) refuses bad specs first; `parse` still
+refuses what slips through with a ValueError naming the field, which ends the job as
+InvalidSpec instead of building something the API server or the runner would refuse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from whisperfleet_runner import config
+
+Obj = dict[str, Any]
+DEFAULT_RESOURCE = "nvidia.com/gpu"
+DEFAULT_DATA_MOUNT = "/data"  # the CRD's default for spec.storage.volume.mountPath
+DEFAULT_PARALLELISM = 1
+DEFAULT_PER_SHARD_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """spec.workers.gpu (+ gpusPerWorker)."""
+
+    count: int = 1
+    resource_name: str = DEFAULT_RESOURCE
+    products: tuple[str, ...] = ()
+    min_memory_mib: int = 0
+    min_compute_capability: tuple[int, int] | None = None
+    device_class_name: str = ""
+
+    @property
+    def uses_dra(self) -> bool:
+        return bool(self.device_class_name)
+
+
+@dataclass(frozen=True)
+class WorkersSpec:
+    parallelism: int = DEFAULT_PARALLELISM
+    gpu: GpuSpec = field(default_factory=GpuSpec)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Obj, ...] = ()
+    affinity: Obj | None = None
+    priority_class_name: str = ""
+    resources: Obj | None = None  # None: the operator's default worker resources
+    image: str = ""  # "": the operator's runner image
+    image_pull_secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    claim_name: str
+    mount_path: str = DEFAULT_DATA_MOUNT
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    secret_name: str = ""
+    endpoint: str = ""
+    region: str = ""
+    volume: VolumeSpec | None = None
+
+
+@dataclass(frozen=True)
+class TranscriptionJob:
+    """One TranscriptionJob: identity from metadata, everything else from spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    input_uri: str
+    output: config.OutputOptions
+    include: tuple[str, ...] = config.DEFAULT_INCLUDE
+    model: config.ModelOptions = field(default_factory=config.ModelOptions)
+    model_cache_claim: str = ""  # spec.model.cacheVolume.claimName
+    transcription: config.TranscriptionOptions = field(
+        default_factory=config.TranscriptionOptions)
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    workers: WorkersSpec = field(default_factory=WorkersSpec)
+    shards: int = 0
+    per_shard_retries: int = DEFAULT_PER_SHARD_RETRIES
+    max_failed_shards: int = 0
+    active_deadline_seconds: int = 0
+    ttl_seconds_after_finished: int = 0
+    suspend: bool = False
+    queue_name: str = ""
+    generation: int = 0
+    api_version: str = ""
+    kind: str = ""
+
+
+def parse(tj: Obj) -> TranscriptionJob:
+    """The TranscriptionJob object as the API server returns it -> TranscriptionJob."""
+    meta = _section(tj, "metadata", "")
+    spec = tj.get("spec")
+    if not isinstance(spec, dict):
+        raise ValueError("TranscriptionJob has no spec")
+    for key in ("name", "uid"):
+        if not meta.get(key):
+            raise ValueError(f"TranscriptionJob has no metadata.{key}")
+    inp, out = _section(spec, "input"), _section(spec, "output")
+    model, tr = _section(spec, "model"), _section(spec, "transcription")
+    retries = _section(spec, "retries")
+    input_uri, output_uri = str(inp.get("uri") or ""), str(out.get("uri") or "")
+    if not input_uri:
+        raise ValueError("spec.input.uri is required")
+    if not output_uri:
+        raise ValueError("spec.output.uri is required")
+    formats = tuple(out.get("formats") or config.DEFAULT_FORMATS)
+    _one_of("spec.output.formats", formats, config.FORMATS)
+    compute_type = str(model.get("computeType") or "auto")
+    _one_of("spec.model.computeType", [compute_type], config.COMPUTE_TYPES)
+    task = str(tr.get("task") or "transcribe")
+    _one_of("spec.transcription.task", [task], config.TASKS)
+    job = TranscriptionJob(
+        name=str(meta["name"]),
+        namespace=str(meta.get("namespace") or ""),
+        uid=str(meta["uid"]),
+        generation=int(meta.get("generation") or 0),
+        api_version=str(tj.get("apiVersion") or ""),
+        kind=str(tj.get("kind") or ""),
+        input_uri=input_uri,
+        include=tuple(inp.get("include") or config.DEFAULT_INCLUDE),
+        output=config.OutputOptions(uri=output_uri, formats=formats,
+                                    overwrite=bool(out.get("overwrite", False))),
+        model=config.ModelOptions(name=str(model.get("name") or config.DEFAULT_MODEL),
+                                  compute_type=compute_type),
+        model_cache_claim=str(_section(model, "cacheVolume", "spec.model.").get("claimName")
+                              or ""),
+        transcription=config.TranscriptionOptions(
+            language=str(tr.get("language") or "") or None,
+            task=task,
+            beam_size=_at_least(tr, "beamSize", config.DEFAULT_BEAM_SIZE, 1,
+                                "spec.transcription."),
+            batch_size=_at_least(tr, "batchSize", config.DEFAULT_BATCH_SIZE, 1,
+                                 "spec.transcription."),
+            vad_filter=bool(tr.get("vadFilter", True)),
+            word_timestamps=bool(tr.get("wordTimestamps", False)),
+            initial_prompt=str(tr.get("initialPrompt") or "") or None,
+            pack_short_clips=bool(tr.get("packShortClips", True)),
+        ),
+        storage=_storage(_section(spec, "storage")),
+        workers=_workers(_section(spec, "workers")),
+        shards=_at_least(spec, "shards", 0, 0, "spec."),
+        per_shard_retries=_at_least(retries, "perShard", DEFAULT_PER_SHARD_RETRIES, 0,
+                                    "spec.retries."),
+        max_failed_shards=_at_least(retries, "maxFailedShards", 0, 0, "spec.retries."),
+        active_deadline_seconds=_at_least(spec, "activeDeadlineSeconds", 0, 0, "spec."),
+        ttl_seconds_after_finished=_at_least(spec, "ttlSecondsAfterFinished", 0, 0, "spec."),
+        suspend=bool(spec.get("suspend", False)),
+        queue_name=str(spec.get("queueName") or ""),
+    )
+    return job
+
+
+def _section(parent: Obj, key: str, prefix: str = "spec.") -> Obj:
+    value = parent.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{prefix}{key} must be an object")
+    return value
+
+
+def _at_least(parent: Obj, key: str, default: int, minimum: int, prefix: str) -> int:
+    raw = parent.get(key)
+    try:
+        value = default if raw is None else int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{prefix}{key} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{prefix}{key} must be at least {minimum}, not {value}")
+    return value
+
+
+def _one_of(name: str, values: Any, allowed: tuple[str, ...]) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"{name}: {', '.join(map(repr, unknown))} is not one of "
+                         f"{', '.join(allowed)}")
+
+
+def parse_compute_capability(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)(?:\.(\d+))?\s*", text)
+    if not match:
+        raise ValueError(
+            f"spec.workers.gpu.minComputeCapability: {text!r} is not MAJOR.MINOR (e.g. \"8.0\")"
+        )
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _storage(storage: Obj) -> StorageSpec:
+    volume = _section(storage, "volume", "spec.storage.")
+    return StorageSpec(
+        secret_name=str(storage.get("secretName") or ""),
+        endpoint=str(storage.get("endpoint") or ""),
+        region=str(storage.get("region") or ""),
+        volume=VolumeSpec(claim_name=str(volume["claimName"]),
+                          mount_path=str(volume.get("mountPath") or DEFAULT_DATA_MOUNT),
+                          read_only=bool(volume.get("readOnly", False)))
+        if volume.get("claimName") else None,
+    )
+
+
+def _workers(workers: Obj) -> WorkersSpec:
+    gpu = _section(workers, "gpu", "spec.workers.")
+    cc = gpu.get("minComputeCapability")
+    pull = [item.get("name") if isinstance(item, dict) else item
+            for item in workers.get("imagePullSecrets") or []]
+    return WorkersSpec(
+        parallelism=_at_least(workers, "parallelism", DEFAULT_PARALLELISM, 1, "spec.workers."),
+        gpu=GpuSpec(
+            count=_at_least(workers, "gpusPerWorker", 1, 1, "spec.workers."),
+            resource_name=str(gpu.get("resourceName") or DEFAULT_RESOURCE),
+            products=tuple(str(p) for p in gpu.get("products") or ()),
+            min_memory_mib=_at_least(gpu, "minMemoryMiB", 0, 0, "spec.workers.gpu."),
+            min_compute_capability=parse_compute_capability(str(cc)) if cc else None,
+            device_class_name=str(gpu.get("deviceClassName") or ""),
+        ),
+        node_selector=dict(workers.get("nodeSelector") or {}),
+        tolerations=tuple(workers.get("tolerations") or ()),
+        affinity=workers.get("affinity") or None,
+        priority_class_name=str(workers.get("priorityClassName") or ""),
+        resources=workers.get("resources") or None,
+        image=str(workers.get("image") or ""),
+        image_pull_secrets=tuple(str(n) for n in pull if n),
+    )
