@@ -12,10 +12,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "tests" / "fixtures"
-AUDIO = FIXTURES / "audio"
-FAKES = REPO / "tests" / "fakes"
+from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.paths import AUDIO, FAKES, REPO
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +59,6 @@ def moto_endpoint() -> Iterator[str]:
         server.stop()
 
 
-S3_ACCESS_KEY = "AKIAWHISPERFLEETTEST"
-S3_SECRET_KEY = "wJalrXUtnFEMI-whisperfleet-test-secret-DO-NOT-LEAK"
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.paths import REPO
 from whisperfleet_operator.settings import OperatorSettings
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # runs the helm binary
 CHART = REPO / "charts" / "whisperfleet"
 KUBE_VERSION = "1.34.0"  # DRA (resource.k8s.io/v1) is GA from 1.34
 NAMESPACE = "whisperfleet-system"

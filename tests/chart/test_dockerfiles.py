@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 DOCKERFILES = {
     "operator": REPO / "operator" / "Dockerfile",
     "runner": REPO / "job_runner" / "Dockerfile",
@@ -83,12 +84,14 @@ def hadolint_bin() -> str:
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
+@pytest.mark.slow  # runs the hadolint binary
 def test_hadolint_finds_nothing(image: str, hadolint_bin: str, tmp_path: Path) -> None:
     result = hadolint(hadolint_bin, DOCKERFILES[image], tmp_path)
     findings = json.loads(result.stdout or "[]")
     assert findings == [] and result.returncode == 0, json.dumps(findings, indent=1)
 
 
+@pytest.mark.slow
 def test_hadolint_would_catch_a_careless_dockerfile(hadolint_bin: str, tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y curl\n"

@@ -32,8 +32,8 @@ import pytest_asyncio
 import yaml
 
 import whisperfleet_operator  # noqa: F401  # registers the handlers in kopf's default registry
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "transcriptionjob.yaml"
 NAMESPACE = "media"
 TJ_RESOURCE = "whisperfleet.io/v1alpha1/transcriptionjobs"

@@ -15,10 +15,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.paths import REPO
 from whisperfleet_operator.spec import parse as parse_tj
 from whisperfleet_runner import config
 
-REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "transcriptionjob.yaml"
 EXAMPLE_FILES = sorted((REPO / "examples").glob("*.yaml"))
 K8S_VERSION = "1.37"

@@ -28,7 +28,6 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import FAKES, S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.operator import apichecks, cel
 from tests.operator.conftest import (
     CRD_PATH,
@@ -47,6 +46,8 @@ from tests.operator.test_operator_e2e import (
     set_job_status,
     tj_path,
 )
+from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.paths import FAKES
 from whisperfleet_operator import naming
 from whisperfleet_operator.spec import parse as parse_tj
 from whisperfleet_runner import config

@@ -27,6 +27,7 @@ from tests.operator.conftest import (
     running_operator,
 )
 from tests.operator.test_operator_e2e import CLAIMS, JOBS, TJS, done, live, request, shard
+from tests.support.paths import REPO
 from whisperfleet_operator import naming
 from whisperfleet_operator.spec import parse as parse_tj
 from whisperfleet_runner import config
@@ -34,7 +35,6 @@ from whisperfleet_runner.config import PlanReport, WorkOrder
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio, pytest.mark.timeout(120)]
 Obj = dict[str, Any]
-REPO = Path(__file__).resolve().parents[2]
 CRD = load_crd(CRD_PATH)
 K8S = "1.37"
 STATUS_SCHEMA = version_schema(CRD)["properties"]["status"]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(sys.executable).parent / "whisperfleet"
+from tests.support.paths import WHISPERFLEET
+
 BUSY = "GPU-0a0b0c0d-1111-4000-8000-000000000000"
 FREE = "GPU-1a1b1c1d-1111-4000-8000-000000000001"
 DEVICES: list[dict[str, Any]] = [
@@ -26,7 +25,7 @@ DEVICES: list[dict[str, Any]] = [
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(SCRIPT), "gpus", *args], env=env, capture_output=True, text=True, timeout=120
+        [str(WHISPERFLEET), "gpus", *args], env=env, capture_output=True, text=True, timeout=120
     )
 
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import boto3
 import pytest
 
-SCRIPT = Path(sys.executable).parent / "whisperfleet"
+from tests.support.paths import WHISPERFLEET
+
 FORMATS = ("json", "txt", "srt", "vtt")
 pytestmark = pytest.mark.slow
 
@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 def transcribe(*args: str, env: dict[str, str] | None = None,
                model: Path | None = None) -> subprocess.CompletedProcess[str]:
     extra = ["--model", str(model)] if model else []
-    return subprocess.run([str(SCRIPT), "transcribe", *args, *extra], env=env or dict(os.environ),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(WHISPERFLEET), "transcribe", *args, *extra],
+                          env=env or dict(os.environ), capture_output=True, text=True,
+                          timeout=600)
 
 
 def _summary(path: Path) -> dict[str, Any]:
@@ -170,8 +171,9 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(
     for i in range(60):
         shutil.copy(audio_dir / "nested" / "numbers.wav", src / f"clip{i:02d}.wav")
     out, summary = tmp_path / "out", tmp_path / "summary.json"
-    args = [str(SCRIPT), "transcribe", str(src), "-o", str(out), "--model", str(tiny_model_path),
-            "--summary-json", str(summary), "--quiet", "--batch-size", "1", "--no-vad"]
+    args = [str(WHISPERFLEET), "transcribe", str(src), "-o", str(out), "--model",
+            str(tiny_model_path), "--summary-json", str(summary), "--quiet", "--batch-size", "1",
+            "--no-vad"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list(out.glob("*.json")):

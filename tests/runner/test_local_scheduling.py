@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(sys.executable).parent / "whisperfleet"
+from tests.support.paths import WHISPERFLEET
+
 G0 = "GPU-00000000-aaaa-4000-8000-000000000000"
 G1 = "GPU-11111111-bbbb-4000-8000-000000000001"
 G2 = "GPU-22222222-cccc-4000-8000-000000000002"
@@ -37,7 +37,7 @@ FORMATS = ("json", "txt", "srt", "vtt")
 
 
 def transcribe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), "transcribe", *args], env=env, capture_output=True,
+    return subprocess.run([str(WHISPERFLEET), "transcribe", *args], env=env, capture_output=True,
                           text=True, timeout=300)
 
 

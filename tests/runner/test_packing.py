@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support.paths import REPO
 from whisperfleet_runner import audio, packed_decode, packing
 from whisperfleet_runner.batch import run_files
 from whisperfleet_runner.config import ModelOptions, OutputOptions, TranscriptionOptions, WorkOrder
@@ -23,7 +24,6 @@ from whisperfleet_runner.storage import InputFile
 from whisperfleet_runner.transcript import Segment
 
 TINY = ModelOptions(name="tiny.en", compute_type="int8")
-REPO = Path(__file__).resolve().parents[2]
 SPEECH = ["tests/fixtures/audio/hello.wav", "tests/fixtures/audio/nested/numbers.wav",
           "examples/audio/directions.wav", "examples/audio/meeting.wav",
           "examples/audio/weather.wav"]

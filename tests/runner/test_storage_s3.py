@@ -24,9 +24,9 @@ from whisperfleet_runner.storage import (
     output_uris,
     outputs_exist,
     publish,
-    read_text,
     publish_set,
     read_bytes,
+    read_text,
 )
 
 pytestmark = pytest.mark.slow  # a live HTTP server per session

@@ -6,12 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import boto3
 import pytest
 
+from tests.support.paths import FAKES, WHISPERFLEET
 from whisperfleet_runner import config
 from whisperfleet_runner.batch import run_files
 from whisperfleet_runner.config import OutputOptions, ShardReport, WorkOrder
@@ -20,9 +20,6 @@ from whisperfleet_runner.pod.planner import plan, read_manifest
 from whisperfleet_runner.pod.shard import run_shard
 from whisperfleet_runner.storage import InputFile
 
-# The entry point installed beside the interpreter running the tests (same venv).
-CLI = str(Path(sys.executable).parent / "whisperfleet")
-FAKES = Path(__file__).resolve().parent.parent / "fakes"
 GOOD = ["hello.wav", "nested/numbers.wav", "nested/deeper/hello.wav", "with space é.wav",
         "silence.wav"]
 BAD = {  # key -> words its failure reason must hold
@@ -38,7 +35,7 @@ def stem(key: str) -> str:
 
 
 def cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([WHISPERFLEET, *args], capture_output=True, text=True, timeout=300,
                           env=env or dict(os.environ))
 
 

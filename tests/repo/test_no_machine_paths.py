@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 # The usual roots of a developer's or CI machine's files. The pods' own home
 # (/home/whisperfleet) is a contract, not a machine path.
 MACHINE_ROOTS = re.compile(

@@ -12,19 +12,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(sys.executable).parent / "whisperfleet"
+from tests.support.paths import WHISPERFLEET
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600
         ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *args], env=env or dict(os.environ),
+    return subprocess.run([str(WHISPERFLEET), *args], env=env or dict(os.environ),
                           capture_output=True, text=True, timeout=timeout)
 
 

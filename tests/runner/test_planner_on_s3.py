@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,10 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.support.paths import WHISPERFLEET
 from whisperfleet_runner import config
 from whisperfleet_runner.config import OutputOptions, PlanReport, WorkOrder
 from whisperfleet_runner.pod.planner import plan, read_manifest
-
-# The entry point installed beside the interpreter running the tests (same venv).
-CLI = str(Path(sys.executable).parent / "whisperfleet")
 
 
 def order_for(bucket: str, **kwargs: object) -> WorkOrder:
@@ -36,7 +33,7 @@ def run_plan(order: WorkOrder, tmp_path: Path, env: dict[str, str], *args: str
              ) -> tuple[subprocess.CompletedProcess, PlanReport]:
     env = {**env, config.ENV_WORK_ORDER: order.to_json()}
     log = tmp_path / "plan.log"
-    result = subprocess.run([CLI, "plan", "--termination-log", str(log), *args],
+    result = subprocess.run([WHISPERFLEET, "plan", "--termination-log", str(log), *args],
                             capture_output=True, text=True, timeout=120, env=env)
     return result, PlanReport.from_json(log.read_text())
 

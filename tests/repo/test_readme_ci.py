@@ -1,9 +1,8 @@
 """The README's two opening commands are the ones CI and users actually run."""
 
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def _readme_commands() -> list[str]:
