@@ -1,4 +1,4 @@
-"""Render a Transcript as json, txt, srt, vtt or tsv text (DESIGN §6).
+"""Render a Transcript as json, txt, srt, vtt or tsv text.
 
 Every format renders a valid file for an empty transcript (silence). Segments whose text is
 blank are left out of txt/srt/vtt/tsv (an empty cue is not valid SRT); json keeps them all.

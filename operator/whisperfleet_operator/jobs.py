@@ -1,7 +1,7 @@
 """The planner Job and the worker Job of a TranscriptionJob (pure: dict in, dict out).
 
 The Kubernetes Job controller does the running, retrying and replacing of pods; these
-manifests tell it how (DESIGN §4):
+manifests tell it how:
 - bad media (EXIT_BAD_INPUT) fails only its index, without retries: the shard already wrote
   every good file, and running it again cannot fix the bad ones;
 - a bad work order (EXIT_USAGE) fails the whole Job: every other shard would fail the same way;

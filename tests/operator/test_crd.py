@@ -1,5 +1,5 @@
 """The TranscriptionJob CRD: a valid structural CRD, in step with the runner's config, admitting
-every example and refusing bad specs with a message that names the field (DESIGN §3)."""
+every example and refusing bad specs with a message that names the field."""
 
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def test_defaults_and_enums_match_the_runner_config(schema: dict[str, Any]) -> N
     assert at("output.overwrite")["default"] is config.OutputOptions(uri="x").overwrite
     assert at("model.name")["default"] == config.DEFAULT_MODEL
     assert at("model.computeType")["default"] == config.ModelOptions().compute_type
-    # DESIGN §3 allows a subset of what the runner understands.
+    # The CRD allows a subset of what the runner understands.
     assert at("model.computeType")["enum"] == [
         "auto", "float16", "int8_float16", "int8", "float32", "bfloat16"]
     assert set(at("model.computeType")["enum"]) <= set(config.COMPUTE_TYPES)

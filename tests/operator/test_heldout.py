@@ -1,7 +1,7 @@
 """Held-out TranscriptionJobs, as a reviewer would apply them: every example plus demanding
 variants are admitted through the CRD offline, applied to kmock's emulator with the real
 operator running, and everything the operator creates is checked the way kube-apiserver would
-(schema via kubernetes_validate, Go-side rules via apichecks) and against DESIGN §4/§5.
+(schema via kubernetes_validate, Go-side rules via apichecks) and against the pod contract.
 The tests play the Job controller (Job status, pods with termination messages)."""
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def env_of(container: Obj) -> dict[str, Obj]:
 
 
 def check_pod_template(job: Obj, stored: Obj) -> Obj:
-    """DESIGN §4.5 and §5 for planner and worker pods alike; returns the container."""
+    """The pod security contract for planner and worker pods alike; returns the container."""
     spec = job["spec"]["template"]["spec"]
     storage = stored["spec"].get("storage") or {}
     assert spec["restartPolicy"] == "Never"

@@ -1,4 +1,4 @@
-"""The layout contract of DESIGN §1."""
+"""The repository layout users and packaging rely on."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Allocated GPU -> device_index (DESIGN §4) and local GPU choice, through the fake NVML."""
+"""Allocated GPU -> device_index and local GPU choice, through the fake NVML."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Output formats (DESIGN §6), checked with the real `srt` and `webvtt-py` parsers."""
+"""Output formats, checked with the real `srt` and `webvtt-py` parsers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Output keys mirror input keys and can never land outside the output prefix (DESIGN §6)."""
+"""Output keys mirror input keys and can never land outside the output prefix."""
 
 from __future__ import annotations
 
