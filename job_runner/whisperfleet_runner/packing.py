@@ -11,6 +11,11 @@ With VAD on, each clip is first reduced to its speech span (leading/trailing sil
 and a clip without speech gets an empty transcript without reaching the model. Packing
 needs one language for the whole batch: it applies when the language is given or the
 model is English-only (`can_pack`); otherwise files take the normal per-file path.
+
+The trade-off: a packed clip's encoder frames attend to the whole window, so its transcript
+can change (a word or so) with what it was packed with. The layout is a function of the set
+of clips alone, so the same inputs give the same transcripts; `pack_short_clips=False`
+(`--no-pack`) gives per-file reproducibility whatever the batch.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ def plan_windows(
     capacity: float = WINDOW_CAPACITY,
     gap: float = GAP_SECONDS,
 ) -> list[Window]:
-    """First-fit decreasing: clips (longest first) into as few windows as possible."""
+    """First-fit decreasing: clips (longest first; equal lengths in the given order) into as
+    few windows as possible."""
     windows: list[Window] = []
     for index in sorted(range(len(durations)), key=lambda i: -durations[i]):
         length = durations[index]
@@ -123,7 +129,11 @@ def transcribe_packed(
     Exceptions from the model propagate: the caller falls back to per-file transcription.
     """
     prepare(clips, options.vad_filter)
-    speaking = [i for i, c in enumerate(clips) if c.packed_seconds > 0]
+    # The layout depends only on the set of clips, not on the order they arrived in: a clip's
+    # transcript can depend on its window's neighbours, so the same set must give the same
+    # windows (re-running a job reproduces its transcripts).
+    speaking = sorted((i for i, c in enumerate(clips) if c.packed_seconds > 0),
+                      key=lambda i: (-_on_grid(clips[i].packed_seconds), clips[i].source))
     # Clip lengths rounded up to the encoder's frame grid, so every start lies on it.
     lengths = [_on_grid(clips[i].packed_seconds) for i in speaking]
     windows = plan_windows(lengths, gap=_on_grid(GAP_SECONDS))

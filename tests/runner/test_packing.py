@@ -4,7 +4,9 @@ matter, a failure falls back to per-file, and the switch turns it off."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -152,21 +154,63 @@ def test_distinct_clips_packed_together_each_keep_only_their_words(
 
 
 @pytest.mark.slow
-def test_order_of_clips_does_not_change_what_each_file_says(
+def test_the_same_clips_in_any_order_give_the_same_transcripts(
     engine: Engine, distinct_clips: list[packing.Clip], references: dict[str, set[str]]
 ) -> None:
+    # A re-run of the same job must reproduce its transcripts: the window layout is a
+    # function of the set of clips, not of the order they arrived in.
     options = TranscriptionOptions(vad_filter=False, word_timestamps=True)
     forward = packing.transcribe_packed(engine, distinct_clips, options)
     backward = packing.transcribe_packed(engine, distinct_clips[::-1], options)[::-1]
     assert_own_words(backward, references)
     for clip, a, b in zip(distinct_clips, forward, backward, strict=True):
         assert a.source == b.source == clip.source
-        # Neighbours change the window (its loudness, the encoder's context), so a word
-        # may differ (mostly the last one of a cut clip); what the file says may not.
-        both, either = set(words(a.text)) & set(words(b.text)), set(words(a.text + " " + b.text))
-        assert len(both) >= 0.7 * len(either), (a.text, b.text)
+        assert a.segments == b.segments
         times = [w for s in b.segments for w in s.words or []]
         assert times and 0.0 <= times[0].start < 1.0 and times[-1].end <= clip.duration
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    ref, hyp = " ".join(words(reference)), " ".join(words(hypothesis))
+    return jiwer.wer(ref, hyp) if hyp else 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the corpus needs espeak-ng")
+def test_neighbours_change_a_packed_clip_less_than_the_model_errs_alone(
+    engine: Engine, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """What a packed clip says can depend on what it was packed with; CPU kernels differ
+    between machines, so no single clip's text is asserted. Over 16 clips and 3 random
+    groupings, packing must stay as accurate as bare per-file decoding, and the variation
+    its neighbours cause must stay within the model's own error on these clips."""
+    from benchmarks import corpus
+
+    folder = tmp_path_factory.mktemp("short-clips")
+    refs = corpus.build("short", folder, 16)
+    clips = [packing.Clip(name, audio.decode((folder / name).read_bytes(), name))
+             for name in sorted(refs)]
+    alone = TranscriptionOptions(batch_size=1, language="en")
+    bare = {c.source: wer(refs[c.source], engine.transcribe(c.audio, c.source, alone).text)
+            for c in clips}
+    packed: dict[str, list[str]] = {c.source: [] for c in clips}
+    for seed in range(3):
+        order = clips[:]
+        random.Random(seed).shuffle(order)
+        for start in range(0, len(order), 6):
+            for transcript in packing.transcribe_packed(engine, order[start:start + 6],
+                                                         TranscriptionOptions(language="en")):
+                packed[transcript.source].append(transcript.text)
+    bare_wer = sum(bare.values()) / len(bare)
+    packed_wer = sum(wer(refs[s], t) for s, ts in packed.items() for t in ts) / (3 * len(clips))
+    spread = sum(sum(wer(a, b) for a, b in itertools.combinations(ts, 2)) / 3
+                 for ts in packed.values()) / len(clips)
+    # Measured on a 2-core Intel Xeon: bare 0.31, packed 0.23, spread between groupings 0.10
+    # (0.20 before the layout stopped depending on arrival order).
+    assert packed_wer <= bare_wer + 0.10, (packed_wer, bare_wer)
+    assert spread <= max(bare_wer, 0.10) + 0.10, (spread, bare_wer)
 
 
 @pytest.mark.slow
