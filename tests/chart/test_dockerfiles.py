@@ -118,15 +118,68 @@ def test_base_images_are_pinned_to_explicit_tags(image: str) -> None:
             assert tag != "latest" and re.search(r"\d+\.\d+", tag), f"{image}: {ref} not pinned"
 
 
-def test_runner_image_is_cuda12_with_cudnn9_runtime_and_runs_whisperfleet() -> None:
+def test_runner_image_runs_whisperfleet_on_a_cuda12_runtime() -> None:
     steps = parse(DOCKERFILES["runner"])
     final = final_stage(steps)
     base = final[0].args
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn9?-runtime-ubuntu\d\d\.\d\d", base), base
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(cudnn9?-)?runtime-ubuntu\d\d\.\d\d", base), base
     run_lines = " ".join(i.args for i in steps if i.op == "RUN")
     assert '".[runner]"' in run_lines and "operator]" not in run_lines
     assert [i.args for i in final if i.op == "ENTRYPOINT"] == ['["whisperfleet"]']
     assert "mkdir -p /models" in " ".join(i.args for i in final if i.op == "RUN")
+
+
+def pinned(name: str) -> str:
+    for line in (REPO / ".ci" / "constraints.txt").read_text().splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.split("==", 1)[1].strip()
+    raise AssertionError(f"{name} is not pinned in .ci/constraints.txt")
+
+
+def wheel_cuda(version: str) -> tuple[tuple[int, int], set[str]]:
+    """(the CUDA version the installed ctranslate2 wheel declares, the CUDA libraries its
+    native library loads), read from the wheel itself."""
+    from importlib import metadata
+
+    dist = metadata.distribution("ctranslate2")
+    assert dist.version == version, "the test environment must install the pinned ctranslate2"
+    declared = [c for c in dist.metadata.get_all("Classifier") or []
+                if c.startswith("Environment :: GPU :: NVIDIA CUDA :: 12 :: ")]
+    assert declared, "the ctranslate2 wheel declares no CUDA 12 version"
+    major, minor = declared[0].rsplit(":: ", 1)[1].split(".")[:2]
+    libs = set()
+    for file in dist.files or []:
+        if ".so" in file.name and "ctranslate2" in file.name:
+            data = Path(str(file.locate())).read_bytes()
+            libs |= {m.decode() for m in re.findall(rb"lib(?:cublas|cudnn)[a-z_]*\.so\.\d+", data)}
+    return (int(major), int(minor)), libs
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_images_install_only_what_the_constraints_pin(image: str) -> None:
+    steps = parse(DOCKERFILES[image])
+    installs = [i.args for i in steps if i.op == "RUN" and "pip install" in i.args]
+    assert installs, f"{image}: no pip install"
+    copied = " ".join(i.args for i in steps if i.op == "COPY")
+    assert ".ci/constraints.txt .ci/constraints.txt" in copied
+    for line in installs:
+        assert "--constraint .ci/constraints.txt" in line, line
+        # Only the project itself (with an extra): every other version comes from the pins.
+        targets = [t for t in line.split("install", 1)[1].split() if not t.startswith("-")
+                   and not t.startswith("/") and t != ".ci/constraints.txt"]
+        assert targets and all(re.fullmatch(r'"?\.\[\w+\]"?', t) for t in targets), targets
+
+
+def test_runner_base_is_not_older_than_the_cuda_the_pinned_ctranslate2_needs() -> None:
+    declared, libs = wheel_cuda(pinned("ctranslate2"))
+    assert "libcublas.so.12" in libs, libs
+    base = final_stage(parse(DOCKERFILES["runner"]))[0].args
+    major, minor = map(int, re.search(r"cuda:(\d+)\.(\d+)", base).groups())  # type: ignore
+    assert major == declared[0] and (major, minor) >= declared, (
+        f"{base} is older than CUDA {declared[0]}.{declared[1]}, which ctranslate2 "
+        f"{pinned('ctranslate2')} was built for")
+    if any(lib.startswith("libcudnn") for lib in libs):
+        assert "-cudnn" in base, f"ctranslate2 loads {sorted(libs)}: the base needs cuDNN"
 
 
 def test_operator_image_is_slim_python_with_only_the_operator_extra() -> None:
@@ -211,7 +264,7 @@ def test_every_copied_file_exists_in_the_build_context(image: str) -> None:
 
 
 @pytest.mark.parametrize("path", [
-    ".git/HEAD", "tests/conftest.py", "examples/audio/meeting.wav", ".venv/bin/python",
+    ".git/HEAD", "tests/conftest.py", "examples/minimal.yaml", ".venv/bin/python",
     "charts/whisperfleet/values.yaml", "operator/whisperfleet_operator/__pycache__/x.pyc",
     ".env", "transcripts/a.json",
 ])

@@ -89,6 +89,17 @@ def test_mig_instance_allocation(fake_nvml) -> None:
     )
 
 
+def test_a_whole_gpu_in_mig_mode_is_named_with_its_mig_devices(fake_nvml) -> None:
+    fake_nvml([{**gpu(0), "mig": [{"uuid": "MIG-aaaa-1111", "profile": "1g.10gb"},
+                                  {"uuid": "MIG-bbbb-2222", "profile": "1g.10gb"}]}])
+    with pytest.raises(GpuNotVisibleError) as info:
+        devices.select_allocated("cuda", {"NVIDIA_VISIBLE_DEVICES": uuid(0)})
+    message = str(info.value)
+    assert f"{uuid(0)} (from NVIDIA_VISIBLE_DEVICES={uuid(0)}) is in MIG mode" in message
+    assert "MIG-aaaa-1111 1g.10gb" in message and "MIG-bbbb-2222 1g.10gb" in message
+    assert "nvidia.com/mig-1g.10gb" in message and "not visible" not in message
+
+
 def test_all_uses_every_gpu_and_says_so(fake_nvml) -> None:
     fake_nvml([gpu(0), gpu(1)])
     sel = devices.select_allocated("cuda", {"NVIDIA_VISIBLE_DEVICES": "all"})

@@ -200,6 +200,16 @@ def _match_allocation(
     if missing and indices_only and len(visible) == len(wanted):
         # The container runtime renumbers: host GPUs 2,3 appear as NVML 0,1 inside the pod.
         return list(visible)
+    in_mig_mode = {ident: [g for g in visible if g.parent_uuid.lower() == ident.lower()]
+                   for ident in missing}
+    for ident, instances in in_mig_mode.items():
+        if instances:
+            # CUDA cannot use a GPU in MIG mode as a whole, only its MIG devices.
+            raise GpuNotVisibleError(
+                f"allocated GPU {ident} (from {source}) is in MIG mode: CUDA can use only "
+                f"its MIG devices ({', '.join(f'{g.uuid} {g.mig_profile}' for g in instances)})"
+                "; request a MIG resource (e.g. nvidia.com/mig-"
+                f"{instances[0].mig_profile}) instead of the whole GPU, or disable MIG on it")
     if missing:
         seen = ", ".join(g.uuid for g in visible) or "none"
         why = f"NVML is unavailable: {unavailable}" if unavailable else f"NVML sees: {seen}"

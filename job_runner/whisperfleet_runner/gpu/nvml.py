@@ -157,6 +157,14 @@ def check_healthy(uuid: str) -> None:
         log.debug("NVML health check of %s failed: %s", uuid, exc)
 
 
+def gpus_running(pid: int) -> list[str]:
+    """UUIDs of the GPUs on which process `pid` holds a CUDA context."""
+    with _session() as nv:
+        handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
+        return [_text(nv.nvmlDeviceGetUUID(h)) for h in handles
+                if any(p.pid == pid for p in nv.nvmlDeviceGetComputeRunningProcesses(h))]
+
+
 def _mig_enabled(nv: ModuleType, handle: Any) -> bool:
     try:
         current, _pending = nv.nvmlDeviceGetMigMode(handle)
