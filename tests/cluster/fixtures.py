@@ -1,0 +1,97 @@
+"""pytest fixtures for tests on the local cluster: `cluster` (one per session) and `namespace`.
+
+Skip policy: without `go` on PATH (and no binaries cached already) the tests using
+`cluster` skip with one line saying how to enable them — unless
+WHISPERFLEET_REQUIRE_CLUSTER=1 (CI sets it), which makes a missing Go, a failed build or a
+cluster that does not come up an error. WHISPERFLEET_KEEP_CLUSTER_STATE=1 keeps the state
+dir (logs, pod folders) after the session for debugging.
+
+The binaries are built before the first test runs (`pytest_runtestloop`), so a cold build
+does not count against any test's timeout.
+
+Registered by tests/cluster/conftest.py. Tests elsewhere: register this module once, as
+`pytest_plugins = ["tests.cluster.fixtures"]` in tests/conftest.py (then drop the import in
+tests/cluster/conftest.py; two registrations would start two clusters).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import build
+from tests.cluster.local_cluster import LocalCluster
+from tests.cluster.manifests import POD_SECURITY_LABELS
+from tests.cluster.waiting import eventually
+
+REQUIRE_ENV = "WHISPERFLEET_REQUIRE_CLUSTER"
+KEEP_STATE_ENV = "WHISPERFLEET_KEEP_CLUSTER_STATE"
+SKIP_REASON = (
+    "local-cluster tests need Go >= 1.26 on PATH to build Kubernetes, etcd and helm from Go "
+    f"modules (through the Go module proxy); install Go to run them ({REQUIRE_ENV}=1 turns "
+    "this skip into an error)")
+_prebuilt: dict[str, Path | BaseException] = {}
+
+
+def _cluster_required() -> bool:
+    return os.environ.get(REQUIRE_ENV) == "1"
+
+
+def _can_build() -> bool:
+    return build.go_available() or build.cached_bin_dir() is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Build (or find) the binaries before any test, outside every test's timeout."""
+    wanted = any("cluster" in getattr(item, "fixturenames", ()) for item in session.items)
+    if wanted and (_can_build() or _cluster_required()):
+        try:
+            _prebuilt["bin_dir"] = build.ensure_binaries()
+        except Exception as error:  # reported by the `cluster` fixture, as a test error
+            _prebuilt["error"] = error
+
+
+def _bin_dir() -> Path:
+    error = _prebuilt.get("error")
+    if isinstance(error, BaseException):
+        raise error
+    prebuilt = _prebuilt.get("bin_dir")
+    return prebuilt if isinstance(prebuilt, Path) else build.ensure_binaries()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """The local cluster (control plane, fake GPU nodes, stand-in kubelet, moto S3)."""
+    if not _cluster_required() and not _can_build():
+        pytest.skip(SKIP_REASON)
+    keep = os.environ.get(KEEP_STATE_ENV) == "1"
+    with LocalCluster(bin_dir=_bin_dir(), keep_state=keep) as local:
+        yield local
+    if keep:
+        print(f"\nlocal cluster state kept in {local.state_dir}")
+
+
+def _namespace_name(test_name: str) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"t-{stem}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace enforcing PodSecurity "restricted"; its deletion starts after the test."""
+    name = _namespace_name(request.node.name)
+    rest = cluster.rest()
+    rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": name, "labels": POD_SECURITY_LABELS}})
+    eventually(lambda: rest.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+               timeout=30, what=f"the default ServiceAccount of {name}")
+    yield name
+    # Not waited for: the namespace controller takes ~5 s per namespace, and the cluster's
+    # stop() ends whatever is still running at the end of the session.
+    rest.delete(f"/api/v1/namespaces/{name}", {"propagationPolicy": "Background"})
