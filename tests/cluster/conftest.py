@@ -1,5 +1,13 @@
-"""Registers the local-cluster fixtures (`cluster`, `namespace`) for tests in this folder."""
+"""Registers the local-cluster fixtures for tests in this folder."""
 
-from tests.cluster.fixtures import cluster, namespace, pytest_runtestloop
+from tests.cluster.fixtures import (
+    cluster,
+    job_namespace,
+    namespace,
+    operator,
+    pytest_runtestloop,
+    release,
+)
 
-__all__ = ["cluster", "namespace", "pytest_runtestloop"]
+__all__ = ["cluster", "job_namespace", "namespace", "operator", "pytest_runtestloop",
+           "release"]

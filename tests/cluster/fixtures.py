@@ -27,7 +27,9 @@ import pytest
 from tests.cluster import build
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.manifests import POD_SECURITY_LABELS
+from tests.cluster.transcription_jobs import storage_secret
 from tests.cluster.waiting import eventually
+from tests.cluster.whisperfleet_release import OperatorProcess, Release, install_chart
 
 REQUIRE_ENV = "WHISPERFLEET_REQUIRE_CLUSTER"
 KEEP_STATE_ENV = "WHISPERFLEET_KEEP_CLUSTER_STATE"
@@ -95,3 +97,25 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     # Not waited for: the namespace controller takes ~5 s per namespace, and the cluster's
     # stop() ends whatever is still running at the end of the session.
     rest.delete(f"/api/v1/namespaces/{name}", {"propagationPolicy": "Background"})
+
+
+@pytest.fixture(scope="session")
+def release(cluster: LocalCluster) -> Release:
+    """The chart, installed by the real helm (all namespaces; its CRD from the chart)."""
+    return install_chart(cluster, "wf", "whisperfleet")
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, release: Release) -> Iterator[OperatorProcess]:
+    """The chart's operator, running with its ServiceAccount's token for the session. A test
+    that stops or restarts it must leave it running."""
+    process = OperatorProcess(cluster, release, cluster.state_dir / "operator").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def job_namespace(namespace: str, cluster: LocalCluster, operator: OperatorProcess) -> str:
+    """A fresh restricted namespace holding the storage Secret, watched by the operator."""
+    storage_secret(cluster, namespace)
+    return namespace
