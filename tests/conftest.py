@@ -16,6 +16,21 @@ from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.paths import AUDIO, FAKES, REPO
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from tests.cluster.fixtures import run_binary_tests_last
+
+    run_binary_tests_last(items)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    # tryfirst: before pytest-timeout starts this test's clock.
+    from tests.cluster.fixtures import build_before
+
+    build_before(item)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     # Nothing in tests may reach a model hub.

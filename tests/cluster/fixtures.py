@@ -6,12 +6,11 @@ WHISPERFLEET_REQUIRE_CLUSTER=1 (CI sets it), which makes a missing Go, a failed 
 cluster that does not come up an error. WHISPERFLEET_KEEP_CLUSTER_STATE=1 keeps the state
 dir (logs, pod folders) after the session for debugging.
 
-The binaries are built before the first test runs (`pytest_runtestloop`), so a cold build
-does not count against any test's timeout.
+Tests that need the binaries run last, and the binaries are built just before the first of
+them, outside its timeout (hooks in tests/conftest.py call `run_binary_tests_last` and
+`build_before`).
 
-Registered by tests/cluster/conftest.py. Tests elsewhere: register this module once, as
-`pytest_plugins = ["tests.cluster.fixtures"]` in tests/conftest.py (then drop the import in
-tests/cluster/conftest.py; two registrations would start two clusters).
+Registered by tests/cluster/conftest.py.
 """
 
 from __future__ import annotations
@@ -48,15 +47,29 @@ def _can_build() -> bool:
     return build.go_available() or build.cached_bin_dir() is not None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtestloop(session: pytest.Session) -> None:
-    """Build (or find) the binaries before any test, outside every test's timeout."""
-    wanted = any("cluster" in getattr(item, "fixturenames", ()) for item in session.items)
-    if wanted and (_can_build() or _cluster_required()):
-        try:
-            _prebuilt["bin_dir"] = build.ensure_binaries()
-        except Exception as error:  # reported by the `cluster` fixture, as a test error
-            _prebuilt["error"] = error
+BINARY_FIXTURES = ("cluster", "helm_bin")
+
+
+def needs_binaries(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in BINARY_FIXTURES)
+
+
+def run_binary_tests_last(items: list[pytest.Item]) -> None:
+    """Tests that need the built binaries go last (a stable sort), so a cold build (CI starts
+    it beside `pip install`) overlaps every other test instead of holding them up."""
+    items.sort(key=needs_binaries)
+
+
+def build_before(item: pytest.Item) -> None:
+    """Before the first test that needs them, and outside its timeout: find or build the
+    binaries (waiting for a build already under way). A failure is reported by the fixture,
+    as that test's error."""
+    if _prebuilt or not needs_binaries(item) or not (_can_build() or _cluster_required()):
+        return
+    try:
+        _prebuilt["bin_dir"] = build.ensure_binaries()
+    except Exception as error:
+        _prebuilt["error"] = error
 
 
 def _bin_dir() -> Path:

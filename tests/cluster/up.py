@@ -2,18 +2,25 @@
 """One command for a local Kubernetes cluster with fake GPU nodes, until Ctrl-C.
 
     python tests/cluster/up.py --kubeconfig /tmp/wf.kubeconfig
+    python tests/cluster/up.py --kubeconfig /tmp/wf.kubeconfig --demo   # + whisperfleet
 
 Run it with the project's virtualenv Python (pods it runs use the runner installed there).
 Builds the binaries if the cache lacks them, starts the control plane, the fake nodes,
 the stand-in kubelet and a moto S3 server, writes the admin kubeconfig, prints ONE JSON
 line on stdout once everything is ready, hints on stderr, and serves until SIGINT or
 SIGTERM; then it stops everything it started and removes its temporary state.
+
+`--operator` also installs the Helm chart with the built helm and runs its operator (as the
+chart would, with its ServiceAccount's token). `--demo` adds, besides, a namespace `demo`
+with the storage Secret and a bucket `demo` holding the example audio under in/, and prints
+a TranscriptionJob to apply.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -27,7 +34,35 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.cluster import transcription_jobs as tjs  # noqa: E402
 from tests.cluster.local_cluster import LocalCluster  # noqa: E402
+from tests.cluster.manifests import POD_SECURITY_LABELS  # noqa: E402
+from tests.cluster.whisperfleet_release import OperatorProcess, install_chart  # noqa: E402
+
+DEMO = """apiVersion: whisperfleet.io/v1alpha1
+kind: TranscriptionJob
+metadata: {{name: demo, namespace: demo}}
+spec:
+  input: {{uri: "s3://{bucket}/in/"}}
+  output: {{uri: "s3://{bucket}/out/"}}
+  storage: {{secretName: s3-credentials, endpoint: "{endpoint}", region: us-east-1}}
+  model: {{name: tiny.en}}
+  workers:
+    parallelism: 2
+    gpu: {{products: [NVIDIA-H100-80GB-HBM3]}}
+    resources: {{requests: {{cpu: "1", memory: 1Gi}}}}
+"""
+
+
+def _demo(cluster: LocalCluster) -> str:
+    """Namespace, Secret and a bucket with the example audio; returns a job to apply."""
+    cluster.rest().create("/api/v1/namespaces", {
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "demo", "labels": POD_SECURITY_LABELS}})
+    tjs.storage_secret(cluster, "demo")
+    files = {f"in/{p.name}": p for p in sorted((REPO / "examples" / "audio").glob("*.wav"))}
+    bucket = tjs.bucket_with(cluster, files)
+    return DEMO.format(bucket=bucket, endpoint=cluster.s3.endpoint)
 
 
 def _hints(cluster: LocalCluster) -> str:
@@ -51,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the admin kubeconfig")
     parser.add_argument("--keep-state", action="store_true",
                         help="keep the state dir (logs, pod folders) after stopping")
+    parser.add_argument("--operator", action="store_true",
+                        help="install the Helm chart and run its operator")
+    parser.add_argument("--demo", action="store_true",
+                        help="--operator, plus a demo namespace, Secret and bucket")
     args = parser.parse_args(argv)
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -66,8 +106,20 @@ def main(argv: list[str] | None = None) -> int:
             "nodes": cluster.nodes,
         }), flush=True)
         print(_hints(cluster), file=sys.stderr, flush=True)
+        operator = None
+        if args.operator or args.demo:
+            release = install_chart(cluster, "whisperfleet", "whisperfleet")
+            operator = OperatorProcess(cluster, release, cluster.state_dir / "operator").start()
+            print(f"  operator:  running as {release.namespace}/{release.service_account} "
+                  f"(log {operator.log_path})", file=sys.stderr, flush=True)
+        if args.demo:
+            print("  demo: apply this TranscriptionJob, then watch it:\n"
+                  f"    kubectl apply -f - <<'EOF'\n{_demo(cluster)}EOF\n"
+                  "    kubectl -n demo get tj -w", file=sys.stderr, flush=True)
         stop.wait()
         print("stopping the local cluster ...", file=sys.stderr, flush=True)
+        if operator is not None:
+            operator.stop()
     return 0
 
 

@@ -98,10 +98,12 @@ def _run_here(order: WorkOrder, files: list[storage.InputFile], selection: Devic
         if gpu is not None:
             nvml.check_healthy(gpu.uuid)
 
+    pod_log = _PodLog(shard)
     report = run_files(files, order.options, lambda: engine.load(order.model, placement),
                        ledger=ledger, shard=shard,
                        device=device_label(selection.device, selection.device_index),
-                       gpus=selection.identities(), check_device=check_gpu)
+                       gpus=selection.identities(), check_device=check_gpu,
+                       progress=lambda record: pod_log.file_finished(0, record, 0))
     for identity in report.gpus:  # the one GPU did everything
         identity.files, identity.failed = report.total, report.failed
         identity.audio_seconds = round(report.audio_seconds, 2)
