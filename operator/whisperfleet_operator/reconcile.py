@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from . import conditions, gpu, jobs, kube, naming, spec, status
+from . import conditions, events, gpu, jobs, kube, naming, spec, status
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Reconciler:
             if any(old.get(key) != value for key, value in new.items()):
                 self.kube.patch(kube.TRANSCRIPTION_JOBS, namespace, name, {"status": new},
                                 status=True)
-            for event_type, reason, message in status.transitions(old, new):
+            for event_type, reason, message in events.transitions(old, new):
                 kopf.event(tj, type=event_type, reason=reason, message=message)
 
     def _advance(self, job: spec.TranscriptionJob, old: Obj, now: str) -> Obj:

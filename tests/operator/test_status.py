@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.support.transcription_jobs import parsed
+from whisperfleet_operator import events
 from whisperfleet_operator import status as st
 from whisperfleet_operator.spec import TranscriptionJob
 from whisperfleet_runner.config import FileFailure, GpuIdentity, PlanReport, ShardReport
@@ -155,17 +156,17 @@ def test_suspended_then_resumed_conditions() -> None:
     assert resumed["phase"] == "Running"
     assert (cond(resumed, "Suspended")["status"], cond(resumed, "Suspended")["reason"]) == (
         "False", "Resumed")
-    assert [r for _t, r, _m in st.transitions(paused, resumed)] == ["Resumed"]
+    assert [r for _t, r, _m in events.transitions(paused, resumed)] == ["Resumed"]
 
 
 def test_transitions_name_what_changed() -> None:
     planning = st.planning_status(*tj(), st.PlannerOutcome("running"), "t-plan", NOW)
-    assert [r for _t, r, _m in st.transitions({}, planning)] == ["Planning"]
+    assert [r for _t, r, _m in events.transitions({}, planning)] == ["Planning"]
     running = st.running_status(*tj(planned_status()), job(active=1), [], NOW)
-    assert [r for _t, r, _m in st.transitions(planning, running)] == ["Planned", "Running"]
-    assert st.transitions(running, running) == []
+    assert [r for _t, r, _m in events.transitions(planning, running)] == ["Planned", "Running"]
+    assert events.transitions(running, running) == []
     failed = st.running_status(*tj(running), job(("Failed", "BackoffLimitExceeded")), [], NOW)
-    assert st.transitions(running, failed)[0][:2] == ("Warning", "BackoffLimitExceeded")
+    assert events.transitions(running, failed)[0][:2] == ("Warning", "BackoffLimitExceeded")
 
 
 def test_invalid_spec_fails_naming_the_field() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.support.transcription_jobs import parsed
-from whisperfleet_operator import jobs, naming, stuck
+from whisperfleet_operator import events, jobs, naming, stuck
 from whisperfleet_operator import status as st
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_operator.spec import TranscriptionJob
@@ -130,19 +130,19 @@ def test_condition_appears_only_once_a_pod_was_stuck() -> None:
 def test_one_warning_per_cause_and_a_normal_event_when_pods_start() -> None:
     first = planning([waiting("p1", "ErrImagePull", "rpc error: not found")])
     warning = ("Warning", "ImagePullBackOff", cond(first, "PodsHealthy")["message"])
-    assert warning in st.transitions({}, first)
+    assert warning in events.transitions({}, first)
     # The kubelet alternates ErrImagePull / ImagePullBackOff while it retries: same cause.
     again = planning([waiting("p1", "ImagePullBackOff", 'Back-off pulling image "x"')], first)
     assert 'Back-off pulling image "x"' in cond(again, "PodsHealthy")["message"]
-    assert not [e for e in st.transitions(first, again) if e[0] == "Warning"]
+    assert not [e for e in events.transitions(first, again) if e[0] == "Warning"]
     moved = planning([unschedulable("p2")], again)
-    assert ("Warning", "Unschedulable") in [(t, r) for t, r, _m in st.transitions(again, moved)]
+    assert ("Warning", "Unschedulable") in [(t, r) for t, r, _m in events.transitions(again, moved)]
     fixed = planning([started("p2")], moved, now=LATER)
     health = cond(fixed, "PodsHealthy")
     assert (health["status"], health["reason"], health["lastTransitionTime"]) == (
         "True", "PodsStarted", LATER)
     assert cond(fixed, "Planned")["reason"] == "Planning"
-    assert ("Normal", "PodsStarted") in [(t, r) for t, r, _m in st.transitions(moved, fixed)]
+    assert ("Normal", "PodsStarted") in [(t, r) for t, r, _m in events.transitions(moved, fixed)]
 
 
 def test_workers_that_all_cannot_start_turn_running_false() -> None:
@@ -172,8 +172,8 @@ def test_a_deadline_after_stuck_pods_fails_with_the_reason_they_never_started() 
     assert "before that, planner pod p1 cannot start" in failed["message"]
     assert UNSCHEDULABLE_MSG in failed["message"]
     assert cond(out, "PodsHealthy")["reason"] == "Finished"
-    events = st.transitions(stuck_status, out)
-    assert [r for _t, r, _m in events] == ["DeadlineExceeded"], "no PodsStarted on failure"
+    said = events.transitions(stuck_status, out)
+    assert [r for _t, r, _m in said] == ["DeadlineExceeded"], "no PodsStarted on failure"
 
 
 def test_worker_job_finishing_clears_the_condition_without_a_started_event() -> None:
@@ -184,7 +184,7 @@ def test_worker_job_finishing_clears_the_condition_without_a_started_event() -> 
     out = running([], old, done)
     assert out["phase"] == "Succeeded"
     assert cond(out, "PodsHealthy")["status"] == "True"
-    assert "PodsStarted" not in [r for _t, r, _m in st.transitions(old, out)]
+    assert "PodsStarted" not in [r for _t, r, _m in events.transitions(old, out)]
 
 
 # --- finding the TranscriptionJob from a pod -----------------------------------------------
