@@ -66,7 +66,6 @@ def test_output_prefix_with_or_without_slash_is_the_same() -> None:
 def test_unsafe_keys_fail_with_a_reason(key: str, why: str) -> None:
     with pytest.raises(UnsafeKeyError, match=why) as info:
         output_uris(key, "s3://b/out/", FMTS)
-    assert info.value.reason == "UnsafeKey"
     assert info.value.key == key
     assert repr(key) in str(info.value)
 

@@ -24,8 +24,6 @@ _LOCAL_PROTOCOLS = ("file", "local")
 class UnsafeKeyError(ValueError):
     """An input key whose output would land outside the output prefix; that file fails alone."""
 
-    reason = "UnsafeKey"
-
     def __init__(self, key: str, why: str) -> None:
         self.key = key
         super().__init__(f"unsafe object key {key!r}: {why}; no output is written for it")
