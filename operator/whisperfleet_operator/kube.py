@@ -120,16 +120,10 @@ class Kube:
     # --- specific ----------------------------------------------------------------------------
 
     def list_pods(self, namespace: str, job_uid: str, component: str) -> list[Obj]:
-        labels = {naming.LABEL_JOB_UID: job_uid, naming.LABEL_COMPONENT: component}
-        selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        items = _json(self.core.list_namespaced_pod(
+        selector = f"{naming.LABEL_JOB_UID}={job_uid},{naming.LABEL_COMPONENT}={component}"
+        return list(_json(self.core.list_namespaced_pod(
             namespace, label_selector=selector, _preload_content=False,
-            _request_timeout=TIMEOUT)).get("items") or []
-        # The server applies the selector; re-checking costs nothing and keeps the
-        # aggregation right against API servers (or emulators) that ignore selectors.
-        return [p for p in items
-                if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v
-                       for k, v in labels.items())]
+            _request_timeout=TIMEOUT)).get("items") or [])
 
 
 def _json(response: Any) -> Obj:

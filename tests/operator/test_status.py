@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -188,3 +189,65 @@ def test_reports_survive_any_termination_message() -> None:
     assert reports.shard_reports([crashed, retried]) == ([], [])
     chosen, notes = reports.shard_reports([crashed])
     assert chosen == [] and notes == [{"uri": "shard 0", "reason": "Error: Killed"}]
+
+
+def crashed(index: int, log_tail: str, *, code: int = 1, reason: str = "Error") -> Obj:
+    """A worker pod that died without a report: FallbackToLogsOnError left its log tail."""
+    out = pod(log_tail, phase="Failed", index=index, name=f"w-{index}")
+    out["status"]["containerStatuses"][0]["state"]["terminated"].update(exitCode=code,
+                                                                         reason=reason)
+    return out
+
+
+def test_pods_that_died_without_a_report_are_named_with_their_log_tail() -> None:
+    pods = [pod(report(0, 2), index=0, name="w-0"),
+            crashed(1, "Traceback (most recent call last):\nMemoryError", code=137,
+                    reason="OOMKilled"),
+            crashed(2, "null"), crashed(3, "[1, 2]"),
+            crashed(4, '{"shard": "four", "succeeded": "many"}')]
+    out = st.running_status(*tj(planned_status()), job(
+        ("Failed", "FailedIndexes"), succeeded=1, completedIndexes="0",
+        failedIndexes="1-4"), pods, LATER)
+    assert out["phase"] == "PartiallySucceeded" and out["files"]["succeeded"] == 2
+    reasons = {f["uri"]: f["reason"] for f in out["failures"]}
+    assert set(reasons) == {"shard 1", "shard 2", "shard 3", "shard 4"}
+    assert "OOMKilled (exit code 137)" in reasons["shard 1"]
+    assert "MemoryError" in reasons["shard 1"]
+
+
+def test_oversized_reports_still_give_a_status_within_the_crds_bounds() -> None:
+    huge = json.loads(report(0, 1, ("s3://b/x.wav",)))
+    huge["gpus"] = [{"uuid": f"GPU-{i}-" + "u" * 200, "name": "N" * 300, "memory_mib": -1,
+                     "device_index": i} for i in range(40)]
+    huge["pod"], huge["node"] = "p" * 300, "n" * 300
+    huge["failures"] = [{"uri": f"s3://b/{i}-" + "k" * 5000, "reason": "r" * 5000}
+                        for i in range(30)]
+    huge["error_reason"], huge["error_message"] = "StorageError", "m" * 40000
+    out = st.running_status(*tj(planned_status()), job(
+        ("Failed", "FailedIndexes"), failedIndexes="0"),
+        [pod(json.dumps(huge), phase="Failed", index=0)], LATER)
+    assert len(out["failures"]) == st.MAX_FAILURES and out["failures"][0]["uri"] == "shard 0"
+    assert all(len(f["uri"]) <= st.MAX_URI and len(f["reason"]) <= st.MAX_REASON
+               for f in out["failures"])
+    (worker,) = out["workers"]
+    assert len(worker["pod"]) <= st.MAX_NAME and len(worker["gpus"]) <= st.MAX_GPUS
+    assert all(g["memoryMiB"] >= 0 and len(g["uuid"]) <= st.MAX_GPU_TEXT
+               for g in worker["gpus"])
+
+
+def test_a_planner_that_crashed_every_time_is_failed_with_its_log_tail() -> None:
+    planner = pod("ImportError: libcudnn_ops.so.9: cannot open shared object file",
+                  phase="Failed", name="t-plan-x")
+    planner["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = 1
+    outcome = st.planner_outcome(job(("Failed", "BackoffLimitExceeded")), [planner])
+    assert (outcome.state, outcome.reason) == ("failed", "BackoffLimitExceeded")
+    assert "libcudnn_ops.so.9" in outcome.message
+    failed = st.planning_status(*tj(), outcome, "t-plan", NOW)
+    assert failed["phase"] == "Failed" and "libcudnn_ops.so.9" in cond(failed, "Failed")[
+        "message"]
+
+
+def test_a_completed_planner_whose_pod_is_gone_asks_for_a_re_creation() -> None:
+    outcome = st.planner_outcome(job(("Complete", "")), [])
+    assert (outcome.state, outcome.reason) == ("failed", "PlanUnreadable")
+    assert "re-create the TranscriptionJob" in outcome.message

@@ -1,0 +1,89 @@
+"""How a TranscriptionJob ends when something outside the happy path happens, on the real
+control plane: a worker Job the API server refuses, a worker Job deleted mid-run, a Job
+waiting for Kueue, and a namesake re-created after a finished job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.cluster import transcription_jobs as tjs
+from tests.cluster.local_cluster import LocalCluster
+from tests.cluster.waiting import eventually
+from tests.support.paths import AUDIO
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+TERMINAL = ("Succeeded", "PartiallySucceeded", "Failed")
+TWO_FILES = {"in/hello.wav": AUDIO / "hello.wav", "in/numbers.wav": AUDIO / "nested/numbers.wav"}
+
+
+def worker_job(cluster: LocalCluster, ns: str) -> dict[str, Any]:
+    return eventually(lambda: next(iter(tjs.listed(
+        cluster, f"/apis/batch/v1/namespaces/{ns}/jobs", "app.kubernetes.io/component=worker")),
+        None), timeout=120, what="the worker Job")
+
+
+def test_a_worker_job_the_api_server_refuses_fails_the_job_with_its_words(
+    cluster: LocalCluster, job_namespace: str
+) -> None:
+    # Admission of the TranscriptionJob lets this node selector key through (a known gap,
+    # tests/cluster/test_built_objects_admitted.py); the Job's own validation does not.
+    ns, bucket = job_namespace, tjs.bucket_with(cluster, TWO_FILES)
+    tjs.create(cluster, ns, "refused", tjs.job_spec(
+        cluster, bucket, workers={"parallelism": 1, "nodeSelector": {"gpu pool": "a"}}))
+    done = tjs.wait_for(cluster, ns, "refused", *TERMINAL)
+    failed = tjs.condition(done, "Failed")
+    assert done["status"]["phase"] == "Failed" and failed["reason"] == "JobRejected"
+    assert "nodeSelector" in failed["message"], failed["message"]
+    assert not tjs.listed(cluster, f"/apis/batch/v1/namespaces/{ns}/jobs",
+                          "app.kubernetes.io/component=worker")
+
+
+def test_a_worker_job_deleted_mid_run_ends_the_job_and_is_not_run_again(
+    cluster: LocalCluster, job_namespace: str
+) -> None:
+    ns, bucket = job_namespace, tjs.bucket_with(cluster, TWO_FILES)
+    # Suspended, so the Job cannot finish before it is deleted.
+    tjs.create(cluster, ns, "cut-short", tjs.job_spec(cluster, bucket, suspend=True))
+    name = str(worker_job(cluster, ns)["metadata"]["name"])
+    tjs.wait_for(cluster, ns, "cut-short", "Suspended")
+    cluster.kubectl("delete", "job", name, "-n", ns, "--wait=false")
+    done = tjs.wait_for(cluster, ns, "cut-short", *TERMINAL)
+    failed = tjs.condition(done, "Failed")
+    assert failed["reason"] == "WorkerJobDeleted" and name in failed["message"]
+    assert "ledger" in failed["message"]
+    assert cluster.rest().get(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}") is None
+
+
+def test_a_queued_job_waits_for_kueue_and_runs_once_admitted(
+    cluster: LocalCluster, job_namespace: str
+) -> None:
+    ns, bucket = job_namespace, tjs.bucket_with(cluster, TWO_FILES)
+    tjs.create(cluster, ns, "queued", tjs.job_spec(cluster, bucket, queueName="gpu-queue"))
+    job = worker_job(cluster, ns)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    pending = tjs.wait_for(cluster, ns, "queued", "Pending")
+    assert tjs.condition(pending, "Running")["reason"] == "Queued"
+    # What Kueue does when it admits a workload: unsuspend the Job.
+    cluster.kubectl("patch", "job", str(job["metadata"]["name"]), "-n", ns, "--type=merge",
+                    "-p", '{"spec": {"suspend": false}}')
+    done = tjs.wait_for(cluster, ns, "queued", *TERMINAL)
+    assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"], indent=1)
+
+
+def test_a_namesake_created_after_a_finished_job_starts_afresh_and_skips_the_done(
+    cluster: LocalCluster, job_namespace: str
+) -> None:
+    ns, bucket = job_namespace, tjs.bucket_with(cluster, TWO_FILES)
+    first = tjs.create(cluster, ns, "again", tjs.job_spec(cluster, bucket))
+    assert tjs.wait_for(cluster, ns, "again", *TERMINAL)["status"]["phase"] == "Succeeded"
+    cluster.kubectl("delete", "tj", "again", "-n", ns, "--wait=true", timeout=120)
+    second = tjs.create(cluster, ns, "again", tjs.job_spec(cluster, bucket))
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    done = tjs.wait_for(cluster, ns, "again", *TERMINAL)
+    assert done["status"]["phase"] == "Succeeded"
+    assert done["status"]["files"] == {"total": 2, "succeeded": 0, "failed": 0, "skipped": 2}
+    assert second["metadata"]["uid"] in done["status"]["manifestUri"]
