@@ -201,7 +201,7 @@ class _Run:
             item.outputs = _output_uris(file, self.options)
             _claim(file, item.outputs, self.claimed)
             item.record.outputs = list(item.outputs.values())
-            if not self.options.output.overwrite and _exists(item.record.outputs):
+            if not self.options.output.overwrite and _done(file, item.record.outputs):
                 item.record.status, item.record.reason = SKIPPED, "outputs exist"
                 log.info("%s: skipped, its outputs exist", file.uri)
             else:
@@ -333,7 +333,11 @@ def _claim(file: storage.InputFile, outputs: dict[str, str], claimed: dict[str, 
     claimed.update(dict.fromkeys(outputs.values(), file.uri))
 
 
-def _exists(uris: list[str]) -> bool:
+def _done(file: storage.InputFile, uris: list[str]) -> bool:
+    """Whether every output of the file exists: as a listing already saw it (the planner's
+    manifest, the local run's listing of the output), else asked of the store (a HEAD each)."""
+    if file.done is not None:
+        return file.done
     try:
         return storage.outputs_exist(uris)
     except storage.StorageError as exc:

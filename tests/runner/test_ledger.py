@@ -55,6 +55,22 @@ def test_flushes_every_n_records_so_progress_survives_a_crash(tmp_path: Path) ->
     assert list(ledger.iterdir()) == [ledger / "shard-00001-pod-a.jsonl"]
 
 
+def test_a_long_shard_uploads_its_ledger_a_bounded_number_of_times(tmp_path: Path) -> None:
+    uploads: list[int] = []
+
+    def publish(uri: str, data: bytes) -> None:
+        uploads.append(len(data))
+
+    writer = LedgerWriter(str(tmp_path), 0, "p", flush_seconds=1e9, publish=publish)
+    for n in range(20_000):
+        writer.add(rec(f"in/{n}.wav", SKIPPED, n))
+    writer.close()
+    final = uploads[-1]
+    # Every 10 records would be 2,000 uploads of up to the whole ledger (~200x its size).
+    assert len(uploads) < 100
+    assert sum(uploads) < 12 * final
+
+
 def test_flushes_after_enough_seconds(tmp_path: Path) -> None:
     clock = FakeClock()
     writer = LedgerWriter(str(tmp_path), 0, "p", flush_every=100, flush_seconds=30, clock=clock)

@@ -146,6 +146,11 @@ def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
         return _error(index, config.Reason.NO_MATCHING_FILES,
                       f"no files under {', '.join(inputs)} match {', '.join(order.include)}")
     files.sort(key=lambda f: -f.size)  # longest first: the tail of the run is short files
+    if not order.output.overwrite:  # one listing of the output decides every skip
+        try:
+            files = storage.mark_done(files, order.output.uri, order.output.formats)
+        except storage.StorageError as exc:
+            return _error(index, exc.reason, str(exc))
     return pod_shard.run_on_allocated(order, files, os.environ, shard=index)
 
 

@@ -28,10 +28,10 @@ def run_shard(order: WorkOrder, index: int, environ: MutableMapping[str, str]) -
     before the model initialises CUDA. Errors that stop the whole shard come back in the
     report's error_reason/error_message (NoGPU, BadManifest, a storage reason, ModelNotFound…).
     """
-    from whisperfleet_runner.pod import planner
+    from whisperfleet_runner.pod import manifest
 
     try:
-        entries = [e for e in planner.read_manifest(order.manifest_uri) if e.shard == index]
+        files = manifest.shard_inputs(order, index)  # with what is known to be done already
     except storage.StorageError as exc:
         return _shard_error(_pod_report(index, environ), exc.reason,
                             f"cannot read the manifest: {exc}")
@@ -39,9 +39,8 @@ def run_shard(order: WorkOrder, index: int, environ: MutableMapping[str, str]) -
         return _shard_error(_pod_report(index, environ), Reason.BAD_MANIFEST,
                             f"{order.manifest_uri}: {exc}")
     ledger = LedgerWriter(order.ledger_uri, index, attempt_name(environ.get("POD_NAME")))
-    return run_on_allocated(
-        order, [e.to_input() for e in entries], environ, shard=index, ledger=ledger
-    )
+    ledger.start()
+    return run_on_allocated(order, files, environ, shard=index, ledger=ledger)
 
 
 def run_on_allocated(

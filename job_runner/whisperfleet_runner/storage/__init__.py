@@ -2,48 +2,47 @@
 
 One URL model for `s3://`, `gs://`, `az://`, `memory://`, `file://` and plain paths. Local
 folders are walked and written with `os` directly (pruning, fsync, atomic rename); every other
-protocol goes through the fsspec filesystem from `url_to_fs`. s3fs (via botocore) honours the
-standard AWS environment itself, including `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`, profiles
-and `AWS_DEFAULT_REGION`; only `AWS_REGION` is passed on explicitly. Anonymous access is never
-used implicitly.
+protocol goes through the fsspec filesystem from `fs.filesystem`. Listings live in `listing`,
+what is done already in `done`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import os
-import re
 import secrets
-import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
-from whisperfleet_runner.config import DEFAULT_INCLUDE, STATE_DIR, Reason
+from whisperfleet_runner.config import STATE_DIR, Reason
+from whisperfleet_runner.storage.done import common_start, iter_outputs, mark_done
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
-from whisperfleet_runner.storage.keys import (
-    UnsafeKeyError,
-    in_state_dir,
-    is_temporary,
-    local_path,
-    matches,
-    output_uris,
-    protocol,
-)
+from whisperfleet_runner.storage.fs import filesystem as _filesystem
+from whisperfleet_runner.storage.fs import is_local as _is_local
+from whisperfleet_runner.storage.fs import is_s3, s3_upload
+from whisperfleet_runner.storage.keys import UnsafeKeyError, local_path, output_uris
+from whisperfleet_runner.storage.listing import InputFile, iter_inputs, list_inputs, list_uris
 
 __all__ = [
     "InputFile",
     "StorageError",
     "UnsafeKeyError",
     "check_writable",
+    "common_start",
     "exists",
+    "iter_inputs",
+    "iter_lines",
+    "iter_outputs",
     "list_inputs",
     "list_uris",
+    "mark_done",
     "output_uris",
     "outputs_exist",
     "publish",
     "publish_set",
+    "publish_stream",
     "read_bytes",
     "read_text",
     "remove",
@@ -51,164 +50,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_LOCAL = ("file", "local")
-
-
-@dataclass(frozen=True)
-class InputFile:
-    uri: str  # reads exactly this object
-    key: str  # relative to the input root, exactly as stored (may hold `//`, `./`, `../`)
-    size: int
-
-
-# --- filesystems ------------------------------------------------------------------------
-_fs_cache: dict[str, Any] = {}
-_fs_lock = threading.Lock()
-_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "FSSPEC_")
-
-
-def _filesystem(uri: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path) for a remote URI.
-
-    fsspec caches instances by constructor arguments only, so an instance made before the
-    credentials in the environment changed would keep using the old ones. We key our own
-    cache on a digest of the storage environment instead, and disable listing caches so
-    `outputs_exist` never answers from a stale directory listing.
-    """
-    from fsspec.core import url_to_fs
-
-    scheme = protocol(uri)
-    if re.match(r"^[^:/]+://[^/@]*:[^/@]*@", uri):
-        # Libraries echo such URIs in their errors; refuse before any of them sees it.
-        raise StorageError(Reason.INVALID_URI,
-                           f"{uri}: credentials inside a URI are not accepted; "
-                           "give them in the environment (the storage secret)")
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
-    digest = hashlib.sha256(repr((scheme, os.getpid(), env)).encode()).hexdigest()
-    options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
-    if scheme in ("s3", "s3a"):
-        region = os.environ.get("AWS_REGION")
-        if region and not os.environ.get("AWS_DEFAULT_REGION"):
-            options["client_kwargs"] = {"region_name": region}
-    try:
-        with _fs_lock:
-            fs = _fs_cache.get(digest)
-            if fs is None:
-                fs, _ = url_to_fs(uri, **options)
-                _fs_cache.clear()  # environment changed: drop instances with old credentials
-                _fs_cache[digest] = fs
-        return fs, fs._strip_protocol(uri)
-    except Exception as exc:
-        raise wrap_error(uri, exc) from exc
-
-
-def _is_local(uri: str) -> bool:
-    return protocol(uri) in _LOCAL
-
-
-# --- listing ----------------------------------------------------------------------------
-def list_inputs(uri: str, include: Sequence[str] = DEFAULT_INCLUDE) -> list[InputFile]:
-    """Files under a prefix/folder whose relative key matches `include`, sorted by key.
-
-    A URI naming a single object is returned as is (explicit beats the globs). An empty prefix
-    yields []; a missing bucket or folder raises StorageError. Keys inside `.whisperfleet/`
-    state folders and our own temporary files are never listed. One odd key never aborts
-    the listing: it is logged and skipped.
-    """
-    found = _list_local(uri, include) if _is_local(uri) else _list_remote(uri, include)
-    return sorted(found, key=lambda f: f.key)
-
-
-def _accept(key: str, include: Sequence[str]) -> bool:
-    return not in_state_dir(key) and not is_temporary(key) and matches(key, include)
-
-
-def _list_local(uri: str, include: Sequence[str]) -> Iterator[InputFile]:
-    path = local_path(uri)
-    scheme = "file://" if uri.startswith("file://") else ""
-    path = os.path.abspath(path) if not scheme else path
-    if os.path.isfile(path):
-        yield InputFile(uri=scheme + path, key=os.path.basename(path), size=os.path.getsize(path))
-        return
-    if not os.path.isdir(path):
-        raise StorageError(Reason.NOT_FOUND,
-                           f"{uri} does not exist: give an existing folder or file")
-
-    def skipped(err: OSError) -> None:
-        log.warning("skipping unreadable folder %s: %s", err.filename, err.strerror)
-
-    root = path.rstrip("/") or "/"
-    for folder, dirs, names in os.walk(root, onerror=skipped):
-        dirs[:] = sorted(d for d in dirs if d != STATE_DIR)  # prune state folders
-        for name in names:
-            full = os.path.join(folder, name)
-            key = os.path.relpath(full, root).replace(os.sep, "/")
-            try:
-                key.encode("utf-8")  # undecodable bytes in a name cannot go into manifests
-                if not _accept(key, include) or not os.path.isfile(full):
-                    continue
-                yield InputFile(uri=scheme + full, key=key, size=os.path.getsize(full))
-            except (UnicodeEncodeError, OSError) as exc:
-                log.warning("skipping %r: %s", full, exc)
-
-
-def _list_remote(uri: str, include: Sequence[str]) -> Iterator[InputFile]:
-    fs, root = _filesystem(uri)
-    root = root.rstrip("/")
-    base = uri if uri.endswith("/") else uri + "/"
-    try:
-        if not uri.endswith("/") and fs.isfile(root):
-            info = fs.info(root)
-            yield InputFile(uri=uri, key=root.rsplit("/", 1)[-1], size=int(info.get("size") or 0))
-            return
-        entries = fs.find(root, detail=True)
-        if not entries and not uri.endswith("/") and not fs.isdir(root):
-            raise StorageError(Reason.NOT_FOUND, f"nothing found at {uri}: check the URI")
-    except StorageError:
-        raise
-    except Exception as exc:
-        raise wrap_error(uri, exc) from exc
-    for name, info in entries.items():
-        try:
-            if info.get("type") == "directory" or name.endswith("/"):
-                continue
-            if not name.startswith(root + "/"):
-                log.warning("skipping %r: listed outside %r", name, root)
-                continue
-            key = name[len(root) + 1 :]
-            if _accept(key, include):
-                yield InputFile(uri=base + key, key=key, size=int(info.get("size") or 0))
-        except Exception as exc:  # one odd entry must not abort the listing
-            log.warning("skipping listed entry %r: %s", name, exc)
-
-
-def list_uris(prefix: str, suffix: str = "") -> list[str]:
-    """All object URIs under `prefix` ending in `suffix`, sorted; [] when nothing is there.
-
-    Plain helper for ledger folders (state folders are listed; temporary files are not).
-    """
-    base = prefix.rstrip("/") + "/"
-    if _is_local(prefix):
-        root = local_path(base)
-        if not os.path.isdir(root):
-            return []
-        out = []
-        for folder, _, names in os.walk(root):
-            for name in names:
-                rel = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
-                if rel.endswith(suffix) and not is_temporary(rel):
-                    out.append(base + rel)
-        return sorted(out)
-    fs, root = _filesystem(base)
-    root = root.rstrip("/")
-    try:
-        names = fs.find(root)
-    except FileNotFoundError:
-        return []
-    except Exception as exc:
-        raise wrap_error(prefix, exc) from exc
-    rels = (n[len(root) + 1 :] for n in names)
-    return sorted(base + r for r in rels if r.endswith(suffix) and not is_temporary(r))
+# Reads of a manifest move through memory this much at a time.
+CHUNK_BYTES = 8 << 20
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -225,6 +68,43 @@ def read_bytes(uri: str) -> bytes:
 
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
+
+
+def iter_lines(uri: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The lines of one object (each with its newline, the last maybe without), read
+    `chunk_bytes` at a time: memory holds a chunk, not the object. One ranged GET per chunk,
+    no HEAD: each read asks for one byte more than it keeps, so a short read is the end."""
+    if _is_local(uri):
+        try:
+            with open(local_path(uri), "rb") as fh:
+                yield from fh
+        except OSError as exc:
+            raise wrap_error(uri, exc) from exc
+        return
+    fs, path = _filesystem(uri)
+    start, rest = 0, b""
+    while True:
+        try:
+            data = bytes(fs.cat_file(path, start=start, end=start + chunk_bytes + 1))
+        except Exception as exc:
+            if start == 0 and _empty_range(exc):  # a range read of an empty object
+                return
+            raise wrap_error(uri, exc) from exc
+        more = len(data) > chunk_bytes
+        lines = (rest + (data[:chunk_bytes] if more else data)).split(b"\n")
+        rest = lines.pop()  # after the last newline: the start of a line in the next chunk
+        for line in lines:
+            yield line + b"\n"
+        if not more:
+            if rest:
+                yield rest
+            return
+        start += chunk_bytes
+
+
+def _empty_range(exc: BaseException) -> bool:
+    text = f"{exc} {getattr(exc, '__cause__', '')}"
+    return "InvalidRange" in text or "416" in text
 
 
 def exists(uri: str) -> bool:
@@ -250,7 +130,8 @@ def outputs_exist(uris: Iterable[str]) -> bool:
     Every single output is published complete-or-absent, so "all present" means the set is
     complete; a crash between two publishes leaves the set incomplete and it is redone.
     """
-    uris = list(uris)
+    # json first: it is published last, so when a set is incomplete one request says so.
+    uris = sorted(uris, key=lambda u: not u.endswith(".json"))
     return bool(uris) and all(exists(u) for u in uris)
 
 
@@ -278,13 +159,21 @@ def publish(uri: str, data: bytes | str) -> None:
 
 
 def _publish_local(path: str, payload: bytes) -> None:
+    with _local_atomic(path) as fh:
+        fh.write(payload)
+
+
+@contextlib.contextmanager
+def _local_atomic(path: str) -> Iterator[BinaryIO]:
+    """A hidden temporary file in the target's folder; on a clean exit fsync, `os.replace`
+    (atomic on POSIX) and fsync of the folder so the rename survives a power cut."""
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{name}.tmp-{secrets.token_hex(6)}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -304,6 +193,39 @@ def _publish_local(path: str, payload: bytes) -> None:
         pass  # some filesystems refuse fsync on folders; the rename itself is still atomic
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def publish_stream(uri: str) -> Iterator[BinaryIO]:
+    """Write one object complete-or-absent from many writes, without holding it in memory.
+
+    Local: written in place as `publish` does (temporary file, rename). Object stores: spooled
+    to a temporary file (TMPDIR), then uploaded; S3 one 5 MiB part at a time (`s3_upload`).
+    An exception inside the block publishes nothing.
+    """
+    try:
+        if _is_local(uri):
+            with _local_atomic(local_path(uri)) as fh:
+                yield fh
+            return
+        fs, path = _filesystem(uri)
+        with tempfile.NamedTemporaryFile(prefix="whisperfleet-", suffix=".part") as spool:
+            yield spool  # type: ignore[misc]
+            spool.flush()
+            if is_s3(uri):
+                size = spool.tell()
+                spool.seek(0)
+                s3_upload(fs, path, spool, size)
+            else:
+                fs.put_file(spool.name, path)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise wrap_error(uri, exc) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith(("botocore", "aiobotocore", "s3fs", "fsspec")):
+            raise wrap_error(uri, exc) from exc
+        raise  # the caller's own error inside the block: not a storage failure
 
 
 def remove(uri: str) -> None:

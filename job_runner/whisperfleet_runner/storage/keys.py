@@ -9,10 +9,11 @@ one `realpath` check for local folders), so it is cheap to test exhaustively.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from whisperfleet_runner.config import STATE_DIR
 
@@ -34,8 +35,17 @@ def matches(key: str, include: Sequence[str]) -> bool:
 
     `*` crosses `/` (fnmatch semantics), so `*.wav` selects files at any depth.
     """
-    lowered = key.lower()
-    return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in include)
+    return matcher(tuple(include))(key)
+
+
+@functools.lru_cache(maxsize=32)
+def matcher(include: tuple[str, ...]) -> Callable[[str], bool]:
+    """`matches` for one set of globs as a single compiled regex: a listing of a million keys
+    tests each key once instead of once per glob."""
+    if not include:
+        return lambda _key: False
+    pattern = re.compile("|".join(fnmatch.translate(p.lower()) for p in include))
+    return lambda key: pattern.match(key.lower()) is not None
 
 
 def in_state_dir(key: str) -> bool:
