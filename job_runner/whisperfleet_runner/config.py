@@ -118,6 +118,11 @@ ENV_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # set by the Indexed Job controll
 ENV_TERMINATION_LOG = "WHISPERFLEET_TERMINATION_LOG"  # = the container's terminationMessagePath
 ENV_MODEL_CACHE = "WHISPERFLEET_MODEL_CACHE"  # pre-staged models dir (<cache>/<name>/model.bin)
 MODEL_CACHE_MOUNT = "/models"
+DEFAULT_METRICS_PORT = 9471  # worker pods serve Prometheus metrics here (container port "metrics")
+# Counters the operator sums over a job's running pods for status.progress (served with
+# Prometheus' `_total` suffix; whisperfleet_runner.metrics defines them).
+METRIC_FILES = "whisperfleet_files"
+METRIC_AUDIO_SECONDS = "whisperfleet_audio_seconds"
 
 
 @dataclass
@@ -167,6 +172,7 @@ class WorkOrder:
     transcription: TranscriptionOptions = field(default_factory=TranscriptionOptions)
     shards: int = 0  # 0 = planner decides
     device: str = "cuda"  # pods: cuda (GPU required) or cpu
+    metrics_port: int = 0  # > 0: serve Prometheus metrics there ($POD_IP, else all interfaces)
 
     @property
     def options(self) -> JobOptions:
@@ -202,6 +208,7 @@ class WorkOrder:
             transcription=_build(TranscriptionOptions, data.get("transcription") or {}),
             shards=int(data.get("shards", 0)),
             device=data.get("device", "cuda"),
+            metrics_port=int(data.get("metrics_port", 0)),
         )
 
 

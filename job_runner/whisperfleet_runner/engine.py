@@ -112,6 +112,8 @@ class Engine:
         # CTranslate2 may substitute a type the device lacks (int8 -> int8_float32 on CPU).
         self.compute_type: str = self.whisper.model.compute_type
         self._batch_cap: int | None = None  # lowered after an out-of-memory
+        self.batch_size = 0  # what the last call ran with (for metrics)
+        self.oom_halvings = 0
         self._packed: PackedDecoder | None = None  # made on the first packed call
         if device == "cuda" and free_memory_mib is not None:
             weights_mib = _weights_mib(self.model_path)
@@ -192,7 +194,8 @@ class Engine:
         batch = requested if self._batch_cap is None else min(requested, self._batch_cap)
         while True:
             try:
-                return run(max(1, batch))
+                self.batch_size = max(1, batch)
+                return run(self.batch_size)
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -204,6 +207,7 @@ class Engine:
                     ) from exc
                 batch //= 2
                 self._batch_cap = batch
+                self.oom_halvings += 1
                 log.warning(
                     "%s: CUDA out of memory on %s; retrying with batch size %d",
                     source, self.device_label, batch,

@@ -24,6 +24,7 @@ from whisperfleet_runner.config import FileFailure, GpuIdentity, JobOptions, Rea
 from whisperfleet_runner.gpu import cpus, devices
 from whisperfleet_runner.gpu.nvml import GpuInfo
 from whisperfleet_runner.ledger import LedgerRecord
+from whisperfleet_runner.metrics import RunMetrics
 from whisperfleet_runner.storage import InputFile
 from whisperfleet_runner.worker import (
     Began,
@@ -32,6 +33,7 @@ from whisperfleet_runner.worker import (
     Finished,
     Logged,
     Recorded,
+    Tuned,
     WorkerSpec,
     worker_main,
 )
@@ -68,6 +70,18 @@ class RunSummary(Tally):
         return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @property
+    def device_seconds(self) -> float:
+        """Seconds each device (GPU, or the CPU) was held by its worker, summed."""
+        return sum(w.wall_seconds for w in self.workers)
+
+    @property
+    def throughput(self) -> float:
+        """Audio hours per GPU hour held (per CPU hour on the CPU), as in a
+        TranscriptionJob's status.throughput: several GPUs working at once each count."""
+        held = self.device_seconds
+        return self.audio_seconds / held if held > 0 else 0.0
+
+    @property
     def nothing_usable(self) -> bool:
         """Every worker failed before transcribing anything (e.g. the model is missing)."""
         return bool(self.errors) and self.succeeded == 0 and all(w.error for w in self.workers)
@@ -82,6 +96,8 @@ class RunSummary(Tally):
             row.pop("failures")
             row.pop("bad_input")
         data["real_time_factor"] = round(self.real_time_factor, 3)
+        data["throughput"] = round(self.throughput, 3)
+        data["device_seconds"] = round(self.device_seconds, 3)
         data["audio_seconds"] = round(self.audio_seconds, 3)
         data["wall_seconds"] = round(self.wall_seconds, 3)
         return data
@@ -149,10 +165,11 @@ class _Interrupts:
 
 def run(files: Sequence[InputFile], options: JobOptions, specs: list[WorkerSpec],
         observer: Observer, *, refused: Sequence[FileFailure] = (),
-        on_record: Callable[[LedgerRecord], None] | None = None) -> RunSummary:
+        on_record: Callable[[LedgerRecord], None] | None = None,
+        metrics: RunMetrics | None = None) -> RunSummary:
     """Run `files` on one spawned worker per spec, longest first; blocks until all are done.
     `refused` are files failed before the run (they count in the totals); `on_record`
-    hears every record (a pod's ledger)."""
+    hears every record (a pod's ledger); `metrics` counts them and the workers' tuning."""
     ctx = mp.get_context("spawn")  # fork would copy a parent that may hold CUDA/NVML state
     tasks, events, stop, no_more = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
     ordered = sorted(files, key=lambda f: (-f.size, f.uri))  # deterministic for a given set
@@ -163,7 +180,7 @@ def run(files: Sequence[InputFile], options: JobOptions, specs: list[WorkerSpec]
                                  code=failure.code), keep_failures=len(refused))
     for file in ordered:
         tasks.put(file)
-    state = _State(summary, observer, sizes, on_record, queued=len(ordered))
+    state = _State(summary, observer, sizes, on_record, metrics, queued=len(ordered))
     started = time.monotonic()
     procs = [ctx.Process(target=worker_main, args=(s, options, tasks, events, stop, no_more),
                          name=f"whisperfleet-{s.label}", daemon=True) for s in specs]
@@ -217,9 +234,10 @@ class _State:
     """The parent's book-keeping of worker events."""
 
     def __init__(self, summary: RunSummary, observer: Observer, sizes: dict[str, int],
-                 on_record: Callable[[LedgerRecord], None] | None, *, queued: int) -> None:
-        self.summary, self.observer, self.sizes, self.on_record = summary, observer, sizes, \
-            on_record
+                 on_record: Callable[[LedgerRecord], None] | None,
+                 metrics: RunMetrics | None, *, queued: int) -> None:
+        self.summary, self.observer, self.sizes = summary, observer, sizes
+        self.on_record, self.metrics = on_record, metrics
         self.queued = queued
         self.done: set[int] = set()
         self.begun = 0  # files taken from the queue (a requeued file counts again)
@@ -245,7 +263,13 @@ class _State:
             summary.workers[event.worker].add(record, keep_failures=0)
             if self.on_record is not None:
                 self.on_record(record)
+            if self.metrics is not None:
+                self.metrics.record(record)
             self.observer.file_finished(event.worker, record, self.sizes.get(record.uri, 0))
+        elif isinstance(event, Tuned):
+            if self.metrics is not None:
+                label = summary.workers[event.worker].label
+                self.metrics.tuned(label, event.batch_size, event.halvings)
         elif isinstance(event, Finished):
             self.done.add(event.worker)
             report, row = event.report, summary.workers[event.worker]

@@ -68,6 +68,15 @@ class Finished:
 
 
 @dataclass
+class Tuned:
+    """The worker's batch size and out-of-memory halvings, when they change."""
+
+    worker: int
+    batch_size: int
+    halvings: int
+
+
+@dataclass
 class Crashed:
     worker: int
     message: str
@@ -78,7 +87,7 @@ class Logged:
     record: logging.LogRecord
 
 
-Event = Began | Recorded | Finished | Crashed | Logged
+Event = Began | Recorded | Tuned | Finished | Crashed | Logged
 
 
 class _EventLogHandler(logging.handlers.QueueHandler):
@@ -166,15 +175,25 @@ def _work(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: 
             events.put(Began(spec.index, file.uri))
             yield file
 
+    loaded: list[Any] = []  # the engine, once loaded (lazily, by run_files)
+    told: list[tuple[int, int]] = []
+
+    def load() -> Any:
+        loaded[:] = [engine.load(options.model, spec.placement)]
+        return loaded[0]
+
     def recorded(record: LedgerRecord) -> None:
         hand.done(record.uri)
         events.put(Recorded(spec.index, record))
+        if loaded and told != [tuning := (loaded[0].batch_size, loaded[0].oom_halvings)]:
+            told[:] = [tuning]
+            events.put(Tuned(spec.index, *tuning))
 
     def check_gpu() -> None:
         if spec.gpu is not None:
             nvml.check_healthy(spec.gpu.uuid)
 
-    report = batch.run_files(files(), options, lambda: engine.load(options.model, spec.placement),
+    report = batch.run_files(files(), options, load,
                              shard=spec.shard, device=spec.label,
                              gpus=[spec.gpu] if spec.gpu else [],
                              progress=recorded, prefetch_bytes=PREFETCH_BYTES,

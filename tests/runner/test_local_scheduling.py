@@ -161,6 +161,11 @@ def test_two_gpus_share_the_work_each_file_once(
     assert all(w["model_device"] == "cpu" for w in data["workers"])  # the test switch
     files = [w["files"] for w in data["workers"]]
     assert sum(files) == 6 and min(files) >= 1  # both GPUs worked, no file twice
+    # Throughput counts what each GPU was held for: two GPUs at once count twice.
+    held = sum(w["wall_seconds"] for w in data["workers"])
+    assert held > 0 and data["device_seconds"] == pytest.approx(held, abs=0.01)
+    assert data["throughput"] == pytest.approx(data["audio_seconds"] / held, rel=1e-2)
+    assert f"{data['throughput']:.1f} audio h per GPU h" in result.stdout + result.stderr
     for wav in inputs.rglob("*.wav"):
         stem = out / wav.relative_to(inputs).with_suffix("")
         text = stem.with_suffix(".txt").read_text().lower()

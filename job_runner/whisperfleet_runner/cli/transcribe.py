@@ -77,10 +77,14 @@ def _summary_path(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
               callback=_summary_path, help="Also write the run summary as JSON to this file.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0,
+              metavar="PORT", help="Serve Prometheus metrics on this port while running "
+                                   "(all interfaces; default 0: off).")
 def transcribe_command(inputs: tuple[str, ...], output: str, model: config.ModelOptions,
                        transcription: config.TranscriptionOptions,
                        output_choice: options.OutputChoice, device_choice: options.DeviceChoice,
-                       quiet: bool, verbose: bool, summary_json: str | None) -> None:
+                       quiet: bool, verbose: bool, summary_json: str | None,
+                       metrics_port: int) -> None:
     """Transcribe INPUT files, folders (recursive), globs or URIs into OUTPUT.
 
     One worker process per chosen GPU, longest files first; files whose outputs all exist
@@ -114,15 +118,28 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
     try:
         storage.check_writable(output)
         gathered = gathering.gather(inputs, output_choice.include, output)
+        if not output_choice.overwrite:  # one listing of the output decides every skip
+            gathered.files = storage.mark_done(gathered.files, output, output_choice.formats)
     except (gathering.InputError, storage.StorageError) as exc:
         _fail(str(exc))
         return
     labeled = [(f"GPU {g.label}", g) for g in choice.gpus] if choice.device == "cuda" else []
     specs = scheduler.worker_specs(labeled, model.compute_type, os.environ,
                                    files=len(gathered.files))
+    metrics = None
+    if metrics_port:
+        from whisperfleet_runner.metrics import RunMetrics
+
+        metrics = RunMetrics(gpus=[g.uuid for g in choice.gpus])
+        metrics.plan(len(gathered.files))
+        try:
+            metrics.serve(metrics_port, "0.0.0.0")
+        except OSError as exc:
+            _fail(f"--metrics-port {metrics_port}: {exc.strerror or exc}")
     observer = local_progress(quiet)
     with observer:
-        summary = scheduler.run(gathered.files, job, specs, observer, refused=gathered.refused)
+        summary = scheduler.run(gathered.files, job, specs, observer, refused=gathered.refused,
+                                metrics=metrics)
     summary.duplicates = gathered.duplicates
     code = exit_code(summary)
     try:

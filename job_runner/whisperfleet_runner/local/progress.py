@@ -171,12 +171,17 @@ def print_summary(summary: RunSummary, console: Console, *, skipped_note: bool =
         console.print(line, markup=False, highlight=False)
 
 
+def _held(summary: RunSummary) -> str:
+    return "GPU" if any(w.gpu for w in summary.workers) else "device"
+
+
 def summary_lines(summary: RunSummary, *, skipped_note: bool = True) -> list[str]:
     """The plain-text gist of a run (used by --quiet and under the table)."""
     lines = [
         f"{summary.succeeded} transcribed, {summary.skipped} skipped, {summary.failed} failed "
         f"of {summary.total} files; {summary.audio_seconds / 3600:.2f} h audio in "
-        f"{_clock(summary.wall_seconds)} (RTF {summary.real_time_factor:.1f}x)"
+        f"{_clock(summary.wall_seconds)} (RTF {summary.real_time_factor:.1f}x; "
+        f"{summary.throughput:.1f} audio h per {_held(summary)} h)"
     ]
     if summary.skipped and skipped_note:
         lines.append(f"Skipped {summary.skipped} files whose outputs already exist "

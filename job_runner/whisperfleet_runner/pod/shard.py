@@ -16,6 +16,7 @@ from whisperfleet_runner.batch import run_files
 from whisperfleet_runner.config import MAX_REPORTED_FAILURES, Reason, ShardReport, WorkOrder
 from whisperfleet_runner.gpu.devices import DeviceSelection
 from whisperfleet_runner.ledger import LedgerRecord, LedgerWriter, attempt_name
+from whisperfleet_runner.metrics import RunMetrics
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +72,36 @@ def run_on_allocated(
                  shard, gpu.uuid, gpu.name, gpu.memory_mib, gpu.device_index)
     log.info("shard %d: %d files on %s", shard, len(files),
              device_label(selection.device, selection.device_index))
+    metrics = _serve_metrics(order, files, selection, environ)
     if len(selection.gpus) > 1:
-        report = _run_on_each_gpu(order, files, selection, environ, shard, ledger)
+        report = _run_on_each_gpu(order, files, selection, environ, shard, ledger, metrics)
     else:
-        report = _run_here(order, files, selection, environ, shard, ledger)
+        report = _run_here(order, files, selection, environ, shard, ledger, metrics)
     report.node, report.pod = environ.get("NODE_NAME", ""), environ.get("POD_NAME", "")
     # A shard stopped early (the model did not load) still had all its files to do.
     report.total = max(report.total, len(files))
     return report
 
 
+def _serve_metrics(order: WorkOrder, files: list[storage.InputFile],
+                   selection: DeviceSelection, environ: MutableMapping[str, str]
+                   ) -> RunMetrics | None:
+    """Prometheus metrics on the work order's port, on the pod's own IP (the operator reads
+    them for live progress); None when the work order asks for none."""
+    if order.metrics_port <= 0:
+        return None
+    metrics = RunMetrics(gpus=[g.uuid for g in selection.gpus])
+    metrics.plan(len(files))
+    try:
+        metrics.serve(order.metrics_port, environ.get("POD_IP") or "0.0.0.0")
+    except OSError as exc:  # progress is a nicety: never a reason to fail the shard
+        log.warning("cannot serve metrics on port %d: %s", order.metrics_port, exc)
+    return metrics
+
+
 def _run_here(order: WorkOrder, files: list[storage.InputFile], selection: DeviceSelection,
-              environ: MutableMapping[str, str], shard: int, ledger: LedgerWriter | None
-              ) -> ShardReport:
+              environ: MutableMapping[str, str], shard: int, ledger: LedgerWriter | None,
+              metrics: RunMetrics | None) -> ShardReport:
     """One device (a GPU or the CPU): the loop runs in this process, no worker to spawn."""
     from whisperfleet_runner import engine
     from whisperfleet_runner.gpu import devices, nvml
@@ -97,12 +115,22 @@ def _run_here(order: WorkOrder, files: list[storage.InputFile], selection: Devic
         if gpu is not None:
             nvml.check_healthy(gpu.uuid)
 
-    pod_log = _PodLog(shard)
-    report = run_files(files, order.options, lambda: engine.load(order.model, placement),
-                       ledger=ledger, shard=shard,
-                       device=device_label(selection.device, selection.device_index),
-                       gpus=selection.identities(), check_device=check_gpu,
-                       progress=lambda record: pod_log.file_finished(0, record, 0))
+    label = device_label(selection.device, selection.device_index)
+    pod_log, loaded = _PodLog(shard), []
+
+    def load() -> Any:
+        loaded[:] = [engine.load(order.model, placement)]
+        return loaded[0]
+
+    def recorded(record: LedgerRecord) -> None:
+        pod_log.file_finished(0, record, 0)
+        if metrics is not None:
+            metrics.record(record)
+            if loaded:
+                metrics.tuned(label, loaded[0].batch_size, loaded[0].oom_halvings)
+
+    report = run_files(files, order.options, load, ledger=ledger, shard=shard, device=label,
+                       gpus=selection.identities(), check_device=check_gpu, progress=recorded)
     for identity in report.gpus:  # the one GPU did everything
         identity.files, identity.failed = report.total, report.failed
         identity.audio_seconds = round(report.audio_seconds, 2)
@@ -111,7 +139,7 @@ def _run_here(order: WorkOrder, files: list[storage.InputFile], selection: Devic
 
 def _run_on_each_gpu(order: WorkOrder, files: list[storage.InputFile],
                      selection: DeviceSelection, environ: MutableMapping[str, str], shard: int,
-                     ledger: LedgerWriter | None) -> ShardReport:
+                     ledger: LedgerWriter | None, metrics: RunMetrics | None) -> ShardReport:
     """Several GPUs: one worker process per GPU over one queue, as the local CLI does, so
     every GPU works; the ledger and the report are this process's."""
     from whisperfleet_runner import scheduler
@@ -122,7 +150,7 @@ def _run_on_each_gpu(order: WorkOrder, files: list[storage.InputFile],
                                    files=len(files), shard=shard)
     try:
         summary = scheduler.run(files, order.options, specs, _PodLog(shard),
-                                on_record=ledger.add if ledger else None)
+                                on_record=ledger.add if ledger else None, metrics=metrics)
     finally:
         if ledger is not None:
             ledger.close()
