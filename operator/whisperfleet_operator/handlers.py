@@ -15,7 +15,8 @@ from typing import Any
 
 import kopf
 
-from . import kube, naming, stuck
+from . import jobs, kube, naming, stuck
+from .progress import ProgressPoller
 from .reconcile import Reconciler
 from .settings import OperatorSettings
 
@@ -26,6 +27,9 @@ PODS = ("", "v1", "pods")
 JOBS = ("batch", "v1", "jobs")
 # Every Job the operator creates carries its TranscriptionJob's uid as a label.
 MANAGED = {naming.LABEL_JOB_UID: kopf.PRESENT}
+# Handlers are sync and wait on API calls: kopf's default pool (CPU count + 4 threads)
+# makes a burst of hundreds of new TranscriptionJobs queue behind a handful of threads.
+HANDLER_THREADS = 16
 
 
 @kopf.on.startup()
@@ -41,18 +45,30 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    settings.execution.max_workers = HANDLER_THREADS
     # A handler's `labels=` filter is applied by kopf client-side, after the whole stream
     # arrived; this selector makes the API server send only our pods and Jobs, not every
     # pod of the cluster (kopf joins it into the list/watch `labelSelector`).
     settings.watching.label_selectors[PODS] = naming.LABEL_JOB_UID
     settings.watching.label_selectors[JOBS] = naming.LABEL_JOB_UID
-    memo.reconciler = Reconciler(kube.Kube.from_environment(), OperatorSettings.from_env())
+    operator_settings = OperatorSettings.from_env()
+    api = kube.Kube.from_environment()
+    # Live progress needs the workers' metrics port; without it, status.progress counts
+    # finished shards only.
+    memo.poller = (ProgressPoller(api, operator_settings.metrics_port,
+                                  operator_settings.progress_interval_seconds).start()
+                   if operator_settings.metrics_port else None)
+    memo.reconciler = Reconciler(api, operator_settings, memo.poller)
     memo.pod_signatures = {}  # pod uid -> why it cannot start (only stuck pods are kept)
     memo.pod_signatures_lock = threading.Lock()
+    memo.job_signatures = {}  # Job uid -> jobs.job_signature when last reconciled
+    memo.job_signatures_lock = threading.Lock()
 
 
 @kopf.on.cleanup()
 def close(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "poller", None) is not None:
+        memo.poller.stop()
     if getattr(memo, "reconciler", None) is not None:
         memo.reconciler.kube.close()
 
@@ -80,12 +96,23 @@ def parallelism_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(*JOBS, labels=MANAGED)
-def job_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def job_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     # DELETED too: a worker Job deleted by hand must not leave the status Running forever.
-    # After the TranscriptionJob itself went, reconcile finds nothing and returns.
+    # After the TranscriptionJob itself went, reconcile finds nothing and returns. Other
+    # events reconcile only when what the status is made of changed (jobs.job_signature).
+    key = str(body.metadata.uid or f"{body.metadata.namespace}/{body.metadata.name}")
+    now = None if event.get("type") == "DELETED" else jobs.job_signature(body)
+    with memo.job_signatures_lock:
+        if now is not None and memo.job_signatures.get(key) == now:
+            return
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP):
             memo.reconciler.reconcile(body.metadata.namespace or "", ref["name"], ref.get("uid"))
+    with memo.job_signatures_lock:  # after a reconcile that did not raise, as for pods
+        if now is None:
+            memo.job_signatures.pop(key, None)
+        else:
+            memo.job_signatures[key] = now
 
 
 @kopf.on.event(*PODS, labels=MANAGED)

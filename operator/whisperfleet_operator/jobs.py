@@ -45,7 +45,8 @@ def _exit_rule(action: str, *codes: int) -> dict[str, Any]:
 
 def build_planner_job(job: TranscriptionJob, settings: OperatorSettings) -> dict[str, Any]:
     """One pod, no GPU: lists the input, writes the manifest, reports a PlanReport."""
-    order = work_order_for(job, settings)
+    # The planner serves no metrics: it only lists.
+    order = dataclasses.replace(work_order_for(job, settings), metrics_port=0)
     container = pods.base_container(
         job, settings, ["plan", "--workers", str(job.workers.parallelism)], order.to_json()
     )
@@ -101,6 +102,9 @@ def build_worker_job(
     container["env"] = [{"name": "CUDA_DEVICE_ORDER", "value": "PCI_BUS_ID"},
                         *container["env"], *cache_env]
     container["volumeMounts"] = [*container["volumeMounts"], *cache_mounts]
+    if order.metrics_port:
+        container["ports"] = [{"name": "metrics", "containerPort": order.metrics_port,
+                               "protocol": "TCP"}]
     resources = _worker_resources(job, settings)
     if placement.limits:
         resources["limits"] = {**resources.get("limits", {}), **placement.limits}
@@ -177,3 +181,16 @@ def worker_job_drift(tj: TranscriptionJob, held: bool, job: dict[str, Any]) -> d
     elif not tj.suspend and current.get("suspend") and held and not tj.queue_name:
         drift["suspend"] = False
     return drift
+
+
+def job_signature(job: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a planner or worker Job the status is made from: handlers reconcile only when
+    it changes, not on every `ready`/`terminating`/uncounted-pod update the Job controller
+    makes while pods come and go."""
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    conds = tuple(sorted((str(c.get("type")), str(c.get("status")), str(c.get("reason")))
+                         for c in status.get("conditions") or []))
+    return (spec.get("parallelism"), spec.get("suspend"), conds, status.get("active"),
+            status.get("succeeded"), status.get("failed"), status.get("completedIndexes"),
+            status.get("failedIndexes"))
+

@@ -31,6 +31,10 @@ class Rejected(Exception):
     """The API server refused an object as invalid (HTTP 400/422): retrying cannot help."""
 
 
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409 on a patch naming its resourceVersion)."""
+
+
 def _api_message(exc: ApiException) -> str:
     try:
         message = json.loads(exc.body or b"{}").get("message")
@@ -64,6 +68,8 @@ class Kube:
                                     client_configuration=configuration)
         # Transient API errors (throttling, restarts) are retried rather than lost: Job
         # events are not re-delivered, so a failed status update would stay stale.
+        # One connection per handler thread and progress reader at once, not urllib3's 10.
+        configuration.connection_pool_maxsize = 32
         configuration.retries = urllib3.Retry(
             total=4, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
             allowed_methods=None, raise_on_status=False,
@@ -105,7 +111,8 @@ class Kube:
 
     def patch(self, gvp: tuple[str, str, str], namespace: str, name: str, patch: Obj,
               *, status: bool = False) -> bool:
-        """JSON merge patch (valid for built-in and custom resources alike); False on 404."""
+        """JSON merge patch (valid for built-in and custom resources alike); False on 404.
+        A patch naming metadata.resourceVersion raises Conflict if the object changed."""
         fn = (self.objects.patch_namespaced_custom_object_status if status
               else self.objects.patch_namespaced_custom_object)
         try:
@@ -114,6 +121,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 404:
                 return False
+            if exc.status == 409:
+                raise Conflict(_api_message(exc)) from None
             raise
         return True
 

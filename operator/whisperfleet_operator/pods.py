@@ -67,9 +67,10 @@ def storage_env(job: TranscriptionJob) -> tuple[list[dict[str, Any]], list[dict[
 
 
 def runtime_env() -> list[dict[str, Any]]:
-    """Identity via the downward API and writable homes for library caches."""
+    """Identity via the downward API (POD_IP: where workers serve their metrics) and
+    writable homes for library caches."""
     field = [("NODE_NAME", "spec.nodeName"), ("POD_NAME", "metadata.name"),
-             ("POD_NAMESPACE", "metadata.namespace")]
+             ("POD_NAMESPACE", "metadata.namespace"), ("POD_IP", "status.podIP")]
     env: list[dict[str, Any]] = [
         {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in field
     ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from . import conditions, events, gpu, jobs, kube, naming, spec, status
+from . import conditions, events, gpu, jobs, kube, naming, progress, spec, status
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,9 @@ class Reconciler:
     """What the handlers share: the API edge, settings, and one lock per TranscriptionJob
     (events for one job arrive from several watches; its steps must not interleave)."""
 
-    def __init__(self, api: kube.Kube, settings: OperatorSettings) -> None:
-        self.kube, self.settings = api, settings
+    def __init__(self, api: kube.Kube, settings: OperatorSettings,
+                 poller: progress.ProgressPoller | None = None) -> None:
+        self.kube, self.settings, self.poller = api, settings, poller
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
 
@@ -46,8 +47,10 @@ class Reconciler:
                 return
             old = tj.get("status") or {}
             if status.is_terminal(old):
+                self._track(namespace, name, meta, old)
                 return  # final; the Jobs' pods may be gone (TTL), so never recount
-            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            clock = datetime.now(timezone.utc)
+            now = clock.strftime("%Y-%m-%dT%H:%M:%SZ")
             generation = int(meta.get("generation") or 0)
             try:
                 new = self._advance(spec.parse(tj), old, now)
@@ -57,11 +60,29 @@ class Reconciler:
                 new = status.invalid_spec_status(
                     old, generation, f"the API server refused a Job: {exc}", now,
                     reason=conditions.JOB_REJECTED_REASON)
+            new = self._with_progress(old, new, clock)
             if any(old.get(key) != value for key, value in new.items()):
                 self.kube.patch(kube.TRANSCRIPTION_JOBS, namespace, name, {"status": new},
                                 status=True)
             for event_type, reason, message in events.transitions(old, new):
                 kopf.event(tj, type=event_type, reason=reason, message=message)
+            self._track(namespace, name, meta, {**old, **new})
+
+    def _track(self, namespace: str, name: str, meta: Obj, current: Obj) -> None:
+        if self.poller is not None:
+            self.poller.track(namespace, name, str(meta.get("uid") or ""),
+                              str(current.get("phase") or ""))
+
+    def _with_progress(self, old: Obj, new: Obj, clock: datetime) -> Obj:
+        """status.progress from finished shards: always the last word of a finished job;
+        while it runs only without a poller (which adds running pods' counts), and only
+        when the counts changed (an ETA alone is no reason for another status write)."""
+        current = {**old, **new}
+        if not status.is_terminal(current) and (
+                self.poller is not None or "files" not in current or
+                (old.get("progress") and current.get("files") == old.get("files"))):
+            return new
+        return {**new, "progress": progress.progress(current, [], clock)}
 
     def _advance(self, job: spec.TranscriptionJob, old: Obj, now: str) -> Obj:
         k, namespace = self.kube, job.namespace

@@ -132,18 +132,20 @@ def parse_shard(text: str) -> ShardReport | None:
     return report if ok else None
 
 
-def shard_reports(pods: list[Obj]) -> tuple[list[tuple[ShardReport, Obj]], list[Obj]]:
-    """(one readable report per shard index, newest first; failure entries for shards whose
-    latest failed pod left no readable report). A shard with a succeeded pod gets no entry."""
-    chosen: dict[Any, tuple[ShardReport, Obj]] = {}
-    unreadable: dict[Any, Obj] = {}
-    done: set[Any] = set()
+def by_shard(pods: list[Obj]) -> tuple[dict[int, tuple[ShardReport, Obj]], dict[int, Obj]]:
+    """({index: its newest readable report, a succeeded pod's first}, {index: its newest
+    failed pod, for indexes with no readable report and no succeeded pod})."""
+    chosen: dict[int, tuple[ShardReport, Obj]] = {}
+    unreadable: dict[int, Obj] = {}
+    done: set[int] = set()
     for pod in by_recency(pods):
         text = termination_message(pod)
         report = parse_shard(text) if text else None
         key = completion_index(pod)
+        if key is None and report is not None:
+            key = report.shard
         if key is None:
-            key = report.shard if report is not None else f"pod {pod_name(pod)}"
+            continue  # not an Indexed Job's pod, and nothing says which shard it ran
         if succeeded(pod):
             done.add(key)
         if report is not None:
@@ -152,7 +154,6 @@ def shard_reports(pods: list[Obj]) -> tuple[list[tuple[ShardReport, Obj]], list[
             if text:
                 logger.warning("worker pod %s left no readable report", pod_name(pod))
             unreadable[key] = pod
-    reports = sorted(chosen.values(), key=lambda rp: finished_at(rp[1]), reverse=True)
-    notes = [{"uri": key if isinstance(key, str) else f"shard {key}",
-              "reason": describe_failure(pod)} for key, pod in unreadable.items()]
-    return reports, notes
+    for key in chosen:
+        unreadable.pop(key, None)
+    return chosen, unreadable

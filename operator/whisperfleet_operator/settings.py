@@ -15,6 +15,8 @@ The Helm chart sets these variables; every one has a default that works out of t
 | WHISPERFLEET_PLANNER_BACKOFF_LIMIT        | planner_backoff_limit       |
 | WHISPERFLEET_PLANNER_DEADLINE_SECONDS     | planner_deadline_seconds    |
 | WHISPERFLEET_DRA_ATTRIBUTE_DOMAIN         | dra_attribute_domain        |
+| WHISPERFLEET_METRICS_PORT                 | metrics_port (0: none)      |
+| WHISPERFLEET_PROGRESS_INTERVAL_SECONDS    | progress_interval_seconds   |
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from whisperfleet_runner import config
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 DEFAULT_RUNNER_IMAGE = "ghcr.io/whisperfleet/whisperfleet-runner:0.1.0"
@@ -53,6 +57,10 @@ class OperatorSettings:
     planner_backoff_limit: int = 2
     planner_deadline_seconds: int = 3600
     dra_attribute_domain: str = "gpu.nvidia.com"  # NVIDIA DRA driver's attribute domain
+    # Worker pods serve Prometheus metrics here; the operator reads them for live progress
+    # every progress_interval_seconds (0: metrics off, progress from finished shards only).
+    metrics_port: int = config.DEFAULT_METRICS_PORT
+    progress_interval_seconds: int = 30
 
     def __post_init__(self) -> None:
         if not self.runner_image:
@@ -67,6 +75,10 @@ class OperatorSettings:
             raise ValueError("WHISPERFLEET_RUN_AS_USER/GROUP must be positive (non-root)")
         if self.planner_backoff_limit < 0 or self.planner_deadline_seconds < 0:
             raise ValueError("planner backoff limit and deadline must not be negative")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError("WHISPERFLEET_METRICS_PORT must be a port number (0: off)")
+        if self.progress_interval_seconds < 1:
+            raise ValueError("WHISPERFLEET_PROGRESS_INTERVAL_SECONDS must be at least 1")
         for name in ("worker_resources", "planner_resources"):
             _check_resources(name, getattr(self, name))
 
@@ -94,6 +106,8 @@ class OperatorSettings:
             "WHISPERFLEET_RUN_AS_GROUP": "run_as_group",
             "WHISPERFLEET_PLANNER_BACKOFF_LIMIT": "planner_backoff_limit",
             "WHISPERFLEET_PLANNER_DEADLINE_SECONDS": "planner_deadline_seconds",
+            "WHISPERFLEET_METRICS_PORT": "metrics_port",
+            "WHISPERFLEET_PROGRESS_INTERVAL_SECONDS": "progress_interval_seconds",
         }.items():
             if env.get(var, "").strip():
                 try:

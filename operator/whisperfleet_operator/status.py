@@ -9,20 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from whisperfleet_runner.config import MAX_REPORTED_FAILURES, PlanReport, Reason, ShardReport
+from whisperfleet_runner.config import PlanReport, Reason
 
 from . import conditions as c
 from . import reports, stuck
-from .conditions import clip as _clip
 from .conditions import condition_status, set_condition, true_condition
+from .fold import fold, format_duration, parse_indexes
 from .spec import TranscriptionJob
-
-MAX_FAILURES = MAX_REPORTED_FAILURES
-MAX_WORKERS = 32  # status must stay small: one entry per finished shard pod, newest first
-# CRD bounds on status strings and lists: a status the API server refuses is never stored.
-MAX_URI, MAX_REASON, MAX_NAME, MAX_GPU_TEXT, MAX_GPUS = 4096, 1024, 253, 128, 16
-MAX_INT32 = 2**31 - 1
-
 
 Obj = dict[str, Any]
 
@@ -38,31 +31,6 @@ def is_planned(status: Obj | None) -> bool:
 def operator_holds_suspension(status: Obj | None) -> bool:
     """The operator suspended the worker Job (spec.suspend), so it may lift it again."""
     return condition_status(status, c.SUSPENDED_CONDITION) == "True"
-
-
-def format_duration(seconds: float) -> str:
-    """The two largest units of d/h/m/s: "45s", "12m30s", "3h05m", "2d04h"."""
-    total = int(seconds)
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-def parse_indexes(text: str | None) -> set[int]:
-    """Kubernetes' index set notation, e.g. "1,3-5,7" -> {1, 3, 4, 5, 7}; junk is skipped."""
-    result: set[int] = set()
-    for part in (text or "").split(","):
-        lo, _, hi = part.strip().partition("-")
-        if lo.isdigit() and (hi.isdigit() or not hi):
-            result.update(range(int(lo), int(hi or lo) + 1))
-    return result
 
 
 @dataclass(frozen=True)
@@ -212,40 +180,6 @@ def _suspension(conds: list[Obj], suspended: bool, gen: int, now: str) -> list[O
     return conds
 
 
-def _worker_entry(report: ShardReport, pod: Obj) -> Obj:
-    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-    return {
-        "pod": _clip(report.pod or str(meta.get("name") or ""), MAX_NAME),
-        "node": _clip(report.node or str(spec.get("nodeName") or ""), MAX_NAME),
-        "gpus": [{"uuid": _clip(g.uuid, MAX_GPU_TEXT), "name": _clip(g.name, MAX_GPU_TEXT),
-                  "memoryMiB": max(0, g.memory_mib),
-                  "deviceIndex": min(max(0, g.device_index), MAX_INT32)}
-                 for g in report.gpus[:MAX_GPUS]],
-    }
-
-
-def _workers(chosen: list[tuple[ShardReport, Obj]]) -> list[Obj]:
-    """Newest first, one entry per pod (the status list is keyed by pod)."""
-    out: dict[str, Obj] = {}
-    for report, pod in chosen:
-        entry = _worker_entry(report, pod)
-        out.setdefault(entry["pod"], entry)
-    return list(out.values())[:MAX_WORKERS]
-
-
-def _failures(chosen: list[tuple[ShardReport, Obj]], notes: list[Obj]) -> list[Obj]:
-    out: list[Obj] = []
-    for report, _pod in chosen:
-        if report.error_reason:
-            out.append({"uri": f"shard {report.shard}",
-                        "reason": f"{report.error_reason}: {report.error_message}".strip()})
-    out.extend(notes)  # shards whose pods died without a report
-    for report, _pod in chosen:
-        out.extend({"uri": f.uri, "reason": f.reason} for f in report.failures)
-    return [{"uri": _clip(str(f["uri"]), MAX_URI), "reason": _clip(str(f["reason"]), MAX_REASON)}
-            for f in out[:MAX_FAILURES]]
-
-
 def summary(status: Obj) -> str:
     f = status.get("files") or {}
     hours = float(status.get("audioSeconds") or 0) / 3600
@@ -262,18 +196,13 @@ def running_status(tj: TranscriptionJob, old: Obj, job: Obj, pods: list[Obj], no
     done = parse_indexes(js.get("completedIndexes"))
     failed_idx = parse_indexes(js.get("failedIndexes"))
     succeeded_shards = len(done) if "completedIndexes" in js else int(js.get("succeeded") or 0)
-    chosen, notes = reports.shard_reports(pods)
-    files = {"total": plan.files,
-             "succeeded": sum(r.succeeded for r, _ in chosen),
-             "failed": sum(r.failed for r, _ in chosen),
-             "skipped": sum(r.skipped for r, _ in chosen)}
+    folded = fold(old, plan, pods, done | failed_idx)
+    files = folded["files"]
     shards = {"total": plan.shards, "succeeded": succeeded_shards,
               "failed": len(failed_idx), "active": int(js.get("active") or 0)}
     status.update(
-        files=files, shards=shards, filesSummary=f"{files['succeeded']}/{files['total']}",
-        audioSeconds=round(sum(r.audio_seconds for r, _ in chosen), 2),
-        audioDuration=format_duration(sum(r.audio_seconds for r, _ in chosen)),
-        workers=_workers(chosen), failures=_failures(chosen, notes),
+        folded, shards=shards, filesSummary=f"{files['succeeded']}/{files['total']}",
+        audioDuration=format_duration(folded["audioSeconds"]),
         jobName=str((job.get("metadata") or {}).get("name") or ""),
         manifestUri=plan.manifest_uri,
     )

@@ -28,4 +28,5 @@ def work_order_for(job: TranscriptionJob, settings: OperatorSettings | None = No
         transcription=dataclasses.replace(job.transcription),
         shards=job.shards,
         device="cuda",
+        metrics_port=settings.metrics_port if settings else 0,
     )

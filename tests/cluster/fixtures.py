@@ -114,8 +114,10 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
 
 @pytest.fixture(scope="session")
 def release(cluster: LocalCluster) -> Release:
-    """The chart, installed by the real helm (all namespaces; its CRD from the chart)."""
-    return install_chart(cluster, "wf", "whisperfleet")
+    """The chart, installed by the real helm (all namespaces; its CRD from the chart). The
+    operator reads running pods' progress every second, not every 30: jobs here are short."""
+    return install_chart(cluster, "wf", "whisperfleet",
+                         {"metrics": {"progressIntervalSeconds": 1}})
 
 
 @pytest.fixture(scope="session")

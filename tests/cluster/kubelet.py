@@ -12,7 +12,8 @@ capped at 10 s, SIGKILL), then deletes the pod with grace period 0.
 What it does NOT do: pull images or know their entrypoints (a container needs `command`);
 apply cgroups or resource limits; give a read-only root filesystem, users/uids,
 capabilities or seccomp (securityContext is only admitted by the API server, not applied);
-network namespaces (every pod shares the host's loopback; podIP = hostIP = 127.0.0.1);
+network namespaces (every pod shares the host's loopback; hostIP is 127.0.0.1 and each
+pod gets its own podIP in 127.0.0.0/8, derived from its uid, to bind to);
 probes; `kubectl logs`/exec/attach/port-forward (use `pod_log`); container restarts
 (restartPolicy OnFailure/Always: a stopped container ends the pod); init or sidecar
 containers and more than one container per pod; service-link or KUBERNETES_SERVICE_* env;

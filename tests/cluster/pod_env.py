@@ -11,6 +11,7 @@ file) to the host paths standing in for them, since the stand-in has no mount na
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,7 +20,15 @@ from typing import Any
 Obj = dict[str, Any]
 # Reads a Secret's or ConfigMap's data (decoded to str) by (namespace, name); None if absent.
 ObjectReader = Callable[[str, str], "dict[str, str] | None"]
-HOST_IP = "127.0.0.1"  # every pod shares the host's loopback
+HOST_IP = "127.0.0.1"  # the node's address; every pod shares the host's loopback
+
+
+def pod_ip(pod: Obj) -> str:
+    """The pod's own address: a loopback address derived from its uid (all of 127.0.0.0/8
+    reaches this host), so pods that listen on the same port (metrics) do not collide."""
+    digest = hashlib.sha256(pod["metadata"]["uid"].encode()).digest()
+    return f"127.{1 + digest[0] % 254}.{digest[1]}.{1 + digest[2] % 254}"
+
 
 _FIELD_PATHS: dict[str, Callable[[Obj], str]] = {
     "metadata.name": lambda pod: pod["metadata"]["name"],
@@ -27,8 +36,8 @@ _FIELD_PATHS: dict[str, Callable[[Obj], str]] = {
     "metadata.uid": lambda pod: pod["metadata"]["uid"],
     "spec.nodeName": lambda pod: pod["spec"].get("nodeName", ""),
     "spec.serviceAccountName": lambda pod: pod["spec"].get("serviceAccountName", ""),
-    "status.podIP": lambda pod: HOST_IP,
-    "status.podIPs": lambda pod: HOST_IP,
+    "status.podIP": pod_ip,
+    "status.podIPs": pod_ip,
     "status.hostIP": lambda pod: HOST_IP,
     "status.hostIPs": lambda pod: HOST_IP,
 }

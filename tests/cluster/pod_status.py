@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.pod_env import HOST_IP
+from tests.cluster.pod_env import HOST_IP, pod_ip
 
 Obj = dict[str, Any]
 MAX_MESSAGE_BYTES = 4096
@@ -54,16 +54,16 @@ def _patch(pod: Obj, status: Obj) -> Obj:
     return {"metadata": {"uid": pod["metadata"]["uid"]}, "status": status}
 
 
-def _addresses() -> Obj:
+def _addresses(pod: Obj) -> Obj:
     return {"hostIP": HOST_IP, "hostIPs": [{"ip": HOST_IP}],
-            "podIP": HOST_IP, "podIPs": [{"ip": HOST_IP}]}
+            "podIP": pod_ip(pod), "podIPs": [{"ip": pod_ip(pod)}]}
 
 
 def waiting(pod: Obj, container: Obj, reason: str, message: str, start_time: str) -> Obj:
     """Pending with the container waiting, e.g. CreateContainerConfigError."""
     name = container["name"]
     return _patch(pod, {
-        "phase": "Pending", "startTime": start_time, **_addresses(),
+        "phase": "Pending", "startTime": start_time, **_addresses(pod),
         "conditions": _conditions(False, sandbox=True, reason="ContainersNotReady",
                                   message=f"containers with unready status: [{name}]",
                                   at=start_time),
@@ -75,7 +75,7 @@ def waiting(pod: Obj, container: Obj, reason: str, message: str, start_time: str
 def running(pod: Obj, container: Obj, *, start_time: str, started_at: str,
             container_id: str) -> Obj:
     return _patch(pod, {
-        "phase": "Running", "startTime": start_time, **_addresses(),
+        "phase": "Running", "startTime": start_time, **_addresses(pod),
         "conditions": _conditions(True, sandbox=True, reason=None, message=None, at=started_at),
         "containerStatuses": [_container_status(
             container, {"running": {"startedAt": started_at}}, running=True,
@@ -98,7 +98,7 @@ def terminated(pod: Obj, container: Obj, *, exit_code: int, reason: str, message
     if message:
         state["message"] = message
     return _patch(pod, {
-        "phase": terminal_phase(pod, exit_code), "startTime": start_time, **_addresses(),
+        "phase": terminal_phase(pod, exit_code), "startTime": start_time, **_addresses(pod),
         "conditions": _conditions(False, sandbox=False, reason="PodCompleted", message=None,
                                   at=finished_at),
         "containerStatuses": [_container_status(container, {"terminated": state},

@@ -50,6 +50,10 @@ class Rest:
     def strategic_merge_patch(self, path: str, patch: Obj) -> Obj:
         return self._call("PATCH", path, patch, "application/strategic-merge-patch+json")
 
+    def merge_patch(self, path: str, patch: Obj) -> Obj:
+        """JSON merge patch: custom resources take this, not a strategic merge."""
+        return self._call("PATCH", path, patch, "application/merge-patch+json")
+
     def delete(self, path: str, options: Obj) -> None:
         """DELETE with DeleteOptions; an object already gone or replaced is not an error."""
         try:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.transcription_jobs import parsed
-from whisperfleet_operator import events
+from whisperfleet_operator import events, fold
 from whisperfleet_operator import status as st
 from whisperfleet_operator.spec import TranscriptionJob
 from whisperfleet_runner.config import FileFailure, GpuIdentity, PlanReport, ShardReport
@@ -56,8 +56,8 @@ def cond(status: Obj, type_: str) -> Obj:
 
 
 def test_index_sets_follow_kubernetes_notation() -> None:
-    assert st.parse_indexes("1,3-5,7") == {1, 3, 4, 5, 7}
-    assert st.parse_indexes("") == set() and st.parse_indexes(None) == set()
+    assert fold.parse_indexes("1,3-5,7") == {1, 3, 4, 5, 7}
+    assert fold.parse_indexes("") == set() and fold.parse_indexes(None) == set()
 
 
 def test_condition_transition_time_moves_only_when_status_flips() -> None:
@@ -79,7 +79,7 @@ def test_condition_reasons_are_valid_for_the_api() -> None:
 @pytest.mark.parametrize(("seconds", "text"), [
     (45, "45s"), (750, "12m30s"), (3 * 3600 + 300, "3h05m"), (2 * 86400 + 4 * 3600, "2d04h")])
 def test_audio_duration_for_the_printer_column(seconds: float, text: str) -> None:
-    assert st.format_duration(seconds) == text
+    assert fold.format_duration(seconds) == text
 
 
 def test_planner_running_then_plan_read_from_its_termination_message() -> None:
@@ -107,22 +107,70 @@ def test_planner_without_report_or_files_fails_clearly() -> None:
         "DeadlineExceeded"
 
 
-def test_running_aggregates_counts_gpus_and_failures() -> None:
+def test_running_folds_each_finished_shard_once_with_its_gpus_and_failures() -> None:
     base = tj(planned_status())
     pods = [pod(report(0, 2, seconds=90.0), index=0, name="w-0", finished=NOW),
             pod(report(1, 1, ("s3://b/bad.mp3",)), phase="Failed", index=1, name="w-1",
                 finished=LATER)]
+    # Shard 1's pod failed, but the Job retries it: only shard 0 is final.
     out = st.running_status(*base, job(active=1, succeeded=1, completedIndexes="0"), pods, LATER)
     assert out["phase"] == "Running"
-    assert out["files"] == {"total": 4, "succeeded": 3, "failed": 1, "skipped": 0}
+    assert out["files"] == {"total": 4, "succeeded": 2, "failed": 0, "skipped": 0}
     assert out["shards"] == {"total": 2, "succeeded": 1, "failed": 0, "active": 1}
-    assert out["audioSeconds"] == 120.0 and out["filesSummary"] == "3/4"
-    assert [w["pod"] for w in out["workers"]] == ["w-1", "w-0"]  # newest first
-    assert out["workers"][0]["gpus"] == [
+    assert out["audioSeconds"] == 90.0 and out["filesSummary"] == "2/4"
+    assert out["foldedShards"] == "0" and [w["pod"] for w in out["workers"]] == ["w-0"]
+    # Shard 1 fails for good (bad media): folded in, newest worker first.
+    final = st.running_status(*tj({**planned_status(), **out}), job(
+        ("Failed", "FailedIndexes"), succeeded=1, completedIndexes="0", failedIndexes="1"),
+        pods, LATER)
+    assert final["files"] == {"total": 4, "succeeded": 3, "failed": 1, "skipped": 0}
+    assert final["audioSeconds"] == 120.0 and final["foldedShards"] == "0-1"
+    assert [w["pod"] for w in final["workers"]] == ["w-1", "w-0"]
+    assert final["workers"][0]["gpus"] == [
         {"uuid": "GPU-1", "name": "A100", "memoryMiB": 40960, "deviceIndex": 0}]
-    assert out["failures"] == [{"uri": "s3://b/bad.mp3", "reason": "InvalidMedia"}]
+    assert final["failures"] == [{"uri": "s3://b/bad.mp3", "reason": "InvalidMedia"}]
     assert cond(out, "Planned")["status"] == "True"
     assert out["observedGeneration"] == 3 and out["startTime"] == NOW
+
+
+def test_counts_survive_the_pods_being_deleted() -> None:
+    pods = [pod(report(i, 3, seconds=60.0), index=i, name=f"w-{i}") for i in range(2)]
+    first = st.running_status(*tj(planned_status()), job(
+        active=0, succeeded=2, completedIndexes="0-1"), pods, NOW)
+    assert first["files"]["succeeded"] == 6 and first["foldedShards"] == "0-1"
+    # The pods are garbage-collected; the same Job status must not change the totals.
+    again = st.running_status(*tj({**planned_status(), **first}), job(
+        active=0, succeeded=2, completedIndexes="0-1"), [], LATER)
+    for key in ("files", "audioSeconds", "gpuSeconds", "workers", "foldedShards"):
+        assert again[key] == first[key], key
+
+
+def test_throughput_is_audio_hours_per_gpu_hour() -> None:
+    one_gpu = pod(report(0, 2, seconds=3600.0), index=0, name="w-0")  # 1 h of audio...
+    text = json.loads(termination_of(one_gpu))
+    text["wall_seconds"] = 120.0  # ... in 2 minutes on one GPU
+    one_gpu = pod(json.dumps(text), index=0, name="w-0")
+    out = st.running_status(*tj(planned_status()), job(succeeded=1, completedIndexes="0"),
+                            [one_gpu], LATER)
+    assert out["gpuSeconds"] == 120.0 and out["throughput"] == 30.0
+
+
+def test_a_finished_shard_whose_pod_is_gone_is_named_not_lost() -> None:
+    out = st.running_status(*tj(planned_status()), job(succeeded=1, completedIndexes="0"),
+                            [], LATER)
+    assert out["foldedShards"] == "0"
+    assert out["failures"][0]["uri"] == "shard 0"
+    assert "ledger" in out["failures"][0]["reason"]
+
+
+def termination_of(pod_: Obj) -> str:
+    return str(pod_["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+
+
+def test_index_ranges_round_trip() -> None:
+    for indexes in ({0, 1, 2, 3, 5}, set(), {7}, {0, 2, 4, 5, 6, 9}):
+        assert fold.parse_indexes(fold.format_indexes(indexes)) == indexes
+    assert fold.format_indexes({0, 1, 2, 3, 5}) == "0-3,5"
 
 
 def test_a_retried_shard_counts_once_preferring_its_success() -> None:
@@ -186,9 +234,10 @@ def test_reports_survive_any_termination_message() -> None:
     # A shard retried to success gets no failure note for its earlier crash.
     crashed = pod("Killed", phase="Failed", index=0, finished=NOW, name="a")
     retried = pod("", phase="Succeeded", index=0, finished=LATER, name="b")
-    assert reports.shard_reports([crashed, retried]) == ([], [])
-    chosen, notes = reports.shard_reports([crashed])
-    assert chosen == [] and notes == [{"uri": "shard 0", "reason": "Error: Killed"}]
+    assert reports.by_shard([crashed, retried]) == ({}, {})
+    chosen, unreadable = reports.by_shard([crashed])
+    assert chosen == {} and list(unreadable) == [0]
+    assert reports.describe_failure(unreadable[0]) == "Error: Killed"
 
 
 def crashed(index: int, log_tail: str, *, code: int = 1, reason: str = "Error") -> Obj:
@@ -226,12 +275,12 @@ def test_oversized_reports_still_give_a_status_within_the_crds_bounds() -> None:
     out = st.running_status(*tj(planned_status()), job(
         ("Failed", "FailedIndexes"), failedIndexes="0"),
         [pod(json.dumps(huge), phase="Failed", index=0)], LATER)
-    assert len(out["failures"]) == st.MAX_FAILURES and out["failures"][0]["uri"] == "shard 0"
-    assert all(len(f["uri"]) <= st.MAX_URI and len(f["reason"]) <= st.MAX_REASON
+    assert len(out["failures"]) == fold.MAX_FAILURES and out["failures"][0]["uri"] == "shard 0"
+    assert all(len(f["uri"]) <= fold.MAX_URI and len(f["reason"]) <= fold.MAX_REASON
                for f in out["failures"])
     (worker,) = out["workers"]
-    assert len(worker["pod"]) <= st.MAX_NAME and len(worker["gpus"]) <= st.MAX_GPUS
-    assert all(g["memoryMiB"] >= 0 and len(g["uuid"]) <= st.MAX_GPU_TEXT
+    assert len(worker["pod"]) <= fold.MAX_NAME and len(worker["gpus"]) <= fold.MAX_GPUS
+    assert all(g["memoryMiB"] >= 0 and len(g["uuid"]) <= fold.MAX_GPU_TEXT
                for g in worker["gpus"])
 
 
