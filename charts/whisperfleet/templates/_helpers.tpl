@@ -89,3 +89,76 @@ Used as the rules of the ClusterRole (all namespaces) or of each per-namespace R
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
 {{- end -}}
+
+{{/*
+The labels the operator puts on every worker pod (whisperfleet_operator.naming.labels_for with
+COMPONENT_WORKER), minus the per-job uid: fixed by the operator, not by this release's names.
+*/}}
+{{- define "whisperfleet.workerPodLabels" -}}
+app.kubernetes.io/name: whisperfleet
+app.kubernetes.io/component: worker
+{{- end -}}
+
+{{/* The namespaces whose worker pods are scraped: every one, or the watched ones. */}}
+{{- define "whisperfleet.metricsNamespaceSelector" -}}
+{{- if include "whisperfleet.clusterWide" . -}}
+any: true
+{{- else -}}
+matchNames:
+  {{- toYaml .Values.watchNamespaces | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Target labels of a scraped worker: which TranscriptionJob (uid label and name annotation the
+operator sets on the pod), and where it ran. The same for PodMonitor and ServiceMonitor, as
+Prometheus' endpoints discovery carries the backing pod's metadata too.
+*/}}
+{{- define "whisperfleet.metricsRelabelings" -}}
+- action: replace
+  sourceLabels: [__meta_kubernetes_pod_label_whisperfleet_io_job_uid]
+  targetLabel: job_uid
+- action: replace
+  sourceLabels: [__meta_kubernetes_pod_annotation_whisperfleet_io_transcriptionjob]
+  targetLabel: transcriptionjob
+- action: replace
+  sourceLabels: [__meta_kubernetes_namespace]
+  targetLabel: namespace
+- action: replace
+  sourceLabels: [__meta_kubernetes_pod_name]
+  targetLabel: pod
+- action: replace
+  sourceLabels: [__meta_kubernetes_pod_node_name]
+  targetLabel: node
+{{- end -}}
+
+{{/*
+The one scrape endpoint of a monitor, as a list item: the port named `metrics` (the pods'
+container port, or the Service port of that name), /metrics, interval, timeout, relabelings.
+Call with (list $monitorValues $root).
+*/}}
+{{- define "whisperfleet.metricsEndpoint" -}}
+{{- $monitor := index . 0 -}}
+{{- $root := index . 1 -}}
+- port: metrics
+  path: /metrics
+  {{- with $monitor.interval }}
+  interval: {{ . | quote }}
+  {{- end }}
+  {{- with $monitor.scrapeTimeout }}
+  scrapeTimeout: {{ . | quote }}
+  {{- end }}
+  relabelings:
+    {{- include "whisperfleet.metricsRelabelings" $root | nindent 4 }}
+{{- end -}}
+
+{{/* Labels of the monitoring objects; call with (list $root component). */}}
+{{- define "whisperfleet.componentLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "whisperfleet.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version | replace "+" "_" }}
+{{- end -}}
