@@ -36,6 +36,24 @@ CONTROLLERS = (
 )
 
 
+# The API server's audit log records what service accounts (the operator; nothing else here
+# holds one) ask of it, plus TranscriptionJob writes by anyone: tests read from it which
+# requests the operator made (e.g. that every pod watch carries a label selector, so the
+# server never sends it other pods) and when. Metadata level: the request line, no bodies.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: Metadata
+    verbs: [create, update, patch]
+    resources: [{group: whisperfleet.io, resources: [transcriptionjobs]}]
+  - level: None
+"""
+
+
 class ControlPlane:
     """Starts and stops the four control-plane servers; see the module docstring."""
 
@@ -55,6 +73,11 @@ class ControlPlane:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        """One JSON audit event per line (see AUDIT_POLICY)."""
+        return self.logs_dir / "audit.log"
 
     def _server(self, name: str, args: list[str]) -> ServerProcess:
         return ServerProcess(name, [str(self.bin_dir / name), *args],
@@ -76,6 +99,8 @@ class ControlPlane:
 
     def _apiserver(self) -> ServerProcess:
         pki = self.pki
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
         return self._server("kube-apiserver", [
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
@@ -101,6 +126,10 @@ class ControlPlane:
             # to refuse, not API validation's.
             "--allow-privileged=true",
             "--profiling=false",
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            # Written as requests complete, so a test reads what happened before it asks.
+            "--audit-log-mode=blocking",
         ])
 
     def _controller_manager(self) -> ServerProcess:

@@ -8,6 +8,7 @@ temporary state directory, and the client helpers tests use: kubectl, helm, an a
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import string
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import kubernetes.config
 from kubernetes.client import ApiClient
@@ -201,6 +203,15 @@ class LocalCluster:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The API server's audit events so far, oldest first: every request a service
+        account (the operator) made, and TranscriptionJob writes (control_plane.AUDIT_POLICY)."""
+        path = self._plane().audit_log
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
 
     def _publish_node(self, rest: Rest, node: NodeSpec) -> None:
         self.kubelet.add_node(node)  # first, so a pod bound at once finds its kubelet
