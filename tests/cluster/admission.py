@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 import yaml
 from kubernetes.client import ApiClient
 
+from tests.support.crd_schema import walk
 from tests.support.paths import CRD
 
 Obj = dict[str, Any]
@@ -155,17 +156,6 @@ def load_crd() -> Obj:
 def version_schema(crd: Obj) -> Obj:
     (version,) = crd["spec"]["versions"]
     return dict(version["schema"]["openAPIV3Schema"])
-
-
-def walk(node: Obj, path: str = "") -> Iterator[tuple[str, Obj]]:
-    """Every schema node with its path, kubectl style: spec.workers.tolerations[], x.*."""
-    yield path, node
-    for key, sub in (node.get("properties") or {}).items():
-        yield from walk(sub, f"{path}.{key}" if path else key)
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}.*")
-    if "items" in node:
-        yield from walk(node["items"], f"{path}[]")
 
 
 def rules(schema: Obj) -> Iterator[tuple[str, Obj]]:

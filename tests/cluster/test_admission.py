@@ -660,11 +660,19 @@ def test_statuses_the_operator_writes_are_accepted(admission: Admission, tjs: st
         "conditions": [{"type": "Complete", "status": "True"}]}}
     running = st.running_status(job, planned, worker_job, pods, now)
     assert running["workers"] and len(running["failures"]) == 20
+    running["progress"] = {"filesDone": 3, "audioSecondsDone": 8000.0, "throughput": 2.2,
+                           "eta": "4m10s", "summary": "75%", "updateTime": now}
     invalid = st.invalid_spec_status({}, 1, "spec.input.uri must start with s3://", now)
+    statuses = {"planned": planned, "running": running, "invalid": invalid}
     answers = {name: replace_status(admission, f"{tjs}/operator-status", status)
-               for name, status in (("planned", planned), ("running", running),
-                                    ("invalid", invalid))}
+               for name, status in statuses.items()}
     assert {name: str(a) for name, a in answers.items() if not a.accepted} == {}
+    # Nothing is pruned: a field the schema lacks would silently vanish (foldedShards
+    # vanishing would make every reconcile count the finished shards again).
+    for name, status in statuses.items():
+        kept = answers[name].body["status"]
+        assert set(kept) == set(status), name
+        assert set(kept.get("progress") or {}) == set(status.get("progress") or {}), name
 
 
 # --- the CEL cost budget --------------------------------------------------------------------------
@@ -738,15 +746,16 @@ def test_kubectl_get_shows_the_printer_columns(
                                   dry_run=False)
     assert answer.accepted, answer
     header = cluster.kubectl("get", "tj", "shown", "-n", namespace).stdout.splitlines()[0]
-    assert header.split() == ["NAME", "PHASE", "FILES", "FAILED", "AUDIO", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "FILES", "FAILED", "AUDIO", "PROGRESS", "ETA",
+                              "AGE"]
     wide = cluster.kubectl("get", "tj", "shown", "-n", namespace, "-o", "wide").stdout
-    assert wide.splitlines()[0].split()[6:] == ["WORKERS", "MODEL", "JOB"]
+    assert wide.splitlines()[0].split()[8:] == ["THROUGHPUT", "WORKERS", "MODEL", "JOB"]
 
     table = admission.get(f"{tjs}/shown", accept=TABLE, params={"includeObject": "Object"})
     assert table.accepted, table
     names = [c["name"] for c in table.body["columnDefinitions"]]
-    assert names == ["Name", "Phase", "Files", "Failed", "Audio", "Age", "Workers", "Model",
-                     "Job"]
+    assert names == ["Name", "Phase", "Files", "Failed", "Audio", "Progress", "ETA", "Age",
+                     "Throughput", "Workers", "Model", "Job"]
     [row] = table.body["rows"]
     cells = dict(zip(names, row["cells"], strict=True))
     obj = row["object"]
@@ -756,6 +765,9 @@ def test_kubectl_get_shows_the_printer_columns(
     assert cells["Files"] == status.get("filesSummary")
     assert cells["Failed"] == (status.get("files") or {}).get("failed")
     assert cells["Audio"] == status.get("audioDuration")
+    assert cells["Progress"] == (status.get("progress") or {}).get("summary")
+    assert cells["ETA"] == (status.get("progress") or {}).get("eta")
+    assert cells["Throughput"] == status.get("throughput")
     assert cells["Workers"] == obj["spec"]["workers"]["parallelism"]
     assert cells["Model"] == obj["spec"]["model"]["name"]
     assert cells["Job"] == status.get("jobName")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.crd_schema import walk
 from tests.support.paths import CRD, REPO
 from whisperfleet_runner import config
 
@@ -31,17 +32,6 @@ def crd() -> dict[str, Any]:
 def schema(crd: dict[str, Any]) -> dict[str, Any]:
     [version] = crd["spec"]["versions"]
     return dict(version["schema"]["openAPIV3Schema"])
-
-
-def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema node with a kubectl-style path: spec.workers.tolerations[], x.*."""
-    yield path, node
-    for key, sub in (node.get("properties") or {}).items():
-        yield from walk(sub, f"{path}.{key}" if path else key)
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}.*")
-    if "items" in node:
-        yield from walk(node["items"], f"{path}[]")
 
 
 def rules(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -130,7 +120,7 @@ def test_printer_columns_and_scale_paths_point_at_schema_fields(
     [version] = crd["spec"]["versions"]
     columns = version["additionalPrinterColumns"]
     assert [c["name"] for c in columns if not c.get("priority")] == [
-        "Phase", "Files", "Failed", "Audio", "Age"]
+        "Phase", "Files", "Failed", "Audio", "Progress", "ETA", "Age"]
     for column in columns:
         if column["jsonPath"] == ".metadata.creationTimestamp":
             assert column["type"] == "date"
