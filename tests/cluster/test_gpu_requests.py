@@ -41,7 +41,10 @@ def test_a_gpu_no_node_has_is_reported_then_a_matching_node_recovers_the_job(
     # The real scheduler's own words, quoted.
     assert "didn't match Pod's node affinity/selector" in stuck["message"], stuck["message"]
     assert tjs.get(cluster, ns, "b200")["status"]["phase"] == "Running"
-    warnings = [r for t, r, _ in tjs.events(cluster, ns, "b200") if t == "Warning"]
+    # The Event is posted after the status write that carries the condition.
+    warnings = eventually(
+        lambda: [r for t, r, _ in tjs.events(cluster, ns, "b200") if t == "Warning"],
+        timeout=30, what="a Warning Event on b200")
     assert warnings == ["Unschedulable"]
     cluster.add_node(NodeSpec("b200-1", make_gpus("b200-1", 1, name="NVIDIA B200",
                                                    memory_mib=183359, cc="10.0",

@@ -13,6 +13,7 @@ import pytest
 
 from tests.cluster import transcription_jobs as tjs
 from tests.cluster.local_cluster import LocalCluster
+from tests.cluster.waiting import eventually
 from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.paths import AUDIO
 from whisperfleet_runner import config
@@ -67,8 +68,11 @@ def test_a_job_runs_on_the_matching_gpus_and_ends_partially_succeeded(
     assert Counter(r.status for r in ledger.values()) == {"succeeded": 3, "failed": 1}
     assert {r.gpu for r in ledger.values() if r.status == "succeeded"} <= h100
     # Events tell the story; no credential reached the status, the Events or the outputs.
-    reasons = [reason for _, reason, _ in tjs.events(cluster, ns, "podcasts")]
-    assert "Planned" in reasons and "PartiallySucceeded" in reasons
+    # (the last Event is posted after the status write that ends the job)
+    reasons = eventually(
+        lambda: (r := [reason for _, reason, _ in tjs.events(cluster, ns, "podcasts")])
+        and "PartiallySucceeded" in r and r, timeout=30, what="the PartiallySucceeded Event")
+    assert "Planned" in reasons
     seen = json.dumps(status) + json.dumps(tjs.events(cluster, ns, "podcasts")) + \
         "".join(v.decode(errors="replace") for v in out.values())
     assert S3_SECRET_KEY not in seen and S3_ACCESS_KEY not in seen
