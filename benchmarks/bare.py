@@ -2,9 +2,13 @@
 
     python benchmarks/bare.py loop FOLDER RESULT.json --model PATH      # per-file loop
     python benchmarks/bare.py batched FOLDER RESULT.json --model PATH   # BatchedInferencePipeline
+    python benchmarks/bare.py loop FOLDER RESULT.json --model PATH --device cuda \
+        --compute-type float16                                          # on CUDA device 0
 
 Writes {file name: text} to RESULT.json. Settings match whisperfleet's defaults: beam 5,
 VAD on, int8 on CPU, batch 8 (batched), CPU threads = the CPUs this process may use.
+`--device cuda` runs on CUDA device 0: choose the GPU with CUDA_VISIBLE_DEVICES (bench.py
+passes the GPU's uuid, with CUDA_DEVICE_ORDER=PCI_BUS_ID).
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--compute-type", default="int8",
+                        help="int8 (CPU default), float16, int8_float16, ...")
     args = parser.parse_args()
 
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    model = WhisperModel(args.model, device="cpu", compute_type="int8",
+    model = WhisperModel(args.model, device=args.device, compute_type=args.compute_type,
                          cpu_threads=args.threads)
     pipeline = BatchedInferencePipeline(model)
     texts: dict[str, str] = {}

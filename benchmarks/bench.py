@@ -5,31 +5,76 @@
                                        #   vs bare BatchedInferencePipeline
     python benchmarks/bench.py short --count 6 --rounds 1   # a quick smoke run
 
-Both sides run the same model (the bundled tiny.en unless --model), int8 on CPU, beam 5,
-VAD on, batch 8, alternately (`--rounds` times each, whisperfleet first in odd rounds), and
-are timed as whole processes (start-up and model load included). Prints each run, then the
-ratios: `throughput_ratio` = bare wall time / whisperfleet wall time over the best run of
-each side, and both sides' WER against the espeak-ng scripts (jiwer, lower-cased, no
-punctuation).
+Without an NVIDIA GPU (NVML unavailable or listing none) or with `--device cpu`: both sides
+run the same model (the bundled tiny.en unless --model), int8 on CPU, beam 5, VAD on, batch 8,
+alternately (`--rounds` times each, whisperfleet first in odd rounds), and are timed as whole
+processes (start-up and model load included). Prints each run, then the ratios:
+`throughput_ratio` = bare wall time / whisperfleet wall time over the best run of each side,
+and both sides' WER against the espeak-ng scripts (jiwer, lower-cased, no punctuation).
+
+With a GPU (NVML lists one; `--gpu` picks which, default the first), every side runs on that
+one GPU and the same files, and the ratios are printed with the GPU's name
+(`on NVIDIA H100 80GB HBM3: runner_vs_bare_batched = 1.03`), each > 1 when the first named
+setting is faster:
+  runner_vs_bare_loop|batched    whisperfleet float16 vs bare faster-whisper float16
+  float16_vs_int8_float16        whisperfleet float16 vs int8_float16
+  memory_batch_vs_default_batch  the batch NVML's free memory allows vs the default (8)
+  packed_vs_unpacked             short clips packed vs --no-pack (short corpus only)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 import wave
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import corpus  # noqa: E402
 
+if TYPE_CHECKING:
+    from whisperfleet_runner.gpu.nvml import GpuInfo
+
 BIN = Path(sys.executable).parent
+DEFAULT_BATCH = 8  # whisperfleet's --batch-size default (config.DEFAULT_BATCH_SIZE)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One contestant: a whole process run on every round."""
+
+    name: str
+    compute_type: str
+    batch_size: int = DEFAULT_BATCH
+    pack: bool = True
+    bare: bool = False
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """`name` = wall time of `slower` / wall time of `faster` (best run of each)."""
+
+    name: str
+    faster: str
+    slower: str
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """The GPU every side runs on, and how the benchmark treats it."""
+
+    info: GpuInfo
+    memory_batch: int  # the batch NVML's free memory allows (engine.batch_size_for_memory)
+    on_cpu: bool  # the fake NVML's test switch: bound to a fake GPU, computing on the CPU
 
 
 def default_model() -> str:
@@ -58,25 +103,112 @@ def audio_seconds(folder: Path) -> float:
     return total
 
 
-def run_whisperfleet(folder: Path, model: str, work: Path) -> tuple[float, dict[str, str]]:
-    out = work / "wf-out"
+def find_gpu(device: str, wanted: str) -> GpuInfo | None:
+    """The GPU to measure on (NVML index label or uuid `wanted`, else the first), or None for
+    the CPU run: `--device cpu`, or `auto` where NVML is unavailable or lists no GPU."""
+    if device == "cpu":
+        return None
+    from whisperfleet_runner.gpu import nvml
+
+    try:
+        gpus = nvml.list_gpus()
+    except nvml.NvmlUnavailable as exc:
+        if device == "cuda":
+            raise SystemExit(f"--device cuda: {exc}") from exc
+        return None
+    chosen = [g for g in gpus if wanted in (g.label, g.uuid)] if wanted else gpus[:1]
+    if not chosen:
+        if device == "cuda" or wanted:
+            seen = ", ".join(f"{g.label} {g.uuid}" for g in gpus) or "none"
+            raise SystemExit(f"no GPU {wanted or ''} to benchmark on (NVML sees: {seen})")
+        return None
+    return chosen[0]
+
+
+def prepare_gpu(info: GpuInfo, model: str) -> Gpu:
+    from whisperfleet_runner import engine, models
+    from whisperfleet_runner.gpu import devices
+
+    weights_mib = os.path.getsize(Path(models.resolve_model(model)) / "model.bin") // 2**20
+    batch = engine.batch_size_for_memory(1 << 16, info.memory_free_mib, weights_mib)
+    return Gpu(info, batch, devices.gpu_on_cpu(os.environ))
+
+
+def cpu_sides() -> list[Side]:
+    return [Side("whisperfleet", "int8"), Side("bare", "int8", bare=True)]
+
+
+def gpu_sides(kind: str, memory_batch: int) -> list[Side]:
+    sides = [Side("whisperfleet", "float16"),
+             Side("int8_float16", "int8_float16"),
+             Side("memory_batch", "float16", batch_size=memory_batch)]
+    if kind == "short":  # packing only touches clips of at most 14 s
+        sides.append(Side("no_pack", "float16", pack=False))
+    return [*sides, Side("bare", "float16", bare=True)]
+
+
+def ratios(kind: str, sides: list[Side]) -> list[Ratio]:
+    names = {s.name for s in sides}
+    bare = "runner_vs_bare_loop" if kind == "short" else "runner_vs_bare_batched"
+    wanted = [Ratio(bare, "whisperfleet", "bare"),
+              Ratio("float16_vs_int8_float16", "whisperfleet", "int8_float16"),
+              Ratio("memory_batch_vs_default_batch", "memory_batch", "whisperfleet"),
+              Ratio("packed_vs_unpacked", "whisperfleet", "no_pack")]
+    return [r for r in wanted if {r.faster, r.slower} <= names]
+
+
+def whisperfleet_command(folder: Path, model: str, out: Path, side: Side,
+                         gpu: Gpu | None) -> list[str]:
     cmd = [str(BIN / "whisperfleet"), "transcribe", str(folder), "-o", str(out),
-           "--model", model, "--device", "cpu", "--compute-type", "int8", "--overwrite",
-           "--quiet", "--include", "*.wav"]
+           "--model", model]
+    if gpu is None:
+        cmd += ["--device", "cpu", "--compute-type", side.compute_type]
+    else:
+        cmd += ["--device", "cuda", "--gpus", gpu.info.uuid, "--compute-type",
+                side.compute_type, "--batch-size", str(side.batch_size)]
+        if not side.pack:
+            cmd.append("--no-pack")
+    return [*cmd, "--overwrite", "--quiet", "--include", "*.wav"]
+
+
+def bare_command(mode: str, folder: Path, model: str, result: Path, side: Side,
+                 gpu: Gpu | None) -> list[str]:
+    cmd = [sys.executable, str(HERE / "bare.py"), mode, str(folder), str(result),
+           "--model", model]
+    if gpu is None:
+        return cmd
+    if gpu.on_cpu:  # as whisperfleet does under the test switch: the same code, on the CPU
+        return [*cmd, "--device", "cpu", "--compute-type", "int8"]
+    return [*cmd, "--device", "cuda", "--compute-type", side.compute_type,
+            "--batch-size", str(side.batch_size)]
+
+
+def bare_env(gpu: Gpu | None) -> dict[str, str] | None:
+    """Bare faster-whisper sees only the benchmark's GPU, numbered as NVML does."""
+    if gpu is None or gpu.on_cpu:
+        return None
+    return {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "CUDA_VISIBLE_DEVICES": gpu.info.uuid}
+
+
+def run_whisperfleet(folder: Path, model: str, work: Path, side: Side,
+                     gpu: Gpu | None) -> tuple[float, dict[str, str]]:
+    out = work / "wf-out"
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(whisperfleet_command(folder, model, out, side, gpu), check=True,
+                   capture_output=True)
     wall = time.perf_counter() - started
     hyps = {p.with_suffix(".wav").name: json.loads(p.read_text())["text"]
             for p in out.glob("*.json")}
     return wall, hyps
 
 
-def run_bare(mode: str, folder: Path, model: str, work: Path) -> tuple[float, dict[str, str]]:
+def run_bare(mode: str, folder: Path, model: str, work: Path, side: Side,
+             gpu: Gpu | None) -> tuple[float, dict[str, str]]:
     result = work / "bare.json"
-    cmd = [sys.executable, str(HERE / "bare.py"), mode, str(folder), str(result),
-           "--model", model]
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(bare_command(mode, folder, model, result, side, gpu), check=True,
+                   capture_output=True, env=bare_env(gpu))
     return time.perf_counter() - started, json.loads(result.read_text())
 
 
@@ -87,35 +219,52 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--model", default=None, help="default: bundled tiny.en")
     parser.add_argument("--corpus", type=Path, default=Path(tempfile.gettempdir()) / "wf-bench")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: the GPU comparisons where NVML sees a GPU, else the CPU run")
+    parser.add_argument("--gpu", default="", help="NVML index or uuid (default: the first GPU)")
     args = parser.parse_args()
     count = args.count or (60 if args.kind == "short" else 4)
     folder = args.corpus / f"{args.kind}-{count}"
+    gpu_info = find_gpu(args.device, args.gpu)
     refs = corpus.build(args.kind, folder, count)
     model = args.model or default_model()
     bare_mode = "loop" if args.kind == "short" else "batched"
     seconds = audio_seconds(folder)
     print(f"corpus: {count} {args.kind} files, {seconds:.1f} s of audio; model {model}")
-    walls: dict[str, list[float]] = {"whisperfleet": [], "bare": []}
+    gpu = prepare_gpu(gpu_info, model) if gpu_info is not None else None
+    if gpu is None:
+        sides, prefix, width = cpu_sides(), "", 12
+    else:
+        sides, prefix = gpu_sides(args.kind, gpu.memory_batch), f"on {gpu.info.name}: "
+        width = max(len(s.name) for s in sides)
+        print(f"GPU: {gpu.info.describe()}")
+        print(f"batch sizes: default {DEFAULT_BATCH}, from free memory {gpu.memory_batch}")
+        if gpu.on_cpu:
+            print("test switch: fake NVML with WHISPERFLEET_TEST_GPU_ON_CPU=1, every side "
+                  "computes on the CPU; these ratios measure nothing about GPUs")
+    walls: dict[str, list[float]] = {s.name: [] for s in sides}
     wers: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for round_ in range(args.rounds):
-            sides = ["whisperfleet", "bare"] if round_ % 2 == 0 else ["bare", "whisperfleet"]
-            for side in sides:
-                if side == "whisperfleet":
-                    wall, hyps = run_whisperfleet(folder, model, work)
+            for side in sides if round_ % 2 == 0 else sides[::-1]:
+                if side.bare:
+                    wall, hyps = run_bare(bare_mode, folder, model, work, side, gpu)
                 else:
-                    wall, hyps = run_bare(bare_mode, folder, model, work)
-                walls[side].append(wall)
-                wers[side] = wer(refs, hyps)
-                print(f"round {round_ + 1} {side:12s} wall {wall:6.1f} s  "
-                      f"{seconds / wall:5.2f} audio s/s  WER {wers[side]:.3f}", flush=True)
-    ratio = min(walls["bare"]) / min(walls["whisperfleet"])
-    name = "runner_vs_bare_loop" if args.kind == "short" else "runner_vs_bare_batched"
-    print(f"{name} = {ratio:.2f}")
-    print(f"wer_whisperfleet = {wers['whisperfleet']:.3f}")
-    print(f"wer_bare = {wers['bare']:.3f}")
-    print(f"wer_delta = {wers['whisperfleet'] - wers['bare']:+.3f}")
+                    wall, hyps = run_whisperfleet(folder, model, work, side, gpu)
+                walls[side.name].append(wall)
+                wers[side.name] = wer(refs, hyps)
+                print(f"round {round_ + 1} {side.name:{width}s} wall {wall:6.1f} s  "
+                      f"{seconds / wall:5.2f} audio s/s  WER {wers[side.name]:.3f}", flush=True)
+    for ratio in ratios(args.kind, sides):
+        value = min(walls[ratio.slower]) / min(walls[ratio.faster])
+        print(f"{prefix}{ratio.name} = {value:.2f}")
+    for side in sides:
+        if side.name not in ("whisperfleet", "bare"):
+            print(f"{prefix}wer_{side.name} = {wers[side.name]:.3f}")
+    print(f"{prefix}wer_whisperfleet = {wers['whisperfleet']:.3f}")
+    print(f"{prefix}wer_bare = {wers['bare']:.3f}")
+    print(f"{prefix}wer_delta = {wers['whisperfleet'] - wers['bare']:+.3f}")
 
 
 if __name__ == "__main__":
