@@ -69,6 +69,21 @@ def decision(cluster: LocalCluster, namespace: str, node: str) -> bool:
                              ) from None
 
 
+def released(cluster: LocalCluster, nodes: list[str]) -> None:
+    """Wait until no claim holds a device of these nodes: each has one GPU, and an earlier
+    case's claims are deallocated only after its namespace's pods are gone (asynchronously),
+    so a device still in use would read as one the selectors refuse."""
+    def holders() -> list[str]:
+        claims = cluster.rest().get("/apis/resource.k8s.io/v1/resourceclaims") or {}
+        return [f"{c['metadata']['namespace']}/{c['metadata']['name']}"
+                for c in claims.get("items", [])
+                for r in (((c.get("status") or {}).get("allocation") or {})
+                          .get("devices") or {}).get("results") or []
+                if r.get("pool") in nodes]
+    eventually(lambda: not holders() or None, timeout=120,
+               what=f"the GPUs of {nodes} to be released")
+
+
 @pytest.mark.parametrize(("gpu_spec", "expected"), CASES)
 def test_the_scheduler_picks_exactly_the_devices_the_selectors_allow(
     cluster: LocalCluster, namespace: str, devices: dict[str, str],
@@ -79,6 +94,7 @@ def test_the_scheduler_picks_exactly_the_devices_the_selectors_allow(
     template = gpu.build_resource_claim_template(job, OperatorSettings())
     assert template is not None
     claims = f"/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims"
+    released(cluster, list(devices.values()))
     for node in devices.values():
         # One claim per pod, made from the operator's template as the claim controller would,
         # but before the pod: a pod the scheduler meets before its claim exists may wait
