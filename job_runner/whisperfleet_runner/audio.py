@@ -14,19 +14,24 @@ How PyAV 18 reports each kind of bad input (observed, and pinned by tests/runner
   declares the full duration; we flag a decoded length well short of the declared one.
   FLAC (STREAMINFO) and mp4 (moov) declare it too. Where the duration is estimated from the
   bitrate (mp3 without a Xing header, raw AAC), read from the last page (Ogg) or clamped to
-  the file size (WAV), FFmpeg derives it from the truncated file itself, so a truncation
-  there is NOT detected: the file transcribes to what remains (with a warning when FFmpeg
-  rejected frames).
+  the file size (WAV), FFmpeg derives it from the truncated file itself: a WAV or Ogg cut
+  short is NOT detected, an mp3 cut mid-frame is (see `damage`).
+- damage inside the stream (garbage, a cut mid-frame): see `damage`. `container.decode()`
+  ENDS at the first packet the decoder rejects (PyAV 18), silently dropping the rest of
+  the file, so packets are decoded one by one and decoding carries on past a bad one.
+A damaged or truncated file fails with its reason, unless the caller keeps partial audio.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import av
 import numpy as np
+
+from whisperfleet_runner.damage import DamageLog
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,27 @@ class BadMediaError(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """Decoded audio; `damage` says what is missing from it ("" when it is all there)."""
+
+    samples: np.ndarray
+    damage: str = ""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.damage)
+
+
 def decode(data: bytes, name: str) -> np.ndarray:
-    """Decode `data` (the file called `name`, used in messages) to float32 mono 16 kHz."""
+    """Decode `data` (the file called `name`, used in messages) to float32 mono 16 kHz;
+    damaged or truncated audio raises BadMediaError."""
+    return decode_media(data, name).samples
+
+
+def decode_media(data: bytes, name: str, *, keep_partial: bool = False) -> Decoded:
+    """Like `decode`; with `keep_partial`, damaged or truncated audio that still decodes
+    in part comes back with `damage` set instead of raising."""
     if not data:
         raise BadMediaError("empty file (0 bytes)")
     try:
@@ -72,21 +96,25 @@ def decode(data: bytes, name: str) -> np.ndarray:
             )
         stream = container.streams.audio[0]
         declared = _declared_seconds(container, stream, data)
+        damage = DamageLog(stream.bit_rate or container.bit_rate or 0)
         try:
-            audio = _decode_stream(container, stream, name)
+            audio = _decode_stream(container, stream, damage)
         except av.error.FFmpegError as exc:
             raise BadMediaError(f"truncated or corrupt audio ({_ffmpeg_reason(exc)})") from exc
     got = duration(audio)
     if got == 0.0:
         raise BadMediaError("truncated or corrupt audio (no audio samples could be decoded)")
+    problem = damage.describe() if damage else ""
     if declared is not None and declared - got > max(
         _SHORTFALL_SECONDS, _SHORTFALL_FRACTION * declared
     ):
-        raise BadMediaError(
-            f"truncated or corrupt audio (decoded {got:.2f} s of the {declared:.2f} s "
-            "its header declares)"
-        )
-    return audio
+        problem = (f"truncated or corrupt audio (decoded {got:.2f} s of the {declared:.2f} s "
+                   "its header declares)")
+    if problem and not keep_partial:
+        raise BadMediaError(problem)
+    if problem:
+        log.warning("%s: %s; keeping the %.1f s that decoded", name, problem, got)
+    return Decoded(audio, problem)
 
 
 def duration(audio: np.ndarray) -> float:
@@ -95,48 +123,42 @@ def duration(audio: np.ndarray) -> float:
 
 
 def _decode_stream(
-    container: av.container.InputContainer, stream: av.AudioStream, name: str
+    container: av.container.InputContainer, stream: av.AudioStream, damage: DamageLog
 ) -> np.ndarray:
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     # Like faster-whisper, resample in large groups: per-frame calls cost ~50% more time.
     fifo = av.AudioFifo()
     chunks: list[np.ndarray] = []
-    skipped = 0
+    last: av.Packet | None = None  # the last packet that held data, and whether it decoded
+    last_rejected = False
 
     def drain(frame: av.AudioFrame | None) -> None:
         chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
 
-    for frame in _frames(container, stream):
-        if frame is None:
-            skipped += 1
+    # A demuxer error propagates (the file fails as corrupt): none of the damaged files
+    # tried (mp3, AAC, mp4, FLAC, Ogg, Matroska/WebM, WAV, AVI) raised one mid-stream.
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()  # the last, empty packet flushes the decoder
+        except av.error.FFmpegError:
+            if damage.reject(packet):
+                last, last_rejected = packet, True
             continue
-        frame.pts = None  # the fifo rejects timestamp gaps; content is all that matters here
-        fifo.write(frame)
-        if fifo.samples >= _GROUP_SAMPLES:
-            drain(fifo.read())
+        if packet.size:
+            last, last_rejected = packet, False
+        for frame in frames:
+            damage.frame(frame)
+            frame.pts = None  # the fifo rejects timestamp gaps; content is all that matters
+            fifo.write(frame)
+            if fifo.samples >= _GROUP_SAMPLES:
+                drain(fifo.read())
+    damage.ended(last, last_rejected, stream.codec_context.name)
     if fifo.samples:
         drain(fifo.read())
     drain(None)  # flush the resampler
-    if skipped:
-        # faster-whisper skips such frames too; the duration check catches heavy damage.
-        log.warning("%s: skipped %d undecodable audio frame(s)", name, skipped)
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32) / 32768.0
-
-
-def _frames(
-    container: av.container.InputContainer, stream: av.AudioStream
-) -> Iterator[av.AudioFrame | None]:
-    """Decoded frames; None for a frame FFmpeg rejected as invalid data (then carry on)."""
-    iterator = container.decode(stream)
-    while True:
-        try:
-            yield next(iterator)
-        except StopIteration:
-            return
-        except av.error.InvalidDataError:
-            yield None
 
 
 def _declared_seconds(

@@ -89,6 +89,17 @@ class _FileFailed(Exception):
         self.code = code
 
 
+class _StoreLost(Exception):
+    """A file failed because the store itself is gone: the run stops. `failure` is what the
+    files still in its hands end with."""
+
+    def __init__(self, uri: str, cause: _FileFailed) -> None:
+        super().__init__(f"stopped at {uri}: {cause}; the files not done are left for a "
+                         "re-run once the store is back")
+        self.failure = _FileFailed(cause.code, "not done: the run stopped when the storage "
+                                               f"failed ({cause.code}); a re-run does it")
+
+
 def run_files(
     files: Iterable[storage.InputFile | object],
     options: JobOptions,
@@ -114,7 +125,8 @@ def run_files(
     When the model cannot be loaded, or `check_device` (called before each inference)
     raises GpuLost, the loop stops: the report's error_reason says why, files in the
     model's hands fail, and the files not started get no record (a retry, or another
-    worker, does them).
+    worker, does them). So it does when a file fails because the store itself is gone
+    (`storage.store_lost`): files then fail at once instead of after retries of their own.
     """
     started = time.monotonic()
     report = ShardReport(shard=shard, device=device, gpus=list(gpus or []))
@@ -149,6 +161,10 @@ def run_files(
         log.error("%s; the files in its hands fail and will be retried", exc)
         run.fail_in_hands(_FileFailed(Reason.GPU_LOST, f"{exc}; retried by the next attempt"),
                           finish)
+    except _StoreLost as exc:
+        report.error_reason, report.error_message = exc.failure.code.value, str(exc)
+        log.error("%s", exc)
+        run.fail_in_hands(exc.failure, finish)
     finally:
         if prefetcher is not None:
             prefetcher.close()
@@ -157,6 +173,8 @@ def run_files(
         if ledger is not None:
             ledger.close()
         report.wall_seconds = time.monotonic() - started
+    if run.lost is not None and not report.error_reason:  # lost as the last files were written
+        report.error_reason, report.error_message = run.lost.failure.code.value, str(run.lost)
     return report
 
 
@@ -169,6 +187,7 @@ class _Prepared:
     started: float
     outputs: dict[str, str] = field(default_factory=dict)
     samples: np.ndarray | None = None
+    damage: str = ""  # what its damaged media lost, when kept in part (keep_partial)
 
 
 Finish = Callable[[LedgerRecord], None]
@@ -187,6 +206,9 @@ class _Run:
         self.pending: list[tuple[_Prepared, Future[float]]] = []
         self.clips: list[_Prepared] = []  # decoded short files waiting to be packed
         self.clip_seconds = 0.0
+        # Set by whichever thread meets a failure of the store itself (storage.store_lost);
+        # the others then skip their storage work, and the loop stops.
+        self.lost: _StoreLost | None = None
 
     def prepare(self, file: storage.InputFile | object) -> _Prepared | None:
         """Confine outputs, skip done files, read and decode (the prefetch thread's part).
@@ -201,14 +223,22 @@ class _Run:
             item.outputs = _output_uris(file, self.options)
             _claim(file, item.outputs, self.claimed)
             item.record.outputs = list(item.outputs.values())
+            if self.lost is not None:
+                raise self.lost.failure
             if not self.options.output.overwrite and _done(file, item.record.outputs):
                 item.record.status, item.record.reason = SKIPPED, "outputs exist"
                 log.info("%s: skipped, its outputs exist", file.uri)
             else:
-                item.samples = _decode(file)
+                decoded = _decode(file, self.options.output.keep_partial)
+                item.samples, item.damage = decoded.samples, decoded.damage
         except _FileFailed as exc:
+            self._note(file.uri, exc)
             _failed(item.record, exc)
         return item
+
+    def _note(self, uri: str, failure: _FileFailed) -> None:
+        if self.lost is None and storage.store_lost(failure.code):
+            self.lost = _StoreLost(uri, failure)
 
     def process(self, prepared: Iterable[_Prepared | None], publisher: Any,
                 finish: Finish) -> None:
@@ -232,6 +262,8 @@ class _Run:
                     self._publish(item, self._infer(model, item), publisher)
                     self.current = None
             self.drain(finish, wait=False)
+            if self.lost is not None:
+                raise self.lost
         if self.clips:
             self._flush_clips(self.engine.get(), publisher)
 
@@ -281,12 +313,18 @@ class _Run:
         def write() -> float:
             if isinstance(result, _FileFailed):
                 raise result
+            if self.lost is not None:  # would fail only after retries of its own
+                raise self.lost.failure
+            if item.damage:
+                result.partial, result.damage = True, item.damage
             rendered = formats.render_all(result, formats_)
             try:
                 # json last: a reader that sees a file's json sees its other outputs too.
                 storage.publish_set({item.outputs[fmt]: text for fmt, text in rendered.items()})
             except storage.StorageError as exc:
-                raise _storage_failure("writing outputs", exc) from exc
+                failure = _storage_failure("writing outputs", exc)
+                self._note(item.file.uri, failure)
+                raise failure from exc
             return float(result.duration or seconds)
 
         self.pending.append((item, publisher.submit(write)))
@@ -298,6 +336,8 @@ class _Run:
             try:
                 item.record.audio_seconds = future.result()
                 item.record.status = SUCCEEDED
+                if item.damage:
+                    item.record.partial, item.record.reason = True, item.damage
             except _FileFailed as exc:
                 _failed(item.record, exc)
             except Exception as exc:  # a renderer bug must still end in a record
@@ -344,14 +384,14 @@ def _done(file: storage.InputFile, uris: list[str]) -> bool:
         raise _storage_failure("checking outputs", exc) from exc
 
 
-def _decode(file: storage.InputFile) -> np.ndarray:
+def _decode(file: storage.InputFile, keep_partial: bool) -> audio.Decoded:
     """Read and decode one input; failures are the file's, with a specific reason."""
     try:
         data = storage.read_bytes(file.uri)
     except storage.StorageError as exc:
         raise _storage_failure("reading the input", exc) from exc
     try:
-        return audio.decode(data, file.key or file.uri)
+        return audio.decode_media(data, file.key or file.uri, keep_partial=keep_partial)
     except audio.BadMediaError as exc:
         raise _FileFailed(Reason.BAD_MEDIA, f"bad media: {exc.reason}") from exc
 

@@ -149,6 +149,9 @@ class OutputOptions:
     uri: str
     formats: tuple[str, ...] = DEFAULT_FORMATS
     overwrite: bool = False
+    # Damaged or truncated media: False fails the file (BadMedia); True transcribes what
+    # decodes and marks it partial (json "partial": true, counted apart as `partial`).
+    keep_partial: bool = False
 
 
 @dataclass
@@ -297,6 +300,7 @@ class Outcome(Protocol):
     reason: str
     code: str
     audio_seconds: float
+    partial: bool  # succeeded, from damaged media whose decodable part was kept
 
 
 @dataclass
@@ -309,14 +313,20 @@ class Tally:
     failed: int = 0
     skipped: int = 0
     bad_input: int = 0  # of `failed`: bad media, unsafe keys, collisions; no retry can fix
+    partial: int = 0  # of `succeeded`: damaged media transcribed in part (keep_partial)
     audio_seconds: float = 0.0
     failures: list[FileFailure] = field(default_factory=list)  # the first ones
+    partial_files: list[FileFailure] = field(default_factory=list)  # the first; reason: damage
 
     def add(self, outcome: Outcome, keep_failures: int = MAX_REPORTED_FAILURES) -> None:
         self.total += 1
         if outcome.status == SUCCEEDED:
             self.succeeded += 1
             self.audio_seconds += outcome.audio_seconds
+            if outcome.partial:
+                self.partial += 1
+                if len(self.partial_files) < keep_failures:
+                    self.partial_files.append(FileFailure(outcome.uri, outcome.reason))
         elif outcome.status == SKIPPED:
             self.skipped += 1
         else:
@@ -360,7 +370,8 @@ class ShardReport(Tally):
         return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     def to_json(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-        """Compact JSON of at most `limit` bytes: drops failures (then trims text) to fit."""
+        """Compact JSON of at most `limit` bytes: drops partial files, then failures (then
+        trims text) to fit."""
         data = asdict(self)
         data["audio_seconds"] = round(self.audio_seconds, 2)
         data["wall_seconds"] = round(self.wall_seconds, 2)
@@ -370,9 +381,10 @@ class ShardReport(Tally):
             return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
         text = dump()
-        while len(text.encode()) > limit and data["failures"]:
-            data["failures"].pop()
-            text = dump()
+        for key in ("partial_files", "failures"):
+            while len(text.encode()) > limit and data[key]:
+                data[key].pop()
+                text = dump()
         for key in ("error_message",):
             while len(text.encode()) > limit and data[key]:
                 data[key] = data[key][: len(data[key]) // 2]
@@ -389,5 +401,6 @@ class ShardReport(Tally):
             raise ValueError(f"a shard report must be a JSON object, not {type(data).__name__}")
         data.pop("real_time_factor", None)
         data["gpus"] = [_build(GpuIdentity, g) for g in data.get("gpus", [])]
-        data["failures"] = [_build(FileFailure, f) for f in data.get("failures", [])]
+        for key in ("failures", "partial_files"):
+            data[key] = [_build(FileFailure, f) for f in data.get(key, [])]
         return _build(cls, data)

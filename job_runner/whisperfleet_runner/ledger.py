@@ -34,8 +34,9 @@ class LedgerRecord:
     key: str
     status: str
     outputs: list[str] = field(default_factory=list)
-    reason: str = ""  # for people
+    reason: str = ""  # for people (a partial file's: what its media lost)
     code: str = ""  # a config.Reason value when failed
+    partial: bool = False  # succeeded from damaged media: only what decoded was transcribed
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     device: str = ""  # what did it: "cuda:1", "GPU 2", "cpu"
@@ -59,6 +60,7 @@ class LedgerRecord:
             outputs=[str(o) for o in data.get("outputs") or []],
             reason=str(data.get("reason") or ""),
             code=str(data.get("code") or ""),
+            partial=data.get("partial") is True,
             audio_seconds=float(data.get("audio_seconds") or 0.0),
             wall_seconds=float(data.get("wall_seconds") or 0.0),
             device=str(data.get("device") or ""),

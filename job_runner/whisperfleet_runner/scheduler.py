@@ -25,7 +25,7 @@ from whisperfleet_runner.gpu import cpus, devices
 from whisperfleet_runner.gpu.nvml import GpuInfo
 from whisperfleet_runner.ledger import LedgerRecord
 from whisperfleet_runner.metrics import RunMetrics
-from whisperfleet_runner.storage import InputFile
+from whisperfleet_runner.storage import InputFile, store_lost
 from whisperfleet_runner.worker import (
     Began,
     Crashed,
@@ -82,6 +82,12 @@ class RunSummary(Tally):
         return self.audio_seconds / held if held > 0 else 0.0
 
     @property
+    def storage_lost(self) -> str:
+        """The reason a worker stopped for when the store itself failed ('' if none did):
+        the run is unfinished, and a re-run once the store is back does the rest."""
+        return next((w.error_reason for w in self.workers if store_lost(w.error_reason)), "")
+
+    @property
     def nothing_usable(self) -> bool:
         """Every worker failed before transcribing anything (e.g. the model is missing)."""
         return bool(self.errors) and self.succeeded == 0 and all(w.error for w in self.workers)
@@ -89,11 +95,12 @@ class RunSummary(Tally):
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["files"] = {k: data.pop(k) for k in
-                         ("total", "succeeded", "failed", "skipped", "not_attempted")}
+                         ("total", "succeeded", "partial", "failed", "skipped", "not_attempted")}
         data.pop("bad_input")
         for row in data["workers"]:
             row["files"] = row.pop("total")
             row.pop("failures")
+            row.pop("partial_files")
             row.pop("bad_input")
         data["real_time_factor"] = round(self.real_time_factor, 3)
         data["throughput"] = round(self.throughput, 3)
@@ -280,6 +287,8 @@ class _State:
                 row.error = f"{report.error_reason}: {report.error_message}"
                 summary.errors.append(f"{row.label}: {row.error}")
             self.in_hand[event.worker].clear()
+            if store_lost(report.error_reason):
+                return []  # the other workers would only fail them alike, after retries
             return list(event.returned)
         elif isinstance(event, Crashed):
             self.done.add(event.worker)
@@ -307,10 +316,10 @@ class _State:
         self.in_hand[worker].clear()
 
 
-def _unrecorded(uri: str, reason: str) -> LedgerRecord:
+def _unrecorded(uri: str, reason: str, code: str = Reason.TRANSCRIPTION_FAILED.value
+                ) -> LedgerRecord:
     # Whatever killed the worker may strike again on a retry: not a bad-input failure.
-    return LedgerRecord(uri=uri, key="", status="failed", reason=reason,
-                        code=Reason.TRANSCRIPTION_FAILED.value)
+    return LedgerRecord(uri=uri, key="", status="failed", reason=reason, code=code)
 
 
 def _account_unfinished(files: Sequence[InputFile], state: _State) -> None:
@@ -321,8 +330,11 @@ def _account_unfinished(files: Sequence[InputFile], state: _State) -> None:
         summary.total += len(left)  # the run's files: done, failed, skipped or not attempted
         return
     # The worker errors are reported once, in the summary; each file just points at them.
+    lost = summary.storage_lost
     reason = "not attempted: " + (
-        "no worker could run it (see the worker errors)" if summary.errors
+        f"the storage failed ({lost}; see the worker errors); a re-run does it" if lost
+        else "no worker could run it (see the worker errors)" if summary.errors
         else "no worker took it")
     for uri in left:
-        summary.add(_unrecorded(uri, reason), keep_failures=1 << 30)
+        summary.add(_unrecorded(uri, reason, lost or Reason.TRANSCRIPTION_FAILED.value),
+                    keep_failures=1 << 30)

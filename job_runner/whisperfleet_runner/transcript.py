@@ -35,6 +35,9 @@ class Transcript:
     compute_type: str
     device: str  # e.g. "cpu", "cuda:0"
     segments: list[Segment] = field(default_factory=list)
+    # Damaged media kept in part: `duration` is then what decoded, `damage` what is missing.
+    partial: bool = False
+    damage: str = ""
 
     @property
     def text(self) -> str:
@@ -45,5 +48,9 @@ class Transcript:
         for seg in data["segments"]:
             if seg["words"] is None:
                 del seg["words"]
+        del data["partial"], data["damage"]
+        if self.partial:  # before the segments, which then cover only what decoded
+            segments = data.pop("segments")
+            data.update(partial=True, damage=self.damage, segments=segments)
         data["text"] = self.text
         return data

@@ -121,14 +121,14 @@ def parse_shard(text: str) -> ShardReport | None:
     except _BAD_SHAPE:
         return None
     counts = (report.shard, report.total, report.succeeded, report.failed, report.skipped,
-              report.bad_input)
+              report.bad_input, report.partial)
     ok = (all(_count(v) for v in counts)
           and _seconds(report.audio_seconds) and _seconds(report.wall_seconds)
           and _strings(report.device, report.node, report.pod, report.error_reason,
                        report.error_message)
           and all(_strings(g.uuid, g.name) and isinstance(g.memory_mib, int)
                   and isinstance(g.device_index, int) for g in report.gpus)
-          and all(_strings(f.uri, f.reason) for f in report.failures))
+          and all(_strings(f.uri, f.reason) for f in [*report.failures, *report.partial_files]))
     return report if ok else None
 
 

@@ -129,7 +129,8 @@ def parse(tj: Obj) -> TranscriptionJob:
         input_uri=input_uri,
         include=tuple(inp.get("include") or config.DEFAULT_INCLUDE),
         output=config.OutputOptions(uri=output_uri, formats=formats,
-                                    overwrite=bool(out.get("overwrite", False))),
+                                    overwrite=bool(out.get("overwrite", False)),
+                                    keep_partial=bool(out.get("keepPartial", False))),
         model=config.ModelOptions(name=str(model.get("name") or config.DEFAULT_MODEL),
                                   compute_type=compute_type),
         model_cache_claim=str(_section(model, "cacheVolume", "spec.model.").get("claimName")

@@ -103,7 +103,8 @@ def test_work_order_defaults_from_config() -> None:
 def test_work_order_maps_every_spec_field() -> None:
     tj = make_tj(
         input={"uri": "gs://b/in/", "include": ["*.flac"]},
-        output={"uri": "gs://b/out/", "formats": ["json", "tsv"], "overwrite": True},
+        output={"uri": "gs://b/out/", "formats": ["json", "tsv"], "overwrite": True,
+                "keepPartial": True},
         model={"name": "tiny.en", "computeType": "int8", "cacheVolume": {"claimName": "models"}},
         transcription={"language": "de", "task": "translate", "beamSize": 2, "batchSize": 1,
                        "vadFilter": False, "wordTimestamps": True, "initialPrompt": "Hallo",
@@ -112,7 +113,7 @@ def test_work_order_maps_every_spec_field() -> None:
     )
     order = workorder.work_order_for(tj)
     assert (order.input_uri, order.include) == ("gs://b/in/", ("*.flac",))
-    assert order.output == config.OutputOptions("gs://b/out/", ("json", "tsv"), True)
+    assert order.output == config.OutputOptions("gs://b/out/", ("json", "tsv"), True, True)
     assert order.model == config.ModelOptions("tiny.en", "int8", config.MODEL_CACHE_MOUNT)
     t = order.transcription
     assert (t.language, t.task, t.beam_size, t.batch_size) == ("de", "translate", 2, 1)

@@ -145,6 +145,7 @@ def test_defaults_and_enums_match_the_runner_config(schema: dict[str, Any]) -> N
     assert at("output.formats")["items"]["enum"] == list(config.FORMATS)
     assert at("output.formats")["maxItems"] == len(config.FORMATS)
     assert at("output.overwrite")["default"] is config.OutputOptions(uri="x").overwrite
+    assert at("output.keepPartial")["default"] is config.OutputOptions(uri="x").keep_partial
     assert at("model.name")["default"] == config.DEFAULT_MODEL
     assert at("model.computeType")["default"] == config.ModelOptions().compute_type
     # The CRD allows a subset of what the runner understands.

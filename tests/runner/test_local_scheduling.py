@@ -155,8 +155,8 @@ def test_two_gpus_share_the_work_each_file_once(
                         "--summary-json", str(summary), "--quiet")
     assert result.returncode == 0, result.stderr
     data = json.loads(summary.read_text())
-    assert data["files"] == {"total": 6, "succeeded": 6, "failed": 0, "skipped": 0,
-                             "not_attempted": 0}
+    assert data["files"] == {"total": 6, "succeeded": 6, "partial": 0, "failed": 0,
+                             "skipped": 0, "not_attempted": 0}
     assert _bindings(data) == [G1, G2]
     assert all(w["model_device"] == "cpu" for w in data["workers"])  # the test switch
     files = [w["files"] for w in data["workers"]]

@@ -86,6 +86,9 @@ _OUTPUT_OPTIONS = [
                  show_default=True, help=f"Comma-separated, from {', '.join(config.FORMATS)}."),
     click.option("--overwrite", is_flag=True, default=False,
                  help="Redo files whose outputs all exist (default: skip them)."),
+    click.option("--keep-partial", is_flag=True, default=False,
+                 help="Damaged or truncated media: transcribe what decodes and mark it "
+                      "partial (json \"partial\": true) instead of failing the file."),
     click.option("--include", "include", multiple=True, callback=_includes, metavar="GLOB",
                  help="Globs on keys relative to each input folder (repeatable; default: "
                       "common audio/video extensions)."),
@@ -105,10 +108,11 @@ _DEVICE_OPTIONS = [
 
 @dataclass(frozen=True)
 class OutputChoice:
-    """--formats, --overwrite, --include."""
+    """--formats, --overwrite, --keep-partial, --include."""
 
     formats: tuple[str, ...]
     overwrite: bool
+    keep_partial: bool
     include: tuple[str, ...]
 
 

@@ -154,16 +154,21 @@ class LogProgress:
 def print_summary(summary: RunSummary, console: Console, *, skipped_note: bool = True) -> None:
     """The final table (one row per worker plus the total) and every failure with its reason."""
     table = Table(title="whisperfleet transcribe")
-    for column in ("worker", "device", "files", "done", "skipped", "failed", "audio", "RTF"):
+    partial = bool(summary.partial)  # a column only when --keep-partial kept some
+    columns = ("worker", "device", "files", "done", *(("partial",) if partial else ()),
+               "skipped", "failed", "audio", "RTF")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("worker", "device") else "right")
     for row in summary.workers:
         device = f"{row.model_device} {row.compute_type}"
         if row.gpu:
             device = f"{row.gpu.name} {row.gpu.uuid[:12]}… ({device})"
         rtf = row.audio_seconds / row.wall_seconds if row.wall_seconds else 0.0
-        table.add_row(row.label, device, str(row.total), str(row.succeeded), str(row.skipped),
+        table.add_row(row.label, device, str(row.total), str(row.succeeded),
+                      *((str(row.partial),) if partial else ()), str(row.skipped),
                       str(row.failed), _clock(row.audio_seconds), f"{rtf:.1f}x")
-    table.add_row("total", "", str(summary.total), str(summary.succeeded), str(summary.skipped),
+    table.add_row("total", "", str(summary.total), str(summary.succeeded),
+                  *((str(summary.partial),) if partial else ()), str(summary.skipped),
                   str(summary.failed), _clock(summary.audio_seconds),
                   f"{summary.real_time_factor:.1f}x", style="bold")
     console.print(table)
@@ -177,8 +182,10 @@ def _held(summary: RunSummary) -> str:
 
 def summary_lines(summary: RunSummary, *, skipped_note: bool = True) -> list[str]:
     """The plain-text gist of a run (used by --quiet and under the table)."""
+    partial = f" ({summary.partial} partial)" if summary.partial else ""
     lines = [
-        f"{summary.succeeded} transcribed, {summary.skipped} skipped, {summary.failed} failed "
+        f"{summary.succeeded} transcribed{partial}, {summary.skipped} skipped, "
+        f"{summary.failed} failed "
         f"of {summary.total} files; {summary.audio_seconds / 3600:.2f} h audio in "
         f"{_clock(summary.wall_seconds)} (RTF {summary.real_time_factor:.1f}x; "
         f"{summary.throughput:.1f} audio h per {_held(summary)} h)"
@@ -193,6 +200,10 @@ def summary_lines(summary: RunSummary, *, skipped_note: bool = True) -> list[str
         lines.append(f"Interrupted: {summary.not_attempted} files not attempted; "
                      "run the same command again to finish them.")
     lines.extend(f"worker error: {e}" for e in summary.errors)
+    if summary.partial_files:
+        lines.append(f"Partial transcripts of damaged media ({len(summary.partial_files)}, "
+                     "kept by --keep-partial):")
+        lines.extend(f"  {f.uri}: {f.reason}" for f in summary.partial_files)
     if summary.failures:
         lines.append(f"Failed files ({len(summary.failures)}):")
         lines.extend(f"  {f.uri}: {f.reason}" for f in summary.failures)
