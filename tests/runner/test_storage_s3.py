@@ -6,7 +6,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,8 @@ import boto3
 import pytest
 import requests
 
+from tests.support import secrets_guard
+from tests.support.fault_proxy import Faults, start_proxy
 from whisperfleet_runner.storage import (
     StorageError,
     UnsafeKeyError,
@@ -152,6 +153,8 @@ def iam_user(s3_env: dict[str, str], s3_bucket: str) -> Iterator[dict[str, str]]
         {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}]}
     iam.put_user_policy(UserName=name, PolicyName="read", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName=name)["AccessKey"]
+    secrets_guard.register(key["AccessKeyId"], "the IAM user's access key")
+    secrets_guard.register(key["SecretAccessKey"], "the IAM user's secret key")
     _s3(s3_env).put_object(Bucket=s3_bucket, Key="in/a.wav", Body=b"audio")
     requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
     try:
@@ -237,72 +240,20 @@ def test_unreachable_endpoint(s3_env: dict[str, str], monkeypatch: pytest.Monkey
 
 
 # --- a crash in the middle of an upload ---------------------------------------------------
-class CutUploadsProxy:
-    """TCP proxy to moto that kills every PUT after `limit` request bytes, as a crash would."""
-
-    def __init__(self, target: str, limit: int) -> None:
-        host, port = target.removeprefix("http://").split(":")
-        self.target = (host, int(port))
-        self.limit = limit
-        self.cut = 0
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(self.target)
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-        sent, cutting = 0, False
-        try:
-            while data := client.recv(65536):
-                cutting = cutting or data.startswith(b"PUT ")
-                if cutting and sent + len(data) > self.limit:
-                    upstream.sendall(data[: self.limit - sent])
-                    self.cut += 1
-                    break
-                upstream.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (client, upstream):
-                sock.close()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.server.close()
-
-
 def test_upload_cut_mid_body_leaves_nothing_visible(
     s3_env: dict[str, str], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _s3(s3_env).put_object(Bucket=s3_bucket, Key="out/old.json", Body=b"old complete")
-    proxy = CutUploadsProxy(s3_env["AWS_ENDPOINT_URL"], limit=64 * 1024)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    try:
+    # Every PUT is cut half-way: the store sees each upload begin and break off.
+    with start_proxy(s3_env["AWS_ENDPOINT_URL"], Faults(cut=1.0, max_in_a_row=1 << 30)
+                     ) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         for name in ("new.json", "old.json"):
             with pytest.raises(StorageError) as info:
                 publish(f"s3://{s3_bucket}/out/{name}", b"x" * (1024 * 1024))
             assert info.value.reason == "Unreachable"
-    finally:
-        proxy.close()
-    assert proxy.cut >= 2
+        assert proxy.counts()["cut"] >= 2
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["AWS_ENDPOINT_URL"])
     assert _keys(s3_env, s3_bucket) == ["out/old.json"]  # no partial, no temporary keys
     assert read_bytes(f"s3://{s3_bucket}/out/old.json") == b"old complete"

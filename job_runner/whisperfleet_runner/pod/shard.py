@@ -166,7 +166,10 @@ def _run_on_each_gpu(order: WorkOrder, files: list[storage.InputFile],
             identity.files, identity.failed = row.total, row.failed
             identity.audio_seconds = round(row.audio_seconds, 2)
         report.gpus.append(identity)
-    if summary.nothing_usable:  # every GPU's worker stopped early: the shard did not run
+    if summary.storage_lost:  # the shard stopped unfinished: retried as a storage failure
+        report.error_reason = summary.storage_lost
+        report.error_message = "; ".join(summary.errors)
+    elif summary.nothing_usable:  # every GPU's worker stopped early: the shard did not run
         first = next(r for r in summary.workers if r.error)
         report.error_reason = first.error_reason or Reason.TRANSCRIPTION_FAILED.value
         report.error_message = "; ".join(summary.errors)

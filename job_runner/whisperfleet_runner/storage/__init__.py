@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from whisperfleet_runner.config import STATE_DIR, Reason
 from whisperfleet_runner.storage.done import common_start, iter_outputs, mark_done
-from whisperfleet_runner.storage.errors import StorageError, wrap_error
+from whisperfleet_runner.storage.errors import StorageError, store_lost, wrap_error
 from whisperfleet_runner.storage.fs import filesystem as _filesystem
 from whisperfleet_runner.storage.fs import is_local as _is_local
 from whisperfleet_runner.storage.fs import is_s3, s3_upload
@@ -46,6 +46,7 @@ __all__ = [
     "read_bytes",
     "read_text",
     "remove",
+    "store_lost",
     "wrap_error",
 ]
 

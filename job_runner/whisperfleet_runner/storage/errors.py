@@ -6,6 +6,7 @@ the environment and URL user-info are scrubbed from every message.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -22,6 +23,19 @@ class StorageError(Exception):
         super().__init__(_scrub(message))
 
 
+# Storage failures no other object of the store would escape (its endpoint cannot be reached
+# even after the client's retries, credentials are gone, the bucket was deleted): a run stops
+# at the first one instead of failing each remaining file after retries of its own, and
+# exits with the storage code so that it is run again once the store is back. Not
+# AccessDenied (policies can deny single keys) nor StorageError (one object can be broken).
+STORE_LOST = frozenset({Reason.UNREACHABLE, Reason.NO_CREDENTIALS, Reason.BUCKET_NOT_FOUND})
+
+
+def store_lost(reason: str) -> bool:
+    """Whether a failure `reason` (a Reason value) means the store itself is gone."""
+    return Reason.parse(reason) in STORE_LOST
+
+
 _SECRET_ENV = (
     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
     "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
@@ -32,6 +46,9 @@ _BAD_CREDENTIALS = {
     "InvalidClientTokenId", "AuthorizationHeaderMalformed", "TokenRefreshRequired",
 }
 _DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden"}
+# Throttling and server errors (a HEAD's carry only the status): retried by the client.
+_SERVER_TROUBLE = {"SlowDown", "InternalError", "ServiceUnavailable", "500", "502", "503",
+                   "504"}
 _CREDENTIAL_HINT = (
     "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the profile/role) in the storage secret"
 )
@@ -98,9 +115,39 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
         return StorageError(Reason.MISSING_DRIVER,
                             f"no filesystem driver for {uri} ({exc}): install "
                             "whisperfleet[gcs] for gs://, whisperfleet[azure] for az://")
+    # ConnectionClosedError: every try's connection dropped before an answer came back.
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                "ConnectionError", "ConnectionRefusedError", "ReadTimeoutError"}:
+                "ConnectionError", "ConnectionRefusedError", "ReadTimeoutError",
+                "ConnectionClosedError"}:
         return StorageError(Reason.UNREACHABLE, f"cannot reach the storage endpoint for {uri}: "
                             "check AWS_ENDPOINT_URL / network access")
+    if code in _SERVER_TROUBLE:  # the client retried these already (storage.fs)
+        said = next((str(c) for c in _causes(exc) if getattr(c, "response", None)), str(exc))
+        return StorageError(Reason.STORAGE_ERROR,
+                            f"{uri}: the store kept failing ({code}) through all the client's "
+                            f"retries ({said}); try again later, or allow more attempts "
+                            "(AWS_MAX_ATTEMPTS)")
     detail = f"{code}: " if code else ""
     return StorageError(Reason.STORAGE_ERROR, f"{uri}: {detail}{type(exc).__name__}: {exc}")
+
+
+# botocore's DEBUG log prints request headers: the access key id inside the Authorization
+# header's Credential=, and the request's signature.
+_SIGNED_HEADERS = re.compile(r"(Credential=|Signature=|X-Amz-Security-Token[\"']?:\s*[\"']?)"
+                             r"[^\s,\"'/]+", re.IGNORECASE)
+
+
+class ScrubbingFilter(logging.Filter):
+    """A handler filter that masks credentials in every record it lets through: secret
+    values of the environment, the access key id, URL user-info and signed request
+    headers (so `-v` / WHISPERFLEET_LOG_LEVEL=DEBUG never print them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = _SIGNED_HEADERS.sub(r"\1***", _scrub(message))
+        key_id = os.environ.get("AWS_ACCESS_KEY_ID")
+        if key_id and len(key_id) >= 8:
+            clean = clean.replace(key_id, "***")
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True

@@ -3,6 +3,9 @@
 s3fs (via botocore) honours the standard AWS environment itself, including
 `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`, profiles and `AWS_DEFAULT_REGION`; only
 `AWS_REGION` is passed on explicitly. Anonymous access is never used implicitly.
+
+Retries are the storage client's own, never a loop of ours: botocore retries each S3
+request (`s3_client_config`), and s3fs repeats a whole call once more (`S3FS_TRIES`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,29 @@ _S3 = ("s3", "s3a")
 _fs_cache: dict[str, Any] = {}
 _fs_lock = threading.Lock()
 _ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "FSSPEC_")
+
+# botocore's "standard" mode: exponential backoff with full jitter (up to 20 s between tries)
+# on throttling (503 SlowDown), 5xx, timeouts and broken connections, and a retry quota that
+# stops retrying after a long run of failures, so a dead store fails fast instead of being
+# hammered. Not "adaptive": its client-side rate limiter slows every request of the
+# process after a throttle, but throttling comes from the whole fleet's load on a prefix,
+# which one pod's limiter cannot see. 8 attempts wait about 35 s in all on average (at
+# most 71 s; botocore 1.43): enough to ride out a throttling burst or a MinIO restart,
+# where giving up would throw away a finished transcription (or fail a pod).
+# AWS_RETRY_MODE / AWS_MAX_ATTEMPTS in the environment (or retry_mode / max_attempts in the
+# AWS config profile) replace these.
+RETRY_MODE = "standard"
+MAX_ATTEMPTS = 8  # in all, the first try included (what AWS_MAX_ATTEMPTS counts too)
+RETRY_MODES = ("legacy", "standard", "adaptive")  # what botocore accepts
+# Connecting takes milliseconds on a healthy network; 10 s rides out lost SYNs (resent after
+# 1 s and 3 s). S3 and MinIO send their first byte within a second or so; a connection
+# silent for 20 s is stalled and is retried (botocore's own default waits 60 s).
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 20
+# s3fs repeats a whole call after botocore gave up on a timeout, a throttle or a body that
+# broke off mid-download (which botocore cannot retry: it has returned the response by
+# then). Its default of 5 would multiply botocore's attempts fivefold; twice is enough.
+S3FS_TRIES = 2
 
 
 def is_local(uri: str) -> bool:
@@ -54,20 +80,65 @@ def filesystem(uri: str) -> tuple[Any, str]:
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
     digest = hashlib.sha256(repr((scheme, os.getpid(), env)).encode()).hexdigest()
     options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
-    if scheme in _S3:
-        region = os.environ.get("AWS_REGION")
-        if region and not os.environ.get("AWS_DEFAULT_REGION"):
-            options["client_kwargs"] = {"region_name": region}
     try:
         with _fs_lock:
             fs = _fs_cache.get(digest)
             if fs is None:
+                if scheme in _S3:
+                    options["config_kwargs"] = s3_client_config()
+                    region = os.environ.get("AWS_REGION")
+                    if region and not os.environ.get("AWS_DEFAULT_REGION"):
+                        options["client_kwargs"] = {"region_name": region}
                 fs, _ = url_to_fs(uri, **options)
+                if scheme in _S3:
+                    fs.retries = S3FS_TRIES
                 _fs_cache.clear()  # environment changed: drop instances with old credentials
                 _fs_cache[digest] = fs
         return fs, fs._strip_protocol(uri)
     except Exception as exc:
         raise wrap_error(uri, exc) from exc
+
+
+def s3_client_config() -> dict[str, Any]:
+    """botocore Config arguments for S3 clients: our retry mode and attempts where the user
+    set none, and the timeouts.
+
+    botocore lets an explicit client Config beat the environment and the config profile, so
+    a setting of ours is left out wherever the user made one; botocore then reads it the
+    way it always does (environment first, then the profile).
+    """
+    import botocore.session
+    from botocore.configprovider import ConfigChainFactory
+    from botocore.exceptions import BotoCoreError
+
+    chains = ConfigChainFactory(session=botocore.session.Session())
+
+    def user_set(env: str, name: str) -> str | None:
+        try:
+            value = chains.create_config_chain(env_var_names=env,
+                                               config_property_names=name).provide()
+        except BotoCoreError:  # a missing profile: creating the client will say so
+            return None
+        return None if value is None else str(value)
+
+    # botocore would refuse bad values too, but naming neither the variable nor the profile.
+    retries: dict[str, Any] = {}
+    mode = user_set("AWS_RETRY_MODE", "retry_mode")
+    if mode is None:
+        retries["mode"] = RETRY_MODE
+    elif mode not in RETRY_MODES:
+        raise StorageError(Reason.STORAGE_ERROR,
+                           f"retry mode {mode!r} (AWS_RETRY_MODE, or retry_mode in the AWS "
+                           f"config profile) is not one of {', '.join(RETRY_MODES)}")
+    attempts = user_set("AWS_MAX_ATTEMPTS", "max_attempts")
+    if attempts is None:
+        retries["total_max_attempts"] = MAX_ATTEMPTS
+    elif not attempts.strip().isdigit() or int(attempts) < 1:
+        raise StorageError(Reason.STORAGE_ERROR,
+                           f"max attempts {attempts!r} (AWS_MAX_ATTEMPTS, or max_attempts in "
+                           "the AWS config profile) is not a whole number of 1 or more")
+    return {"retries": retries, "connect_timeout": CONNECT_TIMEOUT,
+            "read_timeout": READ_TIMEOUT}
 
 
 def s3_pages(fs: Any, bucket: str, prefix: str) -> Iterator[list[dict[str, Any]]]:
