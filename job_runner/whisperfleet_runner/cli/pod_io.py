@@ -19,11 +19,15 @@ log = logging.getLogger(__name__)
 
 def configure_pod_logging() -> None:
     # Pod logs are read with `kubectl logs`: plain lines on stderr, stdout keeps the report.
+    from whisperfleet_runner.storage.errors import ScrubbingFilter
+
     logging.basicConfig(
         level=os.environ.get("WHISPERFLEET_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ScrubbingFilter())
 
 
 def load_work_order(path: str | None, *, required: bool = True) -> config.WorkOrder | None:

@@ -2,14 +2,16 @@
 
 Thin: options come from `options`, input gathering and scheduling from `local`, the display
 from `progress`. Exit codes: 0 every file done or skipped, 1 some failed, 2 bad usage or
-nothing usable, 130 interrupted (a re-run resumes).
+nothing usable, 43 the storage failed mid-run, 130 interrupted (a re-run resumes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -27,8 +29,11 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
 
     # With the live display, only warnings interrupt it; --quiet logs every file instead.
     level = logging.DEBUG if verbose else logging.INFO if quiet else logging.WARNING
+    from whisperfleet_runner.storage.errors import ScrubbingFilter
+
     handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False,
                           rich_tracebacks=False, log_time_format="[%X]")
+    handler.addFilter(ScrubbingFilter())
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     # Library chatter (botocore, faster_whisper) only when asked for.
     for noisy in ("botocore", "s3fs", "fsspec", "urllib3", "faster_whisper", "aiobotocore"):
@@ -47,7 +52,8 @@ Examples:
   whisperfleet transcribe -o out/ -- -intro.wav      (names starting with '-' go after --)
 \b
 Exit codes: 0 all done or skipped, 1 some files failed, 2 bad usage or nothing
-usable, 130 interrupted (run the same command again to finish).
+usable, 43 the storage failed mid-run (unreachable after retries, bucket or
+credentials gone), 130 interrupted (run the same command again to finish).
 """
 
 
@@ -95,10 +101,12 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
     from whisperfleet_runner.gpu import choice as gpu_choice
     from whisperfleet_runner.gpu import devices
     from whisperfleet_runner.local import inputs as gathering
+    from whisperfleet_runner.storage import run_lock
 
     output = _output_uri(output)
     job = config.JobOptions(
-        config.OutputOptions(output, output_choice.formats, output_choice.overwrite),
+        config.OutputOptions(output, output_choice.formats, output_choice.overwrite,
+                             output_choice.keep_partial),
         model, transcription)
     try:
         choice = gpu_choice.choose_local(device_choice.gpus, device_choice.min_free_mib,
@@ -115,12 +123,17 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
     if choice.device == "cuda":
         for refusal in choice.refused:
             log.warning("not using %s: %s", refusal.target, refusal.reason)
+    lock = contextlib.ExitStack()
     try:
         storage.check_writable(output)
+        # Before the listing that decides the skips: a run that waited for another's
+        # lock must not act on what was done before that run finished.
+        lock.enter_context(run_lock.run_lock(output, _stop_taking_files))
         gathered = gathering.gather(inputs, output_choice.include, output)
         if not output_choice.overwrite:  # one listing of the output decides every skip
             gathered.files = storage.mark_done(gathered.files, output, output_choice.formats)
-    except (gathering.InputError, storage.StorageError) as exc:
+    except (gathering.InputError, storage.StorageError, run_lock.OutputBusy) as exc:
+        lock.close()
         _fail(str(exc))
         return
     labeled = [(f"GPU {g.label}", g) for g in choice.gpus] if choice.device == "cuda" else []
@@ -135,9 +148,10 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
         try:
             metrics.serve(metrics_port, "0.0.0.0")
         except OSError as exc:
+            lock.close()
             _fail(f"--metrics-port {metrics_port}: {exc.strerror or exc}")
     observer = local_progress(quiet)
-    with observer:
+    with lock, observer:
         summary = scheduler.run(gathered.files, job, specs, observer, refused=gathered.refused,
                                 metrics=metrics)
     summary.duplicates = gathered.duplicates
@@ -148,6 +162,13 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
         click.echo(f"Error: cannot write --summary-json {summary_json}: {exc.strerror}", err=True)
         code = code or config.EXIT_USAGE
     sys.exit(code)
+
+
+def _stop_taking_files(why: str) -> None:
+    """The run lock was taken from this run: stop as a first Ctrl-C does (files in hand are
+    finished, no new one is started; exit 130), so the two runs share no file."""
+    log.error("%s", why)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _output_uri(output: str) -> str:
@@ -170,6 +191,8 @@ def local_progress(quiet: bool) -> Any:
 def exit_code(summary: Any) -> int:
     if summary.interrupted:
         return config.EXIT_INTERRUPTED
+    if summary.storage_lost:  # the run stopped unfinished; the code says why, as pods do
+        return config.Reason(summary.storage_lost).exit_code
     if summary.nothing_usable:
         return config.EXIT_USAGE
     return config.EXIT_SOME_FAILED if summary.failed else config.EXIT_OK
