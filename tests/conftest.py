@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder: paths, the bundled tiny.en model, a moto S3 server."""
+"""Fixtures shared by every test folder: paths, the bundled tiny.en model, a moto S3 server;
+and the secret guard every test runs under (tests/support/secret_guard_plugin.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ from typing import Any
 
 import pytest
 
+from tests.support import secret_guard_plugin
 from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.paths import AUDIO, FAKES, REPO
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every test fails when a credential value reaches what people read (see the plugin).
+    config.pluginmanager.register(secret_guard_plugin, "whisperfleet-secret-guard")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

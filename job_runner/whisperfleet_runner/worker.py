@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import multiprocessing
 import os
 import queue
 import signal
@@ -103,6 +104,22 @@ def _terminate(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _exit_with_parent() -> None:
+    """End this worker as soon as its parent is gone. A parent killed outright (SIGKILL, the
+    OOM killer) cannot stop its workers: they went on transcribing the files still queued,
+    beside the re-run that took over the output's lock, then polled the empty queue
+    forever, holding the model and its GPU memory."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a spawned worker
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent process has ended
+        os._exit(1)  # nobody is left to record what this process would still finish
+
+    threading.Thread(target=watch, name="whisperfleet-parent-watch", daemon=True).start()
+
+
 def worker_main(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: Any,
                 no_more: Any) -> None:
     """The spawned process's body (module level, so spawn can pickle a reference to it).
@@ -113,6 +130,7 @@ def worker_main(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, 
     os.environ.update(spec.env)  # first: before anything may initialise CUDA
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, _terminate)
+    _exit_with_parent()
     root = logging.getLogger()
     root.handlers[:] = [_EventLogHandler(events)]
     root.setLevel(spec.log_level)
