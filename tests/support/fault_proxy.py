@@ -41,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
-from tests.support.moto_process import free_port
+from tests.support.moto_process import free_port, request_body
 from tests.support.paths import REPO
 
 CONTROL = "/__fault_proxy__/counts"
@@ -144,15 +144,7 @@ def _handler(injector: Injector, upstream: tuple[str, int]) -> type[BaseHTTPRequ
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_request
 
         def _body(self) -> bytes | None:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while size := int(self.rfile.readline().split(b";")[0], 16):
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-                self.rfile.readline()
-                return b"".join(chunks)
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else None
+            return request_body(self)
 
         def _headers(self) -> list[tuple[str, str]]:
             return [(k, v) for k, v in self.headers.items()

@@ -27,6 +27,19 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 
+def request_body(handler: BaseHTTPRequestHandler) -> bytes | None:
+    """The request's body, read whole (Content-Length or chunked, as S3 clients send)."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int(handler.rfile.readline().split(b";")[0], 16):
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        handler.rfile.readline()
+        return b"".join(chunks)
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,19 +101,8 @@ def _proxy(moto: MotoProcess) -> ThreadingHTTPServer:
         def log_message(self, *args: object) -> None:
             pass
 
-        def body(self) -> bytes | None:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while size := int(self.rfile.readline().split(b";")[0], 16):
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-                self.rfile.readline()
-                return b"".join(chunks)
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else None
-
         def forward(self) -> None:
-            body = self.body()
+            body = request_body(self)
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("transfer-encoding", "connection")}
             if body is not None:
