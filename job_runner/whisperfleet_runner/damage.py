@@ -54,6 +54,7 @@ class DamageLog:
         self._next: float | None = None  # the timestamp the next frame should have
         self._skipped = 0.0  # seconds of rejected packets since the last frame
         self._lost_at: float | None = None  # frames since then came without timestamps
+        self._after_frame: list[bytes] = []  # heads of the packets rejected since the last frame
 
     def __bool__(self) -> bool:
         return bool(self.rejected or self.gaps or self.end)
@@ -71,6 +72,7 @@ class DamageLog:
             lost = max(lost or 0.0, len(data) * 8 / self.bit_rate)
         self._skipped += length or 0.0
         self.rejected.append(_Place(self.decoded, lost))
+        self._after_frame.append(data[:16])
         return True
 
     def frame(self, frame: av.AudioFrame) -> None:
@@ -91,6 +93,7 @@ class DamageLog:
                     self.gaps.append(_Place(where, max(0.0, missing)))
             self._next, self._lost_at = at + seconds, None
         self._skipped = 0.0
+        self._after_frame = []
         self.decoded += seconds
 
     def ended(self, last: av.Packet | None, rejected: bool, codec: str) -> None:
@@ -100,6 +103,13 @@ class DamageLog:
         if last is None:
             return
         if rejected:
+            heads = self._after_frame
+            if codec in _MPEG_AUDIO and heads and _appended(heads[0]):
+                # After the last frame comes a tag (Lyrics3) or text, which players ignore
+                # too: nothing of the audio is lost. Random bytes there stay damage: a CBR
+                # mp3 gives no way to tell a destroyed tail from junk appended to it.
+                del self.rejected[len(self.rejected) - len(heads):]
+                return
             self.end = _Place(self.decoded, None)
             self.end_why = "the file ends in undecodable data"
             return
@@ -189,3 +199,12 @@ def mpeg_frame_size(header: bytes) -> int | None:
     if layer == 3 and not mpeg1:
         return 72 * bit_rate // rate + padding
     return 144 * bit_rate // rate + padding
+
+
+_TRAILING_TAGS = (b"LYRICSBEGIN", b"APETAGEX", b"TAG")
+
+
+def _appended(head: bytes) -> bool:
+    """Whether data after an mp3's last frame is a known trailing tag or plain text."""
+    return head.startswith(_TRAILING_TAGS) or all(
+        32 <= b < 127 or b in b"\t\r\n" for b in head)

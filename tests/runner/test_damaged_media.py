@@ -201,9 +201,23 @@ def test_zero_padding_after_the_last_frame_is_not_damage(clean: dict[str, bytes]
 
 
 def test_garbage_after_the_last_frame_leaves_the_loss_open(clean: dict[str, bytes]) -> None:
+    # A CBR mp3 gives no way to tell random bytes appended from a destroyed tail.
     reason = fails(clean["cbr.mp3"] + dm.junk(700), "x.mp3")
     assert re.fullmatch(r"damaged audio: 1 undecodable frame at 0:16\.\d; the file ends in "
                         r"undecodable data; at least \d+\.\d s lost", reason), reason
+
+
+LYRICS3 = b"LYRICSBEGININD0000210EAL00011hello worldLYRICS200"  # a Lyrics3v2 tag
+
+
+@pytest.mark.parametrize("kind", ["cbr.mp3", "vbr.mp3"])
+@pytest.mark.parametrize("tail", [LYRICS3, b"appended notes\n" * 8], ids=["lyrics3", "text"])
+def test_a_tag_or_text_after_the_last_frame_is_no_damage(
+        clean: dict[str, bytes], kind: str, tail: bytes) -> None:
+    # Players ignore them; every frame of the audio decodes.
+    decoded = decode_media(clean[kind] + tail, "x.mp3")
+    assert not decoded.partial
+    np.testing.assert_array_equal(decoded.samples, decode(clean[kind], "x.mp3"))
 
 
 @pytest.mark.parametrize("kind", ["cbr.mp3", "vbr.mp3", "flac", "aac", "m4a", "webm", "ogg",

@@ -39,12 +39,12 @@ def lock_text(output: str) -> str | None:
     return storage.read_text(uri) if storage.exists(uri) else None
 
 
-def plant(output: str, *, host: str, pid: int, heartbeat: float) -> None:
+def plant(output: str, *, host: str, pid: int, heartbeat: float, machine: str = "") -> None:
     """A lock as another run would have left it (mtime is a folder lock's heartbeat)."""
     uri = run_lock.lock_uri(output)
     storage.publish(uri, json.dumps({"run": "other", "host": host, "pid": pid,
                                      "started": "2026-11-30T10:00:00Z",
-                                     "heartbeat": heartbeat}))
+                                     "heartbeat": heartbeat, "machine": machine}))
     if not uri.startswith("s3://"):
         os.utime(uri, (heartbeat, heartbeat))
 
@@ -77,7 +77,14 @@ def test_a_second_run_is_refused_with_the_holder_named_until_the_first_ends(
 def test_a_lock_left_by_a_dead_process_of_this_host_is_taken_over_at_once(
         output: str, caplog: pytest.LogCaptureFixture) -> None:
     pid = dead_pid()
-    plant(output, host=socket.gethostname(), pid=pid, heartbeat=time.time())
+    # The same host name and pid from another machine or PID namespace: alive, for all we
+    # know (a container sharing the host's name), so its heartbeat rules.
+    plant(output, host=socket.gethostname(), pid=pid, heartbeat=time.time(),
+          machine="another-boot:4026531836")
+    with pytest.raises(run_lock.OutputBusy), run_lock.run_lock(output, never_lost):
+        pass
+    plant(output, host=socket.gethostname(), pid=pid, heartbeat=time.time(),
+          machine=run_lock._machine())
     with caplog.at_level(logging.WARNING), run_lock.run_lock(output, never_lost) as me:
         assert json.loads(lock_text(output) or "{}")["run"] == me.run
     assert f"pid {pid}" in caplog.text and "took over" in caplog.text
@@ -221,3 +228,21 @@ def test_after_a_killed_run_the_next_takes_over_its_lock_at_once(
     assert f"took over the run lock of a run that is gone (host {socket.gethostname()}, " \
            f"pid {killed.pid}" in said, err
     assert len(list(out.glob("*.json"))) == 4 and not lock.exists()
+
+
+def test_a_lock_write_whose_answer_was_lost_is_still_ours(
+        output: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The conditional create landed, its reply was lost, the client retried: the retry is
+    # refused (the object exists), and what it finds is this run's own lock.
+    store = run_lock._store(run_lock.lock_uri(output))
+    create = store.create
+    monkeypatch.setattr(store, "create", lambda data: create(data) and False)
+    me = run_lock._acquire(store)
+    assert json.loads(lock_text(output) or "{}")["run"] == me.run
+
+
+def test_an_output_that_cannot_hold_the_lock_is_a_clear_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(storage.StorageError, match="afile"), \
+            run_lock.run_lock(str(tmp_path / "afile" / "out"), never_lost):
+        pass

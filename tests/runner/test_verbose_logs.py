@@ -3,6 +3,7 @@ access key id and the signature must not reach the terminal (or a pod's log)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.paths import WHISPERFLEET
+from whisperfleet_runner.storage.errors import ScrubbingFilter
 
 
 @pytest.mark.slow
@@ -31,3 +33,22 @@ def test_verbose_s3_run_logs_requests_without_credentials(
     for secret in (S3_ACCESS_KEY, S3_SECRET_KEY):
         assert secret not in said
     assert not re.search(r"Signature=[0-9a-f]{16}", said)
+
+
+TOKEN = "IQoJb3JpZ2luX2VjE//////////wEaCXVzLWVhc3QtMSJH+abc="  # base64: `/` and `+` inside
+
+
+@pytest.mark.parametrize("line", [
+    f"{{'X-Amz-Security-Token': '{TOKEN}', 'Host': 's3'}}",  # request headers
+    f"x-amz-security-token:{TOKEN}\nhost:s3",  # the canonical request
+    f"https://b.s3.amazonaws.com/k?X-Amz-Security-Token={TOKEN}&X-Amz-Date=1",  # presigned
+    "Signature:\n" + "ab" * 32,  # the signature botocore logs on its own
+    "Credential=AKIAEXAMPLE12345/20261201/us-east-1/s3/aws4_request, Signature=" + "cd" * 32,
+])
+def test_debug_lines_with_signed_headers_are_masked(line: str) -> None:
+    record = logging.LogRecord("botocore", logging.DEBUG, __file__, 1, "%s", (line,), None)
+    assert ScrubbingFilter().filter(record)
+    said = record.getMessage()
+    assert "***" in said
+    for secret in (TOKEN, "ab" * 32, "cd" * 32, "AKIAEXAMPLE12345"):
+        assert secret not in said

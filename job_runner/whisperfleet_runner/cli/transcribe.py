@@ -165,8 +165,9 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
 
 
 def _stop_taking_files(why: str) -> None:
-    """The run lock was taken from this run: stop as a first Ctrl-C does (files in hand are
-    finished, no new one is started; exit 130), so the two runs share no file."""
+    """The run lock was taken from this run (it stalled for minutes): stop as a first Ctrl-C
+    does (no new file is started; exit 130). The files already in hand are finished, and the
+    run that took over may do them again: outputs are complete either way."""
     log.error("%s", why)
     os.kill(os.getpid(), signal.SIGINT)
 

@@ -131,10 +131,13 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
     return StorageError(Reason.STORAGE_ERROR, f"{uri}: {detail}{type(exc).__name__}: {exc}")
 
 
-# botocore's DEBUG log prints request headers: the access key id inside the Authorization
-# header's Credential=, and the request's signature.
-_SIGNED_HEADERS = re.compile(r"(Credential=|Signature=|X-Amz-Security-Token[\"']?:\s*[\"']?)"
-                             r"[^\s,\"'/]+", re.IGNORECASE)
+# botocore's DEBUG log prints request headers and the string it signs: the access key id in
+# the Authorization header's Credential=, the signature (`Signature=…`, `Signature:\n…`) and
+# a session token (base64, so `/` and `+` inside), as a header, a canonical-request line or
+# a presigned URL's query.
+_SIGNED = re.compile(
+    r"(Credential=|Signature[=:]\s*|X-Amz-Security-Token[\"']?\s*[=:]\s*[\"']?)"
+    r"[^\s,\"'&]+", re.IGNORECASE)
 
 
 class ScrubbingFilter(logging.Filter):
@@ -143,8 +146,11 @@ class ScrubbingFilter(logging.Filter):
     headers (so `-v` / WHISPERFLEET_LOG_LEVEL=DEBUG never print them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = _SIGNED_HEADERS.sub(r"\1***", _scrub(message))
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging reports it itself when formatting
+            return True
+        clean = _SIGNED.sub(r"\1***", _scrub(message))
         key_id = os.environ.get("AWS_ACCESS_KEY_ID")
         if key_id and len(key_id) >= 8:
             clean = clean.replace(key_id, "***")

@@ -30,10 +30,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import IO, Any
 
-from whisperfleet_runner.config import STATE_DIR
-from whisperfleet_runner.storage.errors import wrap_error
+from whisperfleet_runner.config import STATE_DIR, Reason
+from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.fs import filesystem, is_local, is_s3
 from whisperfleet_runner.storage.keys import local_path
 
@@ -55,15 +55,28 @@ class Holder:
     pid: int
     started: str
     heartbeat: float  # seconds since the epoch, the holder's clock
+    machine: str = ""  # boot id and PID namespace: where `pid` means this process
+
 
     def describe(self, now: float) -> str:
         return (f"host {self.host}, pid {self.pid}, started {self.started}, last heartbeat "
                 f"{max(0.0, now - self.heartbeat):.0f} s ago")
 
     def gone(self, now: float) -> bool:
-        if self.host == socket.gethostname() and not _alive(self.pid):
+        # A pid is only checked where it names the same process table (hosts sharing a
+        # name, containers with their own PID namespace do not).
+        if self.machine and self.machine == _machine() and not _alive(self.pid):
             return True
         return now - self.heartbeat >= STALE_SECONDS
+
+
+def _machine() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            boot = fh.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux: only the heartbeat tells
+        return ""
 
 
 def lock_uri(output: str) -> str:
@@ -77,7 +90,10 @@ def run_lock(output: str, on_lost: Callable[[str], None]) -> Iterator[Holder]:
     taken from this run; the run should then stop taking files. StorageError when the
     store cannot be used."""
     store = _store(lock_uri(output))
-    holder = _acquire(store)
+    try:
+        holder = _acquire(store)
+    except OSError as exc:  # a folder that cannot hold the lock (not a folder, read-only…)
+        raise wrap_error(store.uri, exc) from exc
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(store, holder, stop, on_lost),
                             name="whisperfleet-run-lock", daemon=True)
@@ -89,14 +105,14 @@ def run_lock(output: str, on_lost: Callable[[str], None]) -> Iterator[Holder]:
         beat.join()
         try:
             store.release(holder.run)
-        except Exception as exc:  # a lock left behind only delays the next run (stale)
-            log.warning("could not remove the run lock %s: %s", store.uri, exc)
+        except (Exception, KeyboardInterrupt) as exc:  # a lock left behind only delays the
+            log.warning("could not remove the run lock %s: %s", store.uri, exc)  # next run
 
 
 def _acquire(store: _Store) -> Holder:
     me = Holder(run=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
                 started=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                heartbeat=time.time())
+                heartbeat=time.time(), machine=_machine())
     for _ in range(3):  # a race lost to another run's create or takeover: look again
         if store.create(_encode(me)):
             return me
@@ -104,6 +120,8 @@ def _acquire(store: _Store) -> Holder:
         if found is None:
             continue  # released between our create and our read
         version, other = found
+        if other.run == me.run:  # our write landed, its answer was lost and retried
+            return me
         now = time.time()
         if not other.gone(now):
             raise OutputBusy(
@@ -138,8 +156,10 @@ def _encode(holder: Holder) -> bytes:
 
 def _decode(data: bytes) -> Holder | None:
     try:
-        return Holder(**json.loads(data))
-    except (ValueError, TypeError):
+        fields = json.loads(data)
+        known = {f.name for f in dataclasses.fields(Holder)}
+        return Holder(**{k: v for k, v in fields.items() if k in known})
+    except (ValueError, TypeError, AttributeError):
         return None  # unreadable (cut, foreign): treated as a lock long gone
 
 
@@ -195,10 +215,13 @@ class _Folder(_Store):
     def create(self, data: bytes) -> bool:
         # Written in full under a private name, then linked in place: link() fails when the
         # lock exists (like O_EXCL), and nobody ever reads a lock without its content.
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         draft = f"{self.path}.{uuid.uuid4().hex}"
         try:
-            with open(draft, "xb") as fh:
+            try:
+                fh = _open_new(draft)
+            except FileNotFoundError:  # the state folder was removed by a run just ending
+                fh = _open_new(draft)
+            with fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -247,9 +270,9 @@ class _Folder(_Store):
             return self.create(data)
 
     def _delete(self) -> None:
-        for path in (self.path, f"{self.path}.takeover"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        # (not the takeover turn file: a contender may hold its flock right now)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
         with contextlib.suppress(OSError):  # leave no empty state folder in the output
             os.rmdir(os.path.dirname(self.path))
 
@@ -267,7 +290,12 @@ class _S3(_Store):
         return self._put(data, IfNoneMatch="*")
 
     def replace(self, data: bytes, version: Any) -> bool:
-        return self._put(data, IfMatch=version)
+        try:
+            return self._put(data, IfMatch=version)
+        except StorageError as exc:  # a 404: the lock was removed meanwhile, by whoever
+            if exc.reason == Reason.NOT_FOUND:  # moved first
+                return False
+            raise
 
     def read(self) -> tuple[Any, Holder] | None:
         from fsspec.asyn import sync
@@ -346,8 +374,14 @@ def _precondition_failed(exc: BaseException) -> bool:
     changed under us, not an error of the store."""
     seen: BaseException | None = exc
     while seen is not None:
-        error = (getattr(seen, "response", None) or {}).get("Error") or {}
+        response = getattr(seen, "response", None)
+        error = (response.get("Error") or {}) if isinstance(response, dict) else {}
         if isinstance(seen, FileExistsError) or error.get("Code") in _LOST_RACE:
             return True
         seen = seen.__cause__
     return False
+
+
+def _open_new(path: str) -> IO[bytes]:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return open(path, "xb")
