@@ -16,13 +16,14 @@ import heapq
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 
 from whisperfleet_runner.pod.manifest import entry_tail
 
 PARTITION = 65_536  # files a partition holds, about (stem hashes are uniform)
+T = TypeVar("T")
 BLOCK = 256  # records read from each sorted run at a time while merging
 
 FILE = np.dtype([("size", "<i8"), ("stem", "<i8"), ("index", "<i8"), ("start", "<i8"),
@@ -76,15 +77,12 @@ class Partitions:
             self.groups += len(order)
 
     def balance(self, shards: int) -> None:
-        """Longest-processing-time greedy over every group, heaviest first (ties: the earlier
-        first file), each to the lightest shard (ties: fewer groups, lower index): what
+        """`lpt` over every group, heaviest first (ties: the earlier first file): what
         planner.assign does in memory, here from the merged runs."""
-        heap = [(0, 0, s) for s in range(shards)]
         pending: list[list[int]] = [[] for _ in range(self.count)]
         runs = (_run(self._path("groups", p), GROUP, p) for p in range(self.count))
-        for neg_weight, _rep, p in heapq.merge(*runs):
-            load, count, shard = heap[0]
-            heapq.heapreplace(heap, (load - neg_weight, count + 1, shard))
+        groups = ((-neg_weight, p) for neg_weight, _rep, p in heapq.merge(*runs))
+        for shard, p in lpt(groups, shards):
             pending[p].append(shard)
             if len(pending[p]) >= BLOCK:
                 self._append("shards", p, np.asarray(pending[p], dtype=np.int32))
@@ -137,6 +135,21 @@ class Partitions:
         dtype = {"files": FILE, "outputs": OUTPUT, "meta": META, "shards": np.dtype("<i4")}[kind]
         path = self._path(kind, p)
         return np.fromfile(path, dtype=dtype) if path.exists() else np.empty(0, dtype=dtype)
+
+
+def lpt(items: Iterable[tuple[int, T]], shards: int) -> Iterator[tuple[int, T]]:
+    """Longest-processing-time greedy: each (weight, tag), given heaviest first, goes to the
+    currently lightest shard (ties: fewer items, then the lower index); yields (shard, tag)
+    as it goes, so a stream of any length needs memory for the shards only."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    # (load, item count, shard index): the count spreads empty files, so no shard is left
+    # without work while another holds several.
+    heap = [(0, 0, s) for s in range(shards)]
+    for weight, tag in items:
+        load, count, shard = heap[0]
+        heapq.heapreplace(heap, (load + weight, count + 1, shard))
+        yield shard, tag
 
 
 def stem_groups(stems: np.ndarray) -> np.ndarray:

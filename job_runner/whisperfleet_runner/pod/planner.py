@@ -12,7 +12,6 @@ is written from the spill, in shard order, and uploaded in parts.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,7 @@ from whisperfleet_runner.pod.manifest import (
     parse_manifest,
     read_manifest,
 )
-from whisperfleet_runner.pod.partitions import stem_groups
+from whisperfleet_runner.pod.partitions import lpt, stem_groups
 from whisperfleet_runner.storage.keys import UnsafeKeyError, output_stem
 
 __all__ = ["ManifestEntry", "assign", "auto_shards", "balance", "build_manifest",
@@ -70,21 +69,10 @@ def balance(sizes: Sequence[int], shards: int) -> list[int]:
 
 
 def _lpt(sizes: np.ndarray, shards: int) -> np.ndarray:
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
     order = np.argsort(-sizes, kind="stable")  # largest first, equal sizes in input order
-    # (load, file count, shard index): the count spreads empty files, so no shard is left
-    # without work while another holds several.
-    heap = [(0, 0, s) for s in range(shards)]
+    weights = np.maximum(sizes[order], 0).tolist()
     out = np.zeros(len(sizes), dtype=np.int32)
-    for start in range(0, len(order), _BATCH):
-        chunk = order[start:start + _BATCH]
-        picked = []
-        for size in np.maximum(sizes[chunk], 0).tolist():
-            load, count, shard = heap[0]
-            heapq.heapreplace(heap, (load + size, count + 1, shard))
-            picked.append(shard)
-        out[chunk] = picked
+    out[order] = [shard for shard, _ in lpt(zip(weights, order.tolist(), strict=True), shards)]
     return out
 
 
