@@ -17,7 +17,7 @@ import kopf
 
 from . import jobs, kube, naming, stuck
 from .progress import ProgressPoller
-from .reconcile import Reconciler
+from .reconcile import Reconciler, retry_delay
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -70,29 +70,41 @@ def close(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "poller", None) is not None:
         memo.poller.stop()
     if getattr(memo, "reconciler", None) is not None:
+        memo.reconciler.close()
         memo.reconciler.kube.close()
 
 
+def _reconcile_tj(body: kopf.Body, memo: kopf.Memo, retry: int) -> None:
+    """For TranscriptionJob change handlers, which kopf retries itself: an API error that
+    may pass is retried soon (kopf's default for any error is a minute later)."""
+    try:
+        memo.reconciler.reconcile(body.metadata.namespace or "", body.metadata.name or "")
+    except Exception as exc:
+        if not kube.transient(exc):
+            raise
+        raise kopf.TemporaryError(kube.summary(exc), delay=retry_delay(retry)) from exc
+
+
 @kopf.on.create(*TJ, id="start")
-def start(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.reconcile(body.metadata.namespace or "", body.metadata.name or "")
+def start(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _reconcile_tj(body, memo, retry)
 
 
 @kopf.on.resume(*TJ, id="resume")
-def resume(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.reconcile(body.metadata.namespace or "", body.metadata.name or "")
+def resume(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _reconcile_tj(body, memo, retry)
 
 
 @kopf.on.update(*TJ, field="spec.suspend", id="suspend")
-def suspend_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def suspend_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     # The reconcile brings the worker Job's suspend in line (level-triggered, under the
     # lock, so a change racing the Job's creation is not lost).
-    memo.reconciler.reconcile(body.metadata.namespace or "", body.metadata.name or "")
+    _reconcile_tj(body, memo, retry)
 
 
 @kopf.on.update(*TJ, field="spec.workers.parallelism", id="parallelism")
-def parallelism_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.reconcile(body.metadata.namespace or "", body.metadata.name or "")
+def parallelism_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _reconcile_tj(body, memo, retry)
 
 
 @kopf.on.event(*JOBS, labels=MANAGED)
@@ -107,8 +119,10 @@ def job_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any
             return
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP):
-            memo.reconciler.reconcile(body.metadata.namespace or "", ref["name"], ref.get("uid"))
+            memo.reconciler.reconcile_or_retry(body.metadata.namespace or "", ref["name"],
+                                               ref.get("uid"))
     with memo.job_signatures_lock:  # after a reconcile that did not raise, as for pods
+        # (API errors that may pass do not raise: the Reconciler retries those itself)
         if now is None:
             memo.job_signatures.pop(key, None)
         else:
@@ -131,9 +145,11 @@ def pod_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any
     namespace = meta.namespace or ""
     name = stuck.owner_name(body)
     if name:
-        memo.reconciler.reconcile(namespace, name, meta.labels.get(naming.LABEL_JOB_UID))
-    # Stored only after a reconcile that did not raise: a failed one is retried by the
-    # pod's next event instead of being forgotten.
+        memo.reconciler.reconcile_or_retry(namespace, name,
+                                           meta.labels.get(naming.LABEL_JOB_UID))
+    # Stored only after a reconcile that did not raise: one another error stopped is
+    # retried by the pod's next event instead of being forgotten (API errors that may pass
+    # do not raise: the Reconciler retries those itself).
     with memo.pod_signatures_lock:
         if now is None:
             memo.pod_signatures.pop(key, None)

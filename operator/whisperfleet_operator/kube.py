@@ -35,6 +35,25 @@ class Conflict(Exception):
     """The object changed since it was read (HTTP 409 on a patch naming its resourceVersion)."""
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether a failed API call may succeed if made again later: a conflict (409),
+    throttling (429), a server error (5xx) or a broken connection — what is left of them
+    once the client's own retries (`Kube.from_environment`) gave up."""
+    if isinstance(exc, Conflict):
+        return True
+    if isinstance(exc, ApiException):
+        return exc.status in (409, 429) or (exc.status or 0) >= 500
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
+
+
+def summary(exc: BaseException) -> str:
+    """One line naming an API failure. An ApiException's own text adds the response's
+    headers and body, which log readers do not need."""
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason or ''}".strip()
+    return str(exc) or type(exc).__name__
+
+
 def _api_message(exc: ApiException) -> str:
     try:
         message = json.loads(exc.body or b"{}").get("message")

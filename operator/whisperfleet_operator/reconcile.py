@@ -8,6 +8,7 @@ so nothing is created twice. API calls go through `kube`; builders and status ar
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections import defaultdict
@@ -21,6 +22,15 @@ from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
+# Seconds before a reconcile an API error stopped runs again; the last repeats until one
+# gets through (the job is then finished, gone, or the API server back).
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+Key = tuple[str, str, str | None]  # namespace, name, uid (None: whichever incarnation)
+
+
+def retry_delay(attempt: int) -> float:
+    """The delay before retry number `attempt` (0 for the first)."""
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
 
 
 class Reconciler:
@@ -32,6 +42,9 @@ class Reconciler:
         self.kube, self.settings, self.poller = api, settings, poller
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
+        self._retries: dict[Key, threading.Timer] = {}  # at most one pending per job
+        self._failures: dict[Key, int] = {}  # failed attempts in a row, for the backoff
+        self._closed = False
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -68,6 +81,54 @@ class Reconciler:
                 kopf.event(tj, type=event_type, reason=reason, message=message)
             self._track(namespace, name, meta, {**old, **new})
 
+    def reconcile_or_retry(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """`reconcile`; when an API error that may pass (`kube.transient`) stops it, the same
+        reconcile runs again after a growing delay, until one gets through. For event
+        handlers: kopf never retries those, and the Job event a finished job's status is
+        written on comes once — a 409 or a 5xx burst on that write would otherwise leave the
+        job Running for good. Other errors propagate."""
+        key = (namespace, name, uid)
+        try:
+            self.reconcile(namespace, name, uid)
+        except Exception as exc:
+            if not kube.transient(exc):
+                raise
+            self._retry_later(key, exc)
+            return
+        with self._guard:
+            self._failures.pop(key, None)
+
+    def _retry_later(self, key: Key, exc: BaseException) -> None:
+        with self._guard:
+            if self._closed or key in self._retries:
+                return  # one pending retry reads the world afresh for all failures since
+            attempt = self._failures.get(key, 0)
+            self._failures[key] = attempt + 1
+            delay = retry_delay(attempt)
+            # kopf.event needs the context kopf gives handler threads; a timer's is empty.
+            timer = threading.Timer(delay, contextvars.copy_context().run, (self._retry, key))
+            timer.daemon = True
+            self._retries[key] = timer
+        logger.warning("reconciling %s/%s failed (%s); retrying in %.0f s", key[0], key[1],
+                       kube.summary(exc), delay)
+        timer.start()
+
+    def _retry(self, key: Key) -> None:
+        with self._guard:
+            self._retries.pop(key, None)
+        try:
+            self.reconcile_or_retry(*key)
+        except Exception:  # on a timer thread nobody else would report it
+            logger.exception("reconciling %s/%s failed", key[0], key[1])
+
+    def close(self) -> None:
+        """Cancel pending retries (the operator is stopping; a restart resumes every job)."""
+        with self._guard:
+            self._closed = True
+            timers, self._retries = list(self._retries.values()), {}
+        for timer in timers:
+            timer.cancel()
+
     def _track(self, namespace: str, name: str, meta: Obj, current: Obj) -> None:
         if self.poller is not None:
             self.poller.track(namespace, name, str(meta.get("uid") or ""),
@@ -89,10 +150,15 @@ class Reconciler:
         if not status.is_planned(old):
             planner_name = naming.planner_job_name(job)
             planner = k.get(kube.JOBS, namespace, planner_name)
+            if planner is None and not k.create(
+                    kube.JOBS, namespace, jobs.build_planner_job(job, self.settings)):
+                # It exists after all: our own create whose answer was lost (a 5xx after
+                # the API server stored it, then the client's retry) — or not ours.
+                planner = k.get(kube.JOBS, namespace, planner_name)
             if planner is None:
-                k.create(kube.JOBS, namespace, jobs.build_planner_job(job, self.settings))
                 outcome, pods = status.PlannerOutcome("running"), []
             else:
+                _check_owned(job, planner_name, planner)
                 pods = k.list_pods(namespace, job.uid, naming.COMPONENT_PLANNER)
                 outcome = status.planner_outcome(planner, pods)
             planned = status.planning_status(job, old, outcome, planner_name, now, pods)
@@ -112,9 +178,19 @@ class Reconciler:
             body = jobs.build_worker_job(job, status.plan_from_status(old), self.settings)
             k.create(kube.JOBS, namespace, body)
             worker = k.get(kube.JOBS, namespace, worker_name) or body
+        _check_owned(job, worker_name, worker)
         drift = jobs.worker_job_drift(job, status.operator_holds_suspension(old), worker)
         if drift:
             k.patch(kube.JOBS, namespace, worker_name, {"spec": drift})
             worker = {**worker, "spec": {**(worker.get("spec") or {}), **drift}}
         pods = k.list_pods(namespace, job.uid, naming.COMPONENT_WORKER)
         return status.running_status(job, old, worker, pods, now)
+
+
+def _check_owned(job: spec.TranscriptionJob, name: str, found: Obj) -> None:
+    """A Job under a name derived from this TranscriptionJob's is only its own if it names
+    it as owner: creates answered 409 AlreadyExists count as done on that condition alone."""
+    refs = (found.get("metadata") or {}).get("ownerReferences") or []
+    if not any(ref.get("uid") == job.uid for ref in refs):
+        raise kube.Rejected(f'Job "{name}" already exists and is not owned by this '
+                            "TranscriptionJob")

@@ -293,7 +293,9 @@ class LocalCluster:
         return str(response["status"]["token"])
 
     def kubeconfig_for_token(self, token: str, path: Path, namespace: str | None = None,
-                             ) -> Path:
-        """Write a kubeconfig for this cluster that authenticates with `token`."""
-        return write_token_kubeconfig(path, server=self.server, ca_pem=self._plane().pki.ca_pem,
-                                      token=token, user="token-user", namespace=namespace)
+                             server: str | None = None) -> Path:
+        """Write a kubeconfig for this cluster that authenticates with `token`; `server`:
+        another address serving the API server's certificate (a proxy in front of it)."""
+        return write_token_kubeconfig(path, server=server or self.server,
+                                      ca_pem=self._plane().pki.ca_pem, token=token,
+                                      user="token-user", namespace=namespace)

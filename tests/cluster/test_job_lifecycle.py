@@ -38,13 +38,6 @@ def running_worker(cluster: LocalCluster, ns: str, *, files_done: int = 1) -> st
     return eventually(probe, timeout=180, what=f"a worker pod that did {files_done} files")
 
 
-def one_of_each_job(cluster: LocalCluster, ns: str) -> None:
-    """The operator never made a second planner or worker Job."""
-    components = sorted(j["metadata"]["labels"]["app.kubernetes.io/component"]
-                        for j in tjs.jobs(cluster, ns))
-    assert components == ["planner", "worker"], components
-
-
 def test_an_evicted_worker_is_replaced_and_not_counted_as_a_failure(
     cluster: LocalCluster, job_namespace: str
 ) -> None:
@@ -151,7 +144,7 @@ def test_the_operator_killed_mid_run_duplicates_nothing_and_the_job_completes(
     done = tjs.wait_for(cluster, ns, "restarted", *TERMINAL)
     assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"], indent=1)
     assert done["status"]["files"]["succeeded"] == 8
-    one_of_each_job(cluster, ns)
+    tjs.one_of_each_job(cluster, ns)
 
 
 def test_the_api_server_restarted_mid_run_the_operator_reconnects(
@@ -164,7 +157,7 @@ def test_the_api_server_restarted_mid_run_the_operator_reconnects(
     done = tjs.wait_for(cluster, ns, "apiserver", *TERMINAL)
     assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"], indent=1)
     assert operator.process is not None and operator.process.poll() is None
-    one_of_each_job(cluster, ns)
+    tjs.one_of_each_job(cluster, ns)
 
 
 def test_deleting_the_job_lets_the_garbage_collector_remove_what_it_owns(

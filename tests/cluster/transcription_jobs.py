@@ -61,6 +61,13 @@ def jobs(cluster: LocalCluster, namespace: str) -> list[Obj]:
     return listed(cluster, f"/apis/batch/v1/namespaces/{namespace}/jobs")
 
 
+def one_of_each_job(cluster: LocalCluster, namespace: str) -> None:
+    """The operator never made a second planner or worker Job."""
+    components = sorted(j["metadata"]["labels"]["app.kubernetes.io/component"]
+                        for j in jobs(cluster, namespace))
+    assert components == ["planner", "worker"], components
+
+
 def pods(cluster: LocalCluster, namespace: str, component: str = "") -> list[Obj]:
     selector = f"app.kubernetes.io/component={component}" if component else ""
     return listed(cluster, f"/api/v1/namespaces/{namespace}/pods", selector)

@@ -70,6 +70,7 @@ class OperatorProcess:
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    server: str | None = None  # where it reaches the API server; None: directly
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,7 +80,8 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         token = self.cluster.token_for(self.release.namespace, self.release.service_account,
                                        seconds=24 * 3600)
-        kubeconfig = self.cluster.kubeconfig_for_token(token, self.workdir / "kubeconfig")
+        kubeconfig = self.cluster.kubeconfig_for_token(token, self.workdir / "kubeconfig",
+                                                       server=self.server)
         port = free_port()
         args = [f"--liveness=http://127.0.0.1:{port}/healthz" if a.startswith("--liveness=")
                 else a for a in self.release.args]

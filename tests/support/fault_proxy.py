@@ -24,7 +24,6 @@ GET /__fault_proxy__/counts returns it as JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import random
@@ -32,7 +31,6 @@ import select
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -43,6 +41,7 @@ from xml.sax.saxutils import escape
 
 from tests.support.moto_process import free_port, request_body
 from tests.support.paths import REPO
+from tests.support.proxy_process import ProxyProcess
 
 CONTROL = "/__fault_proxy__/counts"
 KINDS = ("slowdown", "internal", "cut", "stall")
@@ -230,7 +229,7 @@ def serve(upstream: str, port: int, faults: Faults) -> None:
 
 # --- the test side: start, read, stop -----------------------------------------------------
 @dataclass
-class FaultProxy:
+class FaultProxy(ProxyProcess):
     """A running proxy process; `stop` it to make the store vanish for its clients."""
 
     upstream: str
@@ -254,34 +253,8 @@ class FaultProxy:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.support.fault_proxy", "--upstream", self.upstream,
              "--port", str(self.port), "--faults", json.dumps(asdict(self.faults))], cwd=REPO)
-        deadline = time.monotonic() + timeout
-        while True:  # until it answers, not for a fixed time
-            try:
-                self.counts()
-                return self
-            except (urllib.error.URLError, ConnectionError):
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"fault proxy did not start on port {self.port}"
-                                       ) from None
-                time.sleep(0.05)
-
-    def stop(self) -> Counter[str]:
-        """End the process (its port then refuses connections); returns its final counts."""
-        if self.process is None:
-            return Counter(self.last)
-        with contextlib.suppress(urllib.error.URLError, ConnectionError):
-            self.last = self.counts()
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.process = None
-        return Counter(self.last)
-
-    def __enter__(self) -> FaultProxy:
-        return self if self.process else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.wait_until_answering(timeout, "fault proxy")
+        return self
 
 
 def start_proxy(upstream: str, faults: Faults = Faults(), port: int | None = None) -> FaultProxy:
