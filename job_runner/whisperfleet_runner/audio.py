@@ -1,8 +1,11 @@
-"""Decode any audio/video bytes into the 16 kHz mono float32 samples Whisper expects.
+"""Decode any audio/video file into the 16 kHz mono float32 samples Whisper expects.
 
-Decoding mirrors `faster_whisper.decode_audio` (PyAV, which bundles FFmpeg), but opens the
-container once to also read what its header declares, so bad media fails with a specific
-reason instead of an FFmpeg error code or, worse, a silently shortened transcript.
+Decoding mirrors `faster_whisper.decode_audio` (PyAV, which bundles FFmpeg), to the sample,
+but opens the container once to also read what its header declares, so bad media fails
+with a specific reason instead of an FFmpeg error code or, worse, a silently shortened
+transcript. `open_stream` decodes a file of any length in blocks, holding one group of
+frames and one block (a 10-hour recording is 2.3 GB of samples); `decode_media` is the
+same decoding with the blocks joined.
 
 How PyAV 18 reports each kind of bad input (observed, and pinned by tests/runner/test_audio.py):
 - 0 bytes: `av.open` raises InvalidDataError — checked before PyAV, as "empty file (0 bytes)".
@@ -26,11 +29,14 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import av
 import numpy as np
 
+from whisperfleet_runner.audio_header import declared_seconds, looks_like_media, read_head
 from whisperfleet_runner.damage import DamageLog
 
 log = logging.getLogger(__name__)
@@ -40,15 +46,7 @@ SAMPLE_RATE = 16000
 # The slack absorbs encoder delay/padding (tens of ms) without masking real truncation.
 _SHORTFALL_SECONDS = 1.0
 _SHORTFALL_FRACTION = 0.05
-# Formats whose stream duration comes from a header or index rather than a bitrate estimate
-# (FFmpeg's estimate for VBR streams can be far off, which would flag good files).
-_DECLARED_DURATION_FORMATS = ("mov", "mp4", "m4a", "matroska", "webm", "flac", "asf", "ogg")
-_MP3_DURATION_TAGS = (b"Xing", b"Info", b"VBRI")
-_GROUP_SAMPLES = 500_000
-_MEDIA_SIGNATURES = (  # leading bytes: WAV/AVI, mp3 ID3, FLAC, Ogg, Matroska/WebM, AIFF, ASF
-    b"RIFF", b"ID3", b"fLaC", b"OggS", b"\x1a\x45\xdf\xa3", b"FORM",
-    b"\x30\x26\xb2\x75\x8e\x66\xcf\x11",
-)
+_GROUP_SAMPLES = 500_000  # faster-whisper's group size
 
 
 class BadMediaError(ValueError):
@@ -79,42 +77,179 @@ def decode(data: bytes, name: str) -> np.ndarray:
 
 def decode_media(data: bytes, name: str, *, keep_partial: bool = False) -> Decoded:
     """Like `decode`; with `keep_partial`, damaged or truncated audio that still decodes
-    in part comes back with `damage` set instead of raising."""
-    if not data:
+    in part comes back with `damage` set instead of raising. The whole file in memory:
+    `open_stream` is the same decoding a block at a time."""
+    with open_stream(data, name, keep_partial=keep_partial) as stream:
+        blocks = list(stream)
+    return Decoded(blocks[0] if len(blocks) == 1 else np.concatenate(blocks), stream.damage)
+
+
+def open_stream(source: BinaryIO | bytes, name: str, *, keep_partial: bool = False,
+                block_seconds: float = 30.0) -> AudioStream:
+    """The audio of `source` (bytes, or a seekable binary file read from its start) as
+    float32 mono 16 kHz blocks of `block_seconds` each (the last one shorter), the same
+    samples `decode_media` gives. Media that cannot be opened raises BadMediaError here;
+    damage found while decoding raises it after the last block (see AudioStream)."""
+    block_samples = int(block_seconds * SAMPLE_RATE)
+    if block_samples < 1:
+        raise ValueError(f"block_seconds {block_seconds} holds no sample")
+    file: BinaryIO = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    head = read_head(file)
+    if not head.bytes:
         raise BadMediaError("empty file (0 bytes)")
+    reads = _ReadOnce(file)
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        container = av.open(reads, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as exc:
-        if _looks_like_media(data):  # e.g. an mp4 cut off before its index (moov) arrived
+        reads.raise_failure()
+        if looks_like_media(head):  # e.g. an mp4 cut off before its index (moov) arrived
             raise BadMediaError(f"truncated or corrupt audio ({_ffmpeg_reason(exc)})") from exc
         raise BadMediaError(f"not an audio or video file ({_ffmpeg_reason(exc)})") from exc
-    with container:
+    try:
+        reads.raise_failure()
         if not container.streams.audio:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise BadMediaError(
                 f"no audio stream (container {container.format.name} holds: {', '.join(kinds)})"
             )
         stream = container.streams.audio[0]
-        declared = _declared_seconds(container, stream, data)
+        declared = declared_seconds(container, stream, head)
+    except BaseException:
+        container.close()
+        raise
+    return AudioStream(container, stream, reads, name, declared=declared,
+                       keep_partial=keep_partial, block_samples=block_samples)
+
+
+class AudioStream:
+    """Decoded blocks of one opened file; a context manager that closes the container.
+
+    Memory holds one group of decoded frames and one block, whatever the file's length.
+    After the last block, damage (undecodable frames, a length well short of what the
+    header declares, nothing decoded at all) raises BadMediaError, unless `keep_partial`
+    (nothing decoded raises still): then iteration ends and `damage` says what was lost.
+    `seconds` is the length yielded so far; `declared` what the header states, if it does.
+    """
+
+    def __init__(self, container: av.container.InputContainer, stream: av.AudioStream,
+                 reads: _ReadOnce, name: str, *, declared: float | None, keep_partial: bool,
+                 block_samples: int) -> None:
+        self.declared = declared
+        self.damage = ""
+        self.name = name
+        self._container, self._stream, self._reads = container, stream, reads
+        self._keep_partial = keep_partial
+        self._samples = 0
+        self._blocks = self._decode(_Blocks(block_samples))
+
+    @property
+    def seconds(self) -> float:
+        return self._samples / SAMPLE_RATE
+
+    def __iter__(self) -> AudioStream:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        block = next(self._blocks)
+        self._samples += len(block)
+        return block
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._blocks.close()
+        self._container.close()
+
+    def _decode(self, blocks: _Blocks) -> Generator[np.ndarray, None, None]:
+        container, stream = self._container, self._stream
         damage = DamageLog(stream.bit_rate or container.bit_rate or 0)
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        # Like faster-whisper, resample in large groups (its group size): per-frame calls
+        # cost ~50% more time. Blocks are cut from the resampled groups, so the block
+        # length changes no sample.
+        fifo = av.AudioFifo()
+        last: av.Packet | None = None  # the last packet that held data, and whether it decoded
+        last_rejected = False
         try:
-            audio = _decode_stream(container, stream, damage)
+            # A demuxer error fails the file as corrupt: none of the damaged files tried
+            # (mp3, AAC, mp4, FLAC, Ogg, Matroska/WebM, WAV, AVI) raised one mid-stream.
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()  # the last, empty packet flushes the decoder
+                except av.error.FFmpegError:
+                    if damage.reject(packet):
+                        last, last_rejected = packet, True
+                    continue
+                if packet.size:
+                    last, last_rejected = packet, False
+                for frame in frames:
+                    damage.frame(frame)
+                    frame.pts = None  # the fifo rejects timestamp gaps; content is what matters
+                    fifo.write(frame)
+                    if fifo.samples >= _GROUP_SAMPLES:
+                        yield from blocks.add(resampler.resample(fifo.read()))
+            self._reads.raise_failure()
+            damage.ended(last, last_rejected, stream.codec_context.name)
+            if fifo.samples:
+                yield from blocks.add(resampler.resample(fifo.read()))
+            yield from blocks.add(resampler.resample(None))  # flush the resampler
         except av.error.FFmpegError as exc:
+            self._reads.raise_failure()
             raise BadMediaError(f"truncated or corrupt audio ({_ffmpeg_reason(exc)})") from exc
-    got = duration(audio)
-    if got == 0.0:
-        raise BadMediaError("truncated or corrupt audio (no audio samples could be decoded)")
-    problem = damage.describe() if damage else ""
-    if declared is not None and declared - got > max(
-        _SHORTFALL_SECONDS, _SHORTFALL_FRACTION * declared
-    ):
-        problem = (f"truncated or corrupt audio (decoded {got:.2f} s of the {declared:.2f} s "
-                   "its header declares)")
-    if problem and not keep_partial:
-        raise BadMediaError(problem)
-    if problem:
-        log.warning("%s: %s; keeping the %.1f s that decoded", name, problem, got)
-    return Decoded(audio, problem)
+        yield from blocks.rest()
+        self._finish(damage, blocks.samples / SAMPLE_RATE)
+
+    def _finish(self, damage: DamageLog, got: float) -> None:
+        if got == 0.0:
+            raise BadMediaError("truncated or corrupt audio (no audio samples could be decoded)")
+        problem = damage.describe() if damage else ""
+        declared = self.declared
+        if declared is not None and declared - got > max(
+            _SHORTFALL_SECONDS, _SHORTFALL_FRACTION * declared
+        ):
+            problem = (f"truncated or corrupt audio (decoded {got:.2f} s of the "
+                       f"{declared:.2f} s its header declares)")
+        self.damage = problem
+        if problem and not self._keep_partial:
+            raise BadMediaError(problem)
+        if problem:
+            log.warning("%s: %s; keeping the %.1f s that decoded", self.name, problem, got)
+
+
+class _Blocks:
+    """Resampled s16 frames cut into float32 blocks of `size` samples; `samples` counts all."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.samples = 0
+        self._pending = np.empty(size, dtype=np.int16)
+        self._filled = 0
+
+    def add(self, frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
+        for frame in frames:
+            data = frame.to_ndarray().reshape(-1)
+            self.samples += len(data)
+            while len(data):
+                take = min(self.size - self._filled, len(data))
+                self._pending[self._filled : self._filled + take] = data[:take]
+                self._filled += take
+                data = data[take:]
+                if self._filled == self.size:
+                    yield self._take()
+
+    def rest(self) -> Iterator[np.ndarray]:
+        if self._filled:
+            yield self._take()
+
+    def _take(self) -> np.ndarray:
+        block = self._pending[: self._filled].astype(np.float32)
+        block /= 32768.0  # a power of two: exact, as faster-whisper's own division
+        self._filled = 0
+        return block
 
 
 def duration(audio: np.ndarray) -> float:
@@ -122,77 +257,35 @@ def duration(audio: np.ndarray) -> float:
     return float(audio.shape[-1]) / SAMPLE_RATE
 
 
-def _decode_stream(
-    container: av.container.InputContainer, stream: av.AudioStream, damage: DamageLog
-) -> np.ndarray:
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    # Like faster-whisper, resample in large groups: per-frame calls cost ~50% more time.
-    fifo = av.AudioFifo()
-    chunks: list[np.ndarray] = []
-    last: av.Packet | None = None  # the last packet that held data, and whether it decoded
-    last_rejected = False
+class _ReadOnce:
+    """`file` as FFmpeg reads it: a read that fails ends the file there, and the error is
+    kept to be raised once FFmpeg is done. Raised into PyAV instead, it would be kept by
+    PyAV for its next call (maybe the next file's), after more reads had failed and been
+    dropped, each printing a traceback; and a demuxer may take it for short or bad media."""
 
-    def drain(frame: av.AudioFrame | None) -> None:
-        chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.failure: Exception | None = None
 
-    # A demuxer error propagates (the file fails as corrupt): none of the damaged files
-    # tried (mp3, AAC, mp4, FLAC, Ogg, Matroska/WebM, WAV, AVI) raised one mid-stream.
-    for packet in container.demux(stream):
+    def read(self, size: int = -1) -> bytes:
+        if self.failure is not None:
+            return b""
         try:
-            frames = packet.decode()  # the last, empty packet flushes the decoder
-        except av.error.FFmpegError:
-            if damage.reject(packet):
-                last, last_rejected = packet, True
-            continue
-        if packet.size:
-            last, last_rejected = packet, False
-        for frame in frames:
-            damage.frame(frame)
-            frame.pts = None  # the fifo rejects timestamp gaps; content is all that matters
-            fifo.write(frame)
-            if fifo.samples >= _GROUP_SAMPLES:
-                drain(fifo.read())
-    damage.ended(last, last_rejected, stream.codec_context.name)
-    if fifo.samples:
-        drain(fifo.read())
-    drain(None)  # flush the resampler
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32) / 32768.0
+            return self.file.read(size)
+        except Exception as exc:
+            self.failure = exc
+            return b""
 
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
 
-def _declared_seconds(
-    container: av.container.InputContainer, stream: av.AudioStream, data: bytes
-) -> float | None:
-    """The audio stream's duration as its header states it; None when only estimated."""
-    if stream.duration is None or stream.time_base is None:
-        return None
-    formats = set(container.format.name.split(","))
-    if "mp3" in formats:
-        if not _has_mp3_duration_tag(data):
-            return None
-    elif not formats & set(_DECLARED_DURATION_FORMATS):
-        return None
-    return float(stream.duration * stream.time_base)
+    def tell(self) -> int:
+        return self.file.tell()
 
-
-def _has_mp3_duration_tag(data: bytes) -> bool:
-    """Whether the first MPEG frame carries a Xing/Info/VBRI header (frame count)."""
-    start = 0
-    if data[:3] == b"ID3" and len(data) >= 10:
-        # ID3v2 size is a 28-bit "syncsafe" integer; skip the tag so its text cannot match.
-        size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]
-        start = 10 + size + (10 if data[5] & 0x10 else 0)
-    head = data[start : start + 256]
-    return any(tag in head for tag in _MP3_DURATION_TAGS)
-
-
-def _looks_like_media(data: bytes) -> bool:
-    """Whether the bytes start with the signature of a common audio/video container."""
-    if data[4:8] == b"ftyp" or data.startswith(_MEDIA_SIGNATURES):
-        return True
-    # An MPEG audio frame sync (raw mp3 / ADTS AAC without an ID3 tag).
-    return len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0
+    def raise_failure(self) -> None:
+        """A storage failure must not pass for a damaged file: it is raised first."""
+        if self.failure is not None:
+            raise self.failure
 
 
 def _ffmpeg_reason(exc: av.error.FFmpegError) -> str:

@@ -17,20 +17,21 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper import WhisperModel
 
 from whisperfleet_runner import models
-from whisperfleet_runner.audio import SAMPLE_RATE
+from whisperfleet_runner.audio import duration
+from whisperfleet_runner.chunk_batcher import ChunkBatcher
+from whisperfleet_runner.chunk_decode import ChunkDecoder, Item
 from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.gpu import cpus, devices
 from whisperfleet_runner.packed_decode import PackedDecoder
+from whisperfleet_runner.speech_chunks import speech_chunks
 from whisperfleet_runner.transcript import Segment, Transcript, Word
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
-# Whisper's window. Without VAD the batched pipeline needs explicit clips of at most this.
-CHUNK_SECONDS = 30
 # GPU memory a batched call needs, as a rough model: the weights (model.bin's size is the
 # float16 footprint, an upper bound for int8 types) plus the CUDA context, plus per batch item
 # (a 30 s window's encoder activations and the beams' decoder cache) about an eighth of the
@@ -115,6 +116,7 @@ class Engine:
         self.batch_size = 0  # what the last call ran with (for metrics)
         self.oom_halvings = 0
         self._packed: PackedDecoder | None = None  # made on the first packed call
+        self._chunks: ChunkDecoder | None = None
         if device == "cuda" and free_memory_mib is not None:
             weights_mib = _weights_mib(self.model_path)
             self._batch_cap = batch_size_for_memory(1 << 16, free_memory_mib, weights_mib)
@@ -155,12 +157,21 @@ class Engine:
     def transcribe(
         self, audio: np.ndarray, source: str, options: TranscriptionOptions
     ) -> Transcript:
-        """Transcribe 16 kHz mono float32 `audio`; `source` names the file in results and logs."""
-        batched = options.batch_size > 1
+        """Transcribe 16 kHz mono float32 `audio`; `source` names the file in results and logs.
+        Batched, it is a batch run of one file (chunk_batcher); else faster-whisper's
+        sequential mode, each window conditioned on the text before it."""
+        if options.batch_size > 1:
+            batcher = ChunkBatcher(self, options)
+            batcher.start(source, source)
+            for chunk in speech_chunks([audio], vad=options.vad_filter):
+                batcher.add(source, chunk)
+            ready = batcher.end(source, duration(audio))
+            done, failed = batcher.run_all()
+            if failed:
+                raise failed[0][1]
+            return (ready or done)[0][1]
         segments, info = self._retrying_oom(
-            source, options.batch_size,
-            lambda batch: self._run(audio, options, batched, batch),
-        )
+            source, 1, lambda _: self._sequential(audio, options))
         return Transcript(
             source=source,
             language=info.language,
@@ -171,6 +182,28 @@ class Engine:
             device=self.device_label,
             segments=segments,
         )
+
+    def chunk_decoder(self) -> ChunkDecoder:
+        if self._chunks is None:
+            self._chunks = ChunkDecoder(self.whisper)
+        return self._chunks
+
+    def decode_chunks(self, items: Sequence[Item], options: TranscriptionOptions,
+                      source: str) -> list[list[Segment]]:
+        """Segments of each chunk (chunk_decode), `options.batch_size` chunks per model call;
+        on CUDA out-of-memory the calls are made smaller and the whole list is redone."""
+        decoder = self.chunk_decoder()
+        before = [i.last_speech for i in items]
+
+        def run(batch: int) -> list[list[Segment]]:
+            for item, last in zip(items, before, strict=True):
+                item.last_speech = last  # a retry starts from the same word history
+            out: list[list[Segment]] = []
+            for first in range(0, len(items), batch):
+                out += decoder.decode(items[first: first + batch], options)
+            return out
+
+        return self._retrying_oom(source, max(1, options.batch_size), run)
 
     def transcribe_windows(
         self, windows: Sequence[Sequence[tuple[float, np.ndarray]]],
@@ -213,31 +246,16 @@ class Engine:
                     source, self.device_label, batch,
                 )
 
-    def _run(
-        self, audio: np.ndarray, options: TranscriptionOptions, batched: bool, batch: int
-    ) -> tuple[list[Segment], Any]:
-        kwargs: dict[str, Any] = {
-            "language": options.language or None,
-            "task": options.task,
-            "beam_size": options.beam_size,
-            "vad_filter": options.vad_filter,
-            "word_timestamps": options.word_timestamps,
-            "initial_prompt": options.initial_prompt or None,
-        }
-        if batched:
-            if not options.vad_filter:
-                # faster-whisper 1.2.1 raises "No clip timestamps found" for audio >= 30 s
-                # without VAD; fixed 30 s windows are what sequential mode would see.
-                kwargs["clip_timestamps"] = _windows(audio)
-            # A pipeline per call: it keeps per-file state, and threads may share the model.
-            raw, info = BatchedInferencePipeline(self.whisper).transcribe(
-                audio, batch_size=batch, **kwargs
-            )
-        else:
-            raw, info = self.whisper.transcribe(audio, **kwargs)
+    def _sequential(self, audio: np.ndarray, options: TranscriptionOptions
+                    ) -> tuple[list[Segment], Any]:
+        raw, info = self.whisper.transcribe(
+            audio, language=options.language or None, task=options.task,
+            beam_size=options.beam_size, vad_filter=options.vad_filter,
+            word_timestamps=options.word_timestamps,
+            initial_prompt=options.initial_prompt or None,
+        )
         # Segments are generated lazily: errors (out-of-memory too) surface while iterating.
-        segments = [_segment(s, options.word_timestamps) for s in raw]
-        return segments, info
+        return [_segment(s, options.word_timestamps) for s in raw], info
 
 
 def _weights_mib(model_path: str) -> int:
@@ -245,12 +263,6 @@ def _weights_mib(model_path: str) -> int:
         return os.path.getsize(os.path.join(model_path, "model.bin")) // 2**20
     except OSError:
         return 0
-
-
-def _windows(audio: np.ndarray) -> list[dict[str, float]]:
-    seconds = audio.shape[-1] / SAMPLE_RATE
-    starts = np.arange(0.0, seconds, CHUNK_SECONDS)
-    return [{"start": float(s), "end": float(min(s + CHUNK_SECONDS, seconds))} for s in starts]
 
 
 def _segment(seg: Any, words: bool) -> Segment:

@@ -27,6 +27,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import TranscriptionOptions as FwOptions
 from faster_whisper.transcribe import get_ctranslate2_storage, get_suppressed_tokens
 
+from whisperfleet_runner import encoder
 from whisperfleet_runner.config import TranscriptionOptions
 from whisperfleet_runner.transcript import Segment, Word
 
@@ -90,7 +91,11 @@ class PackedDecoder:
             for window, window_encoding in zip(group, encoded, strict=True):
                 for start, samples in window:
                     end = start + samples.shape[-1] / self.whisper.feature_extractor.sampling_rate
-                    per_clip.append(self._isolate(window_encoding, start, end))
+                    # A clip alone in its window has no neighbour to hide: its window's
+                    # encoding is what faster-whisper's batched mode decodes, and the
+                    # silence encoding (one more encoder pass) is not needed.
+                    per_clip.append(window_encoding if len(window) == 1
+                                    else self._isolate(window_encoding, start, end))
                     spans.append((start, end))
         pipeline = BatchedInferencePipeline(self.whisper)
         tokenizer = Tokenizer(self.whisper.hf_tokenizer, self.whisper.model.is_multilingual,
@@ -148,8 +153,10 @@ class PackedDecoder:
         """Encoder outputs [windows, frames, d] as a NumPy array on the CPU."""
         # On CUDA the output is copied to the CPU to be edited; generate/align accept CPU
         # encoder outputs (faster-whisper itself does so with several GPUs, see encode()).
-        view = self.whisper.model.encode(get_ctranslate2_storage(mels),
-                                         to_cpu=self.whisper.model.device == "cuda")
+        if self.whisper.model.device == "cuda":
+            view = self.whisper.model.encode(get_ctranslate2_storage(mels), to_cpu=True)
+        else:
+            view = encoder.encode(self.whisper, mels)
         return np.array(view, copy=True)
 
     def _isolate(self, window_encoding: np.ndarray, start: float, end: float) -> np.ndarray:

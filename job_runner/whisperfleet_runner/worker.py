@@ -1,17 +1,18 @@
-"""One worker process: bound to one GPU (or the CPU), fed from the scheduler's shared queue.
+"""One worker: a spawned process bound to one GPU (when a run has several), or a thread of the
+run's own process (when it has one device: `inprocess`), fed from the scheduler's shared queue.
 
-The body runs in a *spawned* process. It exports its binding (CUDA_VISIBLE_DEVICES = its
-GPU's UUID, CUDA_DEVICE_ORDER) before anything imports CTranslate2, so CUDA in this process
-only ever sees that GPU and no memory lands on the others; the model is then device 0.
-Files come from the task queue and go through `batch.run_files`, the loop a single-device
-pod runs in-process. What happens is told to the parent as typed events (below).
+A spawned worker exports its binding (CUDA_VISIBLE_DEVICES = its GPU's UUID,
+CUDA_DEVICE_ORDER) before anything imports CTranslate2, so CUDA in that process only ever
+sees that GPU and no memory lands on the others; the model is then device 0. Either kind
+runs `serve`: files come from the task queue and go through `batch.run_files`, the loop a
+single-device pod runs in-process. What happens is told to the scheduler as typed events
+(below), the same from a process or a thread.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
-import multiprocessing
 import os
 import queue
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 from whisperfleet_runner.config import GpuIdentity, JobOptions, ShardReport
 from whisperfleet_runner.gpu.devices import ModelPlacement
+from whisperfleet_runner.lazy_engine import EngineGetter
 from whisperfleet_runner.ledger import LedgerRecord
 from whisperfleet_runner.storage import InputFile
 
@@ -109,6 +111,8 @@ def _exit_with_parent() -> None:
     OOM killer) cannot stop its workers: they went on transcribing the files still queued,
     beside the re-run that took over the output's lock, then polled the empty queue
     forever, holding the model and its GPU memory."""
+    import multiprocessing
+
     parent = multiprocessing.parent_process()
     if parent is None:  # not a spawned worker
         return
@@ -134,8 +138,15 @@ def worker_main(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, 
     root = logging.getLogger()
     root.handlers[:] = [_EventLogHandler(events)]
     root.setLevel(spec.log_level)
+    run_worker(spec, options, tasks, events, stop, no_more)
+
+
+def run_worker(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: Any,
+               no_more: Any, load: EngineGetter | None = None) -> None:
+    """`serve`, with the worker's end told as the scheduler expects: a KeyboardInterrupt
+    (terminated on a second Ctrl-C) ends it silently, anything else is a Crashed event."""
     try:
-        _work(spec, options, tasks, events, stop, no_more)
+        serve(spec, options, tasks, events, stop, no_more, load)
     except KeyboardInterrupt:
         pass  # terminated: the parent counts the files in hand as not attempted
     except Exception as exc:  # report, so the parent can name the worker and the reason
@@ -166,9 +177,11 @@ class _Hand:
                 self.changed.wait(seconds)
 
 
-def _work(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: Any,
-          no_more: Any) -> None:
-    from whisperfleet_runner import batch, engine
+def serve(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: Any,
+          no_more: Any, load: EngineGetter | None = None) -> None:
+    """Run files from `tasks` until the queue is done or `stop` is set. `load` returns the
+    model (called when the first file needs it); by default this loads it here."""
+    from whisperfleet_runner import batch
     from whisperfleet_runner.gpu import nvml
 
     hand = _Hand(spec.max_in_hand)
@@ -196,8 +209,13 @@ def _work(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: 
     loaded: list[Any] = []  # the engine, once loaded (lazily, by run_files)
     told: list[tuple[int, int]] = []
 
-    def load() -> Any:
-        loaded[:] = [engine.load(options.model, spec.placement)]
+    def get_engine() -> Any:
+        if load is not None:
+            loaded[:] = [load()]
+        else:
+            from whisperfleet_runner import engine
+
+            loaded[:] = [engine.load(options.model, spec.placement)]
         return loaded[0]
 
     def recorded(record: LedgerRecord) -> None:
@@ -211,7 +229,7 @@ def _work(spec: WorkerSpec, options: JobOptions, tasks: Any, events: Any, stop: 
         if spec.gpu is not None:
             nvml.check_healthy(spec.gpu.uuid)
 
-    report = batch.run_files(files(), options, load,
+    report = batch.run_files(files(), options, get_engine,
                              shard=spec.shard, device=spec.label,
                              gpus=[spec.gpu] if spec.gpu else [],
                              progress=recorded, prefetch_bytes=PREFETCH_BYTES,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from faster_whisper import decode_audio
 
+from tests.support import damaged_media as dm
 from whisperfleet_runner.audio import SAMPLE_RATE, BadMediaError, decode, duration
 
 
@@ -106,18 +107,8 @@ def test_truncated_wav_decodes_what_remains(audio_dir: Path) -> None:
 
 
 def test_video_without_audio_stream() -> None:
-    out = io.BytesIO()
-    with av.open(out, "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for _ in range(5):
-            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
     with pytest.raises(BadMediaError, match=r"^no audio stream \(container .* holds: video\)$"):
-        decode(out.getvalue(), "slides.mp4")
+        decode(dm.video_without_audio(5), "slides.mp4")
 
 
 def test_duration_of_decoded_audio() -> None:

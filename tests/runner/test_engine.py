@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper import WhisperModel
 
-from whisperfleet_runner import audio
+from whisperfleet_runner import audio, encoder
+from whisperfleet_runner.chunk_decode import Item
 from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.engine import (
     Engine,
@@ -25,6 +25,7 @@ from whisperfleet_runner.engine import (
     get_engine,
     is_out_of_memory,
 )
+from whisperfleet_runner.speech_chunks import speech_chunks
 
 pytestmark = pytest.mark.slow
 TINY = ModelOptions(name="tiny.en", compute_type="int8")
@@ -108,44 +109,45 @@ def test_out_of_memory_is_recognised_by_its_text() -> None:
     assert not is_out_of_memory(RuntimeError("unsupported device cuda"))
 
 
-def _oom_while_iterating(real: Any, calls: list[int], oom_above: int) -> Any:
-    """Wrap the pipeline's transcribe: above `oom_above`, the segment generator raises the
-    CUDA OOM when first iterated — where CTranslate2 raises it (generate runs lazily)."""
+def _oom_above(calls: list[int], limit: int) -> Any:
+    """The encoder pass over a batch of windows, failing as CUDA does when more than `limit`
+    windows are encoded at once (the encoder's activations grow with the batch). Injected at
+    `encoder.encode`, which hands a GPU the whole batch (on the CPU it splits it itself)."""
+    real = encoder.encode
 
-    def transcribe(self: BatchedInferencePipeline, audio: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs["batch_size"])
-        segments, info = real(self, audio, **kwargs)
-        if kwargs["batch_size"] <= oom_above:
-            return segments, info
-
-        def failing() -> Iterator[Any]:
+    def encode(whisper: WhisperModel, features: np.ndarray) -> Any:
+        calls.append(features.shape[0] if features.ndim == 3 else 1)
+        if calls[-1] > limit:
             raise RuntimeError(CUDA_OOM)
-            yield  # a generator, like faster-whisper's
+        return real(whisper, features)
 
-        return failing(), info
-
-    return transcribe
+    return encode
 
 
-def test_out_of_memory_halves_the_batch_and_retries_the_file(
+def _items(engine: Engine, samples: np.ndarray, count: int) -> list[Item]:
+    """`count` copies of the file's one chunk, each as a file of its own."""
+    [chunk] = list(speech_chunks([samples], vad=True))
+    features = engine.chunk_decoder().features(chunk)
+    return [Item(chunk, features, "en", owner=object()) for _ in range(count)]
+
+
+def test_out_of_memory_halves_the_batch_and_retries_the_chunks(
     audio_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     fresh = Engine(TINY, device="cpu", compute_type="int8")  # its batch cap must start unset
     calls: list[int] = []
-    real = BatchedInferencePipeline.transcribe
-    monkeypatch.setattr(
-        BatchedInferencePipeline, "transcribe", _oom_while_iterating(real, calls, oom_above=2)
-    )
-    hello = load(audio_dir, "hello.wav")
+    monkeypatch.setattr(encoder, "encode", _oom_above(calls, limit=2))
+    items = _items(fresh, load(audio_dir, "hello.wav"), 8)
     with caplog.at_level(logging.WARNING, logger="whisperfleet_runner.engine"):
-        result = fresh.transcribe(hello, "hello.wav", TranscriptionOptions(batch_size=8))
-    assert calls == [8, 4, 2]
-    assert "hello" in result.text.lower()
+        results = fresh.decode_chunks(items, TranscriptionOptions(batch_size=8), "batch")
+    assert calls == [8, 4, 2, 2, 2, 2]
+    assert len(results) == 8
+    assert all("hello" in " ".join(s.text for s in r).lower() for r in results)
     halvings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
     assert [m.rsplit(" ", 1)[-1] for m in halvings] == ["4", "2"]
-    # The lower size sticks: the next file starts at 2 instead of failing twice again.
-    fresh.transcribe(hello, "again.wav", TranscriptionOptions(batch_size=8))
-    assert calls == [8, 4, 2, 2]
+    # The lower size sticks: the next batch starts at 2 instead of failing twice again.
+    fresh.decode_chunks(items[:4], TranscriptionOptions(batch_size=8), "again")
+    assert calls[6:] == [2, 2]
     assert fresh.batch_cap == 2
 
 
@@ -154,14 +156,11 @@ def test_out_of_memory_at_batch_size_one_is_a_clear_error(
 ) -> None:
     fresh = Engine(TINY, device="cpu", compute_type="int8")
     calls: list[int] = []
-    real = BatchedInferencePipeline.transcribe
-    monkeypatch.setattr(
-        BatchedInferencePipeline, "transcribe", _oom_while_iterating(real, calls, oom_above=0)
-    )
+    monkeypatch.setattr(encoder, "encode", _oom_above(calls, limit=0))
     with pytest.raises(OutOfMemoryError, match=r"hello\.wav: CUDA out of memory on cpu even at "
                                                 r"batch size 1 .*smaller model"):
         fresh.transcribe(load(audio_dir, "hello.wav"), "hello.wav", TranscriptionOptions())
-    assert calls == [8, 4, 2, 1]
+    assert calls == [1, 1, 1, 1]  # one chunk: 8, 4, 2 and 1 asked, one window each time
 
 
 def test_sequential_out_of_memory_is_not_retried(
@@ -182,10 +181,10 @@ def test_sequential_out_of_memory_is_not_retried(
 def test_other_runtime_errors_pass_through(
     engine: Engine, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: BatchedInferencePipeline, audio: Any, **kwargs: Any) -> Any:
+    def broken(self: WhisperModel, features: Any) -> Any:
         raise RuntimeError("some other CTranslate2 failure")
 
-    monkeypatch.setattr(BatchedInferencePipeline, "transcribe", broken)
+    monkeypatch.setattr(WhisperModel, "encode", broken)
     with pytest.raises(RuntimeError, match="some other CTranslate2 failure"):
         engine.transcribe(load(audio_dir, "hello.wav"), "h.wav", TranscriptionOptions())
     assert engine.batch_cap is None

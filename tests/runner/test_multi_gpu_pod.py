@@ -32,17 +32,18 @@ SOURCES = ["hello.wav", "nested/numbers.wav", "with space é.wav", "nested/deepe
 OOM_HOOK = """
 import os
 if os.environ.get("OOM_ON_GPU"):
-    import faster_whisper
-    real = faster_whisper.BatchedInferencePipeline.transcribe
-    def transcribe(self, audio, *args, batch_size=8, **kwargs):
-        # A worker binds itself to its GPU after start-up: decide at call time.
+    from whisperfleet_runner import encoder
+    real = encoder.encode
+    def encode(whisper, features):
+        # A worker binds itself to its GPU after start-up: decide at call time. The
+        # encoder's activations grow with the windows encoded at once (on a GPU,
+        # encoder.encode hands it the whole batch).
         bound = os.environ.get("CUDA_VISIBLE_DEVICES") == os.environ["OOM_ON_GPU"]
-        if bound and batch_size > 2:
+        if bound and features.ndim == 3 and features.shape[0] > 2:
             raise RuntimeError("CUDA failed with error out of memory")
-        return real(self, audio, *args, batch_size=batch_size, **kwargs)
-    faster_whisper.BatchedInferencePipeline.transcribe = transcribe
+        return real(whisper, features)
+    encoder.encode = encode
 """
-
 
 def gpus(count: int, lost_when: Path | None = None) -> list[dict[str, Any]]:
     return [{"uuid": f"GPU-{i}aaaaaaa-0000-4000-8000-00000000000{i}", "name": H100,
@@ -109,8 +110,9 @@ def test_every_allocated_gpu_gets_a_fair_share(
 def test_an_out_of_memory_on_one_gpu_halves_only_that_workers_batch(
     fake_nvml: Any, tmp_path: Path, audio_dir: Path, tiny_model_path: Path
 ) -> None:
-    order = planned(tmp_path, audio_dir, tiny_model_path, 8)
-    order.transcription.pack_short_clips = False  # the batched per-file path, where OOM bites
+    # 16 files: each of the 2 workers holds up to 4, so its batches reach 4 chunks.
+    order = planned(tmp_path, audio_dir, tiny_model_path, 16)
+    order.transcription.pack_short_clips = False  # chunk batches, where OOM bites
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(OOM_HOOK)
@@ -119,7 +121,7 @@ def test_an_out_of_memory_on_one_gpu_halves_only_that_workers_batch(
     env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
     result, report = run_shard(env, tmp_path / "log")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert report.succeeded == 8 and all(g.files for g in report.gpus)
+    assert report.succeeded == 16 and all(g.files for g in report.gpus)
     halvings = [line for line in result.stderr.splitlines() if "out of memory" in line]
     assert halvings and all("retrying with batch size" in line for line in halvings)
     # The worker on GPU 1 halved (8 -> 4 -> 2) once and kept the lower size; GPU 0 never did.
@@ -130,7 +132,7 @@ def test_a_gpu_lost_mid_run_fails_only_its_files_and_a_retry_does_them(
     fake_nvml: Any, tmp_path: Path, audio_dir: Path, tiny_model_path: Path
 ) -> None:
     order = planned(tmp_path, audio_dir, tiny_model_path, 12)
-    order.transcription.pack_short_clips = False  # one file at a time in the model's hands
+    order.transcription.pack_short_clips = False  # chunk batches in the model's hands
     flag = tmp_path / "gpu-1-lost"
     env = pod_env(fake_nvml, gpus(2, lost_when=flag), order)
     log = tmp_path / "log"

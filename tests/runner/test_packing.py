@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.support.paths import REPO
-from whisperfleet_runner import audio, packed_decode, packing
+from whisperfleet_runner import audio, encoder, packed_decode, packing
 from whisperfleet_runner.batch import run_files
 from whisperfleet_runner.config import ModelOptions, OutputOptions, TranscriptionOptions, WorkOrder
 from whisperfleet_runner.engine import Engine, get_engine
@@ -96,6 +96,27 @@ def test_packed_transcripts_match_per_file_and_never_mix(engine: Engine) -> None
         assert last.end <= clip.duration + 1e-6
         assert abs(last.end - ref.segments[-1].end) < 1.5
         assert all(w.start >= 0 for s in got.segments for w in s.words or [])
+
+
+def test_a_clip_alone_in_its_window_costs_one_encoder_pass(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A one-clip run's fixed cost: no second pass to encode the silence that hides
+    # neighbours, when there are none; the words are those of the per-file path.
+    windows: list[int] = []
+    real = encoder.encode
+
+    def counted(whisper: Any, features: np.ndarray) -> Any:
+        windows.append(len(features))
+        return real(whisper, features)
+
+    monkeypatch.setattr(encoder, "encode", counted)
+    clip = packing.Clip(SPEECH[4], load(SPEECH[4]))
+    fresh = Engine(TINY, device="cpu", compute_type="int8")  # no silence encoded yet
+    [packed] = packing.transcribe_packed(fresh, [clip], TranscriptionOptions())
+    assert windows == [1]
+    alone = engine.transcribe(clip.audio, clip.source, TranscriptionOptions(batch_size=1))
+    assert set(words(packed.text)) >= {"weather", "sunny", "breeze"}
+    assert len(set(words(packed.text)) ^ set(words(alone.text))) <= 1, (packed.text, alone.text)
 
 
 KEY_WORDS = {  # words each distinct clip certainly says (tiny.en hears "brown" as "round")

@@ -36,18 +36,19 @@ def speech() -> np.ndarray:
 
 
 def encode(samples: np.ndarray, fmt: str, codec: str, *, rate: int = RATE,
-           container_options: dict[str, str] | None = None,
+           layout: str = "mono", container_options: dict[str, str] | None = None,
            codec_options: dict[str, str] | None = None, bit_rate: int = 0) -> bytes:
-    """`samples` (int16 mono at `rate`) encoded by FFmpeg into `fmt` with `codec`."""
+    """`samples` (int16 at `rate`: [n], or [n, channels] for a layout of several channels)
+    encoded by FFmpeg into `fmt` with `codec`."""
     out = io.BytesIO()
     with av.open(out, "w", format=fmt, options=container_options or {}) as container:
-        stream = container.add_stream(codec, rate=rate, layout="mono",
+        stream = container.add_stream(codec, rate=rate, layout=layout,
                                       options=codec_options or {})
         if bit_rate:
             stream.bit_rate = bit_rate
         for i in range(0, len(samples), 4096):
             chunk = np.ascontiguousarray(samples[i : i + 4096]).reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout=layout)
             frame.sample_rate = rate
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -101,3 +102,17 @@ def frame_holding(data: bytes, offset: int) -> Frame:
     """The packet of `data` that holds byte `offset`."""
     return next(f for f in frame_map(data) if f.pos <= offset < f.pos + f.size)
 
+
+def video_without_audio(frames: int = 3) -> bytes:
+    """An MP4 holding a few black video frames and no audio stream at all."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()

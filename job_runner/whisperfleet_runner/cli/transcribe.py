@@ -93,8 +93,9 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
                        metrics_port: int) -> None:
     """Transcribe INPUT files, folders (recursive), globs or URIs into OUTPUT.
 
-    One worker process per chosen GPU, longest files first; files whose outputs all exist
-    are skipped, so re-running after Ctrl-C or a failure finishes the rest.
+    One worker per chosen GPU (a process each; with one GPU or the CPU, this process),
+    longest files first; files whose outputs all exist are skipped, so re-running after
+    Ctrl-C or a failure finishes the rest.
     """
     _configure_logging(quiet, verbose)
     from whisperfleet_runner import scheduler, storage
@@ -150,10 +151,11 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
         except OSError as exc:
             lock.close()
             _fail(f"--metrics-port {metrics_port}: {exc.strerror or exc}")
+    preload = _preload(specs, model, gathered.files)  # after the last early exit above
     observer = local_progress(quiet)
     with lock, observer:
         summary = scheduler.run(gathered.files, job, specs, observer, refused=gathered.refused,
-                                metrics=metrics)
+                                metrics=metrics, preload=preload)
     summary.duplicates = gathered.duplicates
     code = exit_code(summary)
     try:
@@ -162,6 +164,20 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
         click.echo(f"Error: cannot write --summary-json {summary_json}: {exc.strerror}", err=True)
         code = code or config.EXIT_USAGE
     sys.exit(code)
+
+
+def _preload(specs: list[Any], model: config.ModelOptions, files: list[Any]) -> Any:
+    """With one device the run works in this process: its model starts loading now, on a
+    thread, beside the display's start and the first reads, instead of after them. Not
+    when the listings showed every file done: a re-run of a finished batch loads nothing.
+    With several GPUs each spawned worker loads its own."""
+    if len(specs) != 1 or all(f.done is True for f in files):
+        return None
+    from whisperfleet_runner.inprocess import ModelPreload
+
+    preload = ModelPreload(model, specs[0])
+    preload.start()
+    return preload
 
 
 def _stop_taking_files(why: str) -> None:

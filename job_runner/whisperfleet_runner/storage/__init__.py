@@ -3,7 +3,8 @@
 One URL model for `s3://`, `gs://`, `az://`, `memory://`, `file://` and plain paths. Local
 folders are walked and written with `os` directly (pruning, fsync, atomic rename); every other
 protocol goes through the fsspec filesystem from `fs.filesystem`. Listings live in `listing`,
-what is done already in `done`.
+what is done already in `done`, reading one input a few blocks at a time (`open_input`) in
+`ranged`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from whisperfleet_runner.storage.fs import is_local as _is_local
 from whisperfleet_runner.storage.fs import is_s3, s3_upload
 from whisperfleet_runner.storage.keys import UnsafeKeyError, local_path, output_uris
 from whisperfleet_runner.storage.listing import InputFile, iter_inputs, list_inputs, list_uris
+from whisperfleet_runner.storage.ranged import open_input
 
 __all__ = [
     "InputFile",
@@ -38,6 +40,7 @@ __all__ = [
     "list_inputs",
     "list_uris",
     "mark_done",
+    "open_input",
     "output_uris",
     "outputs_exist",
     "publish",

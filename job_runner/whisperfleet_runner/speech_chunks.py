@@ -1,0 +1,170 @@
+"""Cut a file's decoded audio into the chunks Whisper transcribes, in bounded memory.
+
+faster-whisper's batched mode runs Silero VAD over the whole file and joins its speech spans
+into chunks of at most 30 s, the silence between spans removed (`collect_chunks`). Here the
+same happens over a rolling window: VAD runs on `WINDOW_SECONDS` of audio at a time, the
+spans that end before the window's last `TAIL_SECONDS` are taken, and the audio from the
+silence after the last of them is carried into the next window. A file of any length thus
+holds at most one window of samples, and every span keeps its place in the file, so
+timestamps run on across the cuts. Without VAD the chunks are plain 30 s pieces.
+
+`cut_windows` is the layer below: the same windows, cut at silence, for the sequential
+(unbatched) mode, which transcribes a window at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from whisperfleet_runner.audio import SAMPLE_RATE
+
+CHUNK_SECONDS = 30  # Whisper's window, and faster-whisper's chunk_length
+# VAD's view at a time. Silero's working memory grows with it (measured: +270 MiB peak at
+# 300 s, +140 MiB at 150 s), and the cuts, where output may differ from a one-piece run,
+# come about once per window.
+WINDOW_SECONDS = 150.0
+TAIL_SECONDS = 45.0  # speech that may still be going on at a window's end waits for the next
+_VAD_FRAME = 512  # Silero's frame: cuts fall on its grid, so frames line up with a whole-file run
+
+Span = tuple[int, int]  # [start, end) in samples from the start of the file
+
+
+@dataclass
+class Window:
+    """Consecutive audio of a file: `samples` start at sample `start` of the file; `spans`
+    are the speech in it (file samples), None when VAD is off."""
+
+    start: int
+    samples: np.ndarray
+    spans: list[Span] | None = None
+
+
+@dataclass
+class Chunk:
+    """What one 30 s Whisper window holds: speech spans of one file, joined."""
+
+    samples: np.ndarray
+    spans: list[Span]  # where the joined samples come from in the file
+    offset: float  # seconds of chunked audio before it in the file (faster-whisper's offset)
+    vad: bool = True  # times need mapping back through `spans` (silence was removed)
+
+    @property
+    def duration(self) -> float:
+        return float(self.samples.shape[-1]) / SAMPLE_RATE
+
+
+def vad_options() -> object:
+    """The VAD settings of faster-whisper's batched mode (BatchedInferencePipeline)."""
+    from faster_whisper.vad import VadOptions
+
+    return VadOptions(max_speech_duration_s=CHUNK_SECONDS, min_silence_duration_ms=160)
+
+
+def cut_windows(
+    blocks: Iterable[np.ndarray], *, vad: bool, window_seconds: float = WINDOW_SECONDS,
+    tail_seconds: float = TAIL_SECONDS,
+) -> Iterator[Window]:
+    """The audio of `blocks` as consecutive windows of at most about `window_seconds`, cut
+    in silence (VAD) or every `window_seconds` (no VAD, a multiple of 30 s)."""
+    size = int(window_seconds * SAMPLE_RATE)
+    tail = int(tail_seconds * SAMPLE_RATE)
+    if not vad:
+        size = max(1, round(window_seconds / CHUNK_SECONDS)) * CHUNK_SECONDS * SAMPLE_RATE
+    buffer = np.zeros(0, np.float32)
+    start = 0
+    for block in blocks:
+        buffer = np.concatenate((buffer, block)) if buffer.size else block
+        while buffer.shape[0] >= size:
+            window = _cut(buffer, start, size, tail) if vad else Window(start, buffer[:size])
+            yield window
+            buffer = buffer[window.samples.shape[0]:]
+            start += window.samples.shape[0]
+    if buffer.size:
+        yield _last(buffer, start) if vad else Window(start, buffer)
+
+
+def _speech(samples: np.ndarray) -> list[Span]:
+    from faster_whisper.vad import get_speech_timestamps
+
+    found = get_speech_timestamps(samples, vad_options())  # type: ignore[arg-type]
+    return [(int(s["start"]), int(s["end"])) for s in found]
+
+
+def _cut(buffer: np.ndarray, start: int, size: int, tail: int) -> Window:
+    """The first window of `buffer`: VAD over `size` samples, cut in the longest pause
+    between spans over the last 30 s before the tail (speech near the end may go on past
+    the window, so it waits for the next one, which runs VAD over it again)."""
+    view = buffer[:size]
+    spans = _speech(view)
+    limit = size - tail
+    # Pauses: (length, where to cut) between consecutive spans that end before the limit.
+    pauses = [(nxt[0] - cur[1], (cur[1] + nxt[0]) // 2)
+              for cur, nxt in zip(spans, [*spans[1:], (size, size)], strict=True)
+              if cur[1] <= limit and cur[1] >= limit - CHUNK_SECONDS * SAMPLE_RATE]
+    if pauses:
+        cut = max(pauses)[1]
+    elif spans and spans[0][0] < limit:  # speech all the way: cut at a span's edge
+        cut = max([b for _, b in spans if b <= limit] or [spans[0][0]])
+    else:
+        cut = limit
+    if cut // _VAD_FRAME * _VAD_FRAME > 0:
+        grid = cut // _VAD_FRAME * _VAD_FRAME
+        cut = grid if all(not a < grid < b for a, b in spans) else cut
+    if cut <= 0:
+        cut = limit
+    kept = [s for s in spans if s[1] <= cut]
+    return Window(start, view[:cut], [(start + a, start + b) for a, b in kept])
+
+
+def _last(buffer: np.ndarray, start: int) -> Window:
+    return Window(start, buffer, [(start + a, start + b) for a, b in _speech(buffer)])
+
+
+@dataclass
+class _Open:
+    """The chunk being filled."""
+
+    parts: list[np.ndarray] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    samples: int = 0
+
+
+def chunk_windows(windows: Iterable[Window]) -> Iterator[Chunk]:
+    """Chunks of at most 30 s from consecutive windows: with VAD, speech spans joined in
+    order as faster-whisper's collect_chunks joins them (a span that would overflow the
+    chunk starts the next one); without, each window in 30 s pieces."""
+    limit = CHUNK_SECONDS * SAMPLE_RATE
+    offset = 0  # samples of chunked audio so far
+    current = _Open()
+    for window in windows:
+        if window.spans is None:
+            for first in range(0, window.samples.shape[0], limit):
+                piece = window.samples[first: first + limit].copy()  # not a view (see _close)
+                at = window.start + first
+                yield Chunk(piece, [(at, at + piece.shape[0])], at / SAMPLE_RATE, vad=False)
+            continue
+        for a, b in window.spans:
+            if current.samples and current.samples + (b - a) > limit:
+                yield _close(current, offset)
+                offset += current.samples
+                current = _Open()
+            current.parts.append(window.samples[a - window.start: b - window.start])
+            current.spans.append((a, b))
+            current.samples += b - a
+    if current.samples:
+        yield _close(current, offset)
+
+
+def _close(current: _Open, offset: int) -> Chunk:
+    # A copy, never a view: a view would keep its whole window of samples alive while the
+    # chunk waits for a batch.
+    samples = np.concatenate(current.parts) if len(current.parts) > 1 else current.parts[0].copy()
+    return Chunk(samples, current.spans, offset / SAMPLE_RATE)
+
+
+def speech_chunks(blocks: Iterable[np.ndarray], *, vad: bool) -> Iterator[Chunk]:
+    """The chunks of a file's audio, given as consecutive blocks of samples."""
+    return chunk_windows(cut_windows(blocks, vad=vad))

@@ -1,0 +1,130 @@
+"""Long audio is cut at silence into bounded windows, with timestamps continuous across cuts.
+
+Real Silero VAD (faster-whisper's) and the real tiny.en on talks read by espeak-ng; the
+baseline is the same audio chunked in one piece, as faster-whisper's batched mode does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import wave
+
+import jiwer
+import numpy as np
+import pytest
+
+from whisperfleet_runner.audio import SAMPLE_RATE
+from whisperfleet_runner.chunk_batcher import ChunkBatcher
+from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.engine import get_engine
+from whisperfleet_runner.speech_chunks import CHUNK_SECONDS, chunk_windows, cut_windows
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                 reason="the talks are read by espeak-ng")]
+BLOCK = 30 * SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def talks(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, str]:
+    """Four talks with 2 s pauses (about four minutes), and what espeak-ng read."""
+    from benchmarks import corpus
+
+    folder = tmp_path_factory.mktemp("talks")
+    parts, script = [], []
+    for name, text in sorted(corpus.build("long", folder, 4).items()):
+        with wave.open(str(folder / name)) as w:
+            parts.append(np.frombuffer(w.readframes(w.getnframes()), np.int16))
+        parts.append(np.zeros(2 * SAMPLE_RATE, np.int16))
+        script.append(text)
+    return np.concatenate(parts).astype(np.float32) / 32768.0, " ".join(script)
+
+
+@pytest.fixture(scope="module")
+def recording(talks: tuple[np.ndarray, str]) -> np.ndarray:
+    return talks[0]
+
+
+def blocks(samples: np.ndarray) -> list[np.ndarray]:
+    return [samples[i: i + BLOCK] for i in range(0, samples.shape[0], BLOCK)]
+
+
+def transcribe(chunks: list, options: TranscriptionOptions, seconds: float) -> list:
+    engine = get_engine(ModelOptions(name="tiny.en"), "cpu", 0, "int8")
+    batcher = ChunkBatcher(engine, options)
+    batcher.start("file", "file")
+    for chunk in chunks:
+        batcher.add("file", chunk)
+    batcher.end("file", seconds)
+    [(_, transcript)], failed = batcher.run_all()
+    assert not failed
+    return transcript.segments
+
+
+def test_windows_are_consecutive_bounded_and_cut_in_silence(recording: np.ndarray) -> None:
+    windows = list(cut_windows(blocks(recording), vad=True, window_seconds=60,
+                               tail_seconds=20))
+    assert len(windows) >= 4
+    position = 0
+    for window in windows:
+        assert window.start == position
+        assert window.samples.shape[0] <= 60 * SAMPLE_RATE  # never more held than a window
+        spans = window.spans or []
+        assert all(window.start <= a < b <= position + window.samples.shape[0]
+                   for a, b in spans)
+        position += window.samples.shape[0]
+    assert position == recording.shape[0]  # nothing lost, nothing twice
+    # A cut never falls inside speech the window's VAD found (it waits for a pause).
+    for window in windows[:-1]:
+        end = window.start + window.samples.shape[0]
+        assert not any(a < end < b for a, b in window.spans or [])
+
+
+def test_windowed_transcript_equals_the_one_piece_transcript_away_from_the_cuts(
+    talks: tuple[np.ndarray, str],
+) -> None:
+    recording, script = talks
+    options = TranscriptionOptions()
+    seconds = recording.shape[0] / SAMPLE_RATE
+    windows = list(cut_windows(blocks(recording), vad=True, window_seconds=120,
+                               tail_seconds=30))
+    cuts = [w.start / SAMPLE_RATE for w in windows[1:]]
+    windowed = list(chunk_windows(windows))
+    whole = list(chunk_windows(cut_windows([recording], vad=True, window_seconds=1e6)))
+    assert cuts and all(c.duration <= CHUNK_SECONDS for c in windowed)
+    # faster-whisper's chunk offsets: the chunked audio before each chunk, without gaps.
+    assert all(b.offset == pytest.approx(a.offset + a.duration)
+               for a, b in itertools.pairwise(windowed))
+    ours = transcribe(windowed, options, seconds)
+    theirs = transcribe(whole, options, seconds)
+    assert [s.start for s in ours] == sorted(s.start for s in ours)
+    assert ours[-1].end == pytest.approx(theirs[-1].end, abs=1.0) and ours[-1].end <= seconds
+    # Away from the cuts (a chunk's length either side) the two are the same, word for word
+    # and time for time: VAD may see the audio around a cut a little differently.
+    far = [s for s in theirs if all(abs(s.start - c) > 30 and abs(s.end - c) > 30 for c in cuts)]
+    assert len(far) >= len(theirs) // 4
+    mine = {(round(s.start, 1), s.text) for s in ours}
+    assert all((round(s.start, 1), s.text) in mine for s in far)
+    # Near them, no worse than the one-piece transcript against what was read.
+    assert jiwer.wer(words_of(script), words(ours)) <= jiwer.wer(words_of(script),
+                                                                 words(theirs)) + 0.01
+
+
+def words_of(text: str) -> str:
+    return " ".join("".join(c for c in w if c.isalnum()) for w in text.lower().split())
+
+
+def words(segments: list) -> str:
+    """Lower-case words without punctuation (a cut may turn a full stop into a comma)."""
+    return words_of(" ".join(s.text for s in segments))
+
+
+def test_without_vad_chunks_are_the_30_second_pieces_of_the_file(
+    recording: np.ndarray,
+) -> None:
+    chunks = list(chunk_windows(cut_windows(blocks(recording), vad=False, window_seconds=60)))
+    assert [c.spans[0][0] for c in chunks] == list(range(0, recording.shape[0],
+                                                         CHUNK_SECONDS * SAMPLE_RATE))
+    assert np.array_equal(np.concatenate([c.samples for c in chunks]), recording)
+    assert all(c.offset == c.spans[0][0] / SAMPLE_RATE for c in chunks)
