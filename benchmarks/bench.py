@@ -4,6 +4,7 @@
     python benchmarks/bench.py long    # 4 talks of 30-90 s: whisperfleet (json, txt, srt, vtt)
                                        #   vs bare BatchedInferencePipeline
     python benchmarks/bench.py short --count 6 --rounds 1   # a quick smoke run
+    python benchmarks/bench.py short --count 30 --seed 2026 # held out: another draw of clips
 
 Without an NVIDIA GPU (NVML unavailable or listing none) or with `--device cpu`: both sides
 run the same model (the bundled tiny.en unless --model), int8 on CPU, beam 5, VAD on, batch 8,
@@ -222,15 +223,21 @@ def main() -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: the GPU comparisons where NVML sees a GPU, else the CPU run")
     parser.add_argument("--gpu", default="", help="NVML index or uuid (default: the first GPU)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="draw another corpus (held out); default: the tuned one")
     args = parser.parse_args()
     count = args.count or (60 if args.kind == "short" else 4)
     folder = args.corpus / f"{args.kind}-{count}"
+    if args.seed is not None:
+        folder = folder.with_name(f"{folder.name}-seed{args.seed}")
     gpu_info = find_gpu(args.device, args.gpu)
-    refs = corpus.build(args.kind, folder, count)
+    refs = corpus.build(args.kind, folder, count, args.seed)
     model = args.model or default_model()
     bare_mode = "loop" if args.kind == "short" else "batched"
     seconds = audio_seconds(folder)
-    print(f"corpus: {count} {args.kind} files, {seconds:.1f} s of audio; model {model}")
+    seed = corpus.SEEDS[args.kind] if args.seed is None else args.seed
+    print(f"corpus: {count} {args.kind} files (seed {seed}), {seconds:.1f} s of audio; "
+          f"model {model}")
     gpu = prepare_gpu(gpu_info, model) if gpu_info is not None else None
     if gpu is None:
         sides, prefix, width = cpu_sides(), "", 12

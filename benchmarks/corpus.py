@@ -2,9 +2,11 @@
 
 Sentences are drawn from small word lists with a fixed seed, so every run (and every
 machine) gets the same audio and reference texts. Each corpus folder holds the WAVs and
-`references.json` ({file name: text}) for WER.
+`references.json` ({file name: text}) for WER. `--seed` draws another corpus of the same
+kind (held out: not the one the defaults were tuned on).
 
     python benchmarks/corpus.py short /tmp/bench/short --count 60
+    python benchmarks/corpus.py short /tmp/bench/held-out --count 30 --seed 2026
     python benchmarks/corpus.py long /tmp/bench/long --count 4
 """
 
@@ -18,6 +20,7 @@ import subprocess
 import wave
 from pathlib import Path
 
+SEEDS = {"short": 6, "long": 7}  # the corpora the defaults were measured on
 SUBJECTS = ["the driver", "my sister", "our teacher", "the old farmer", "a young doctor",
             "the manager", "his neighbour", "the pilot", "every student", "the baker",
             "a tired nurse", "the captain", "her brother", "the small dog", "the engineer"]
@@ -48,7 +51,7 @@ def speak(text: str, path: Path, voice: str, speed: int) -> float:
         return wav.getnframes() / wav.getframerate()
 
 
-def build_short(folder: Path, count: int, seed: int = 6) -> dict[str, str]:
+def build_short(folder: Path, count: int, seed: int = SEEDS["short"]) -> dict[str, str]:
     """`count` clips of 1-4 s: a phrase or one short sentence each."""
     rng = random.Random(seed)
     refs: dict[str, str] = {}
@@ -63,7 +66,7 @@ def build_short(folder: Path, count: int, seed: int = 6) -> dict[str, str]:
     return refs
 
 
-def build_long(folder: Path, count: int, seed: int = 7) -> dict[str, str]:
+def build_long(folder: Path, count: int, seed: int = SEEDS["long"]) -> dict[str, str]:
     """`count` talks of 30-90 s: many sentences read in one voice."""
     rng = random.Random(seed)
     refs: dict[str, str] = {}
@@ -80,17 +83,22 @@ def build_long(folder: Path, count: int, seed: int = 7) -> dict[str, str]:
     return refs
 
 
-def build(kind: str, folder: Path, count: int) -> dict[str, str]:
-    """(Re)build a corpus folder unless it already holds this kind and count."""
-    stamp = folder / "references.json"
+def build(kind: str, folder: Path, count: int, seed: int | None = None) -> dict[str, str]:
+    """(Re)build a corpus folder unless it already holds this kind, count and seed."""
+    seed = SEEDS[kind] if seed is None else seed
+    stamp, seed_stamp = folder / "references.json", folder / "seed"
     if stamp.exists():
         refs = json.loads(stamp.read_text())
-        if len(refs) == count and all(name.startswith(kind[:4]) for name in refs):
+        built_with = int(seed_stamp.read_text()) if seed_stamp.exists() else SEEDS[kind]
+        if (len(refs) == count and built_with == seed
+                and all(name.startswith(kind[:4]) for name in refs)):
             return refs
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    refs = build_short(folder, count) if kind == "short" else build_long(folder, count)
+    refs = (build_short(folder, count, seed) if kind == "short"
+            else build_long(folder, count, seed))
     stamp.write_text(json.dumps(refs, indent=1))
+    seed_stamp.write_text(str(seed))
     return refs
 
 
@@ -99,8 +107,10 @@ def main() -> None:
     parser.add_argument("kind", choices=["short", "long"])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"default: the tuned corpora's ({SEEDS})")
     args = parser.parse_args()
-    refs = build(args.kind, args.folder, args.count)
+    refs = build(args.kind, args.folder, args.count, args.seed)
     print(f"{len(refs)} {args.kind} files in {args.folder}")
 
 

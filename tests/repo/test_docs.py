@@ -10,8 +10,8 @@ from tests.support import crd_reference
 from tests.support.paths import CRD, REPO
 
 ARCHITECTURE = REPO / "docs" / "architecture.md"
-STAGES = ("list", "plan", "fetch", "decode", "transcribe", "pack", "render", "publish",
-          "ledger", "report")
+STAGES = ("list", "plan", "fetch", "decode", "chunk", "transcribe", "pack", "render",
+          "publish", "ledger", "report")
 
 
 def test_every_crd_field_is_documented_as_the_crd_says() -> None:

@@ -16,8 +16,10 @@ from tests.support.paths import REPO
 RUNNER = REPO / "job_runner" / "whisperfleet_runner"
 OPERATOR = REPO / "operator" / "whisperfleet_operator"
 CONTRACT = {"config", "transcript"}
-CORE = {"audio", "damage", "models", "engine", "packing", "packed_decode", "formats", "ledger",
-        "batch", "overlap", "scheduler", "worker", "metrics"}
+CORE = {"audio", "audio_header", "damage", "models", "engine", "packing", "packed_decode",
+        "formats", "ledger", "batch", "overlap", "scheduler", "worker", "metrics",
+        "accounting", "inprocess", "speech_chunks", "encoder", "chunk_decode", "chunk_batcher",
+        "prepare", "outbox", "lazy_engine"}
 # layer number and, for packages, the package: a module may import lower layers, its own
 # package, and core modules of its own layer.
 LAYERS = {"contract": 0, "storage": 1, "gpu": 1, "core": 2, "local": 3, "pod": 3, "cli": 4}
