@@ -12,9 +12,11 @@ model and settings (bundled tiny.en, int8 on CPU, beam 5, VAD on, batch 8):
   decoded block by block, cut at silence, so memory should not grow with length);
 - bare: `bare.py batched`, faster-whisper's BatchedInferencePipeline on the whole file,
   as a user would write it (decode_audio reads and decodes it whole).
-Peak RSS is the child's own (wait4's ru_maxrss). For the `--equal-minutes` recording it also
-prints the WER between whisperfleet's transcript and the bare one (the cuts between windows
-are the only place they may differ) and each side's WER against the script.
+Peak RSS is the child's (wait4's ru_maxrss), which starts at this script's own peak at the
+moment it starts the child: that floor is printed last, and is far below either side. For
+the `--equal-minutes` recording it also prints the WER between whisperfleet's transcript and
+the bare one (the cuts between windows are the only place they may differ) and each side's
+WER against the script.
 """
 
 from __future__ import annotations
@@ -149,6 +151,12 @@ def main() -> None:
                       f"wer_whisperfleet = {wer_ref(reference, ours):.4f}; "
                       f"wer_bare = {wer_ref(reference, theirs):.4f}")
         print(line, flush=True)
+    print(f"this script's own peak RSS (the floor of every figure above): {own_peak_mib():.0f} MiB")
+
+
+def own_peak_mib() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
 
 
 def wer_ref(reference: str, hypothesis: str) -> float:
