@@ -66,14 +66,17 @@ def test_an_evicted_worker_is_replaced_and_not_counted_as_a_failure(
 def test_suspend_stops_the_workers_and_resume_finishes_the_job(
     cluster: LocalCluster, job_namespace: str
 ) -> None:
-    ns, bucket = job_namespace, tjs.bucket_with(cluster, talks(8))
+    # Enough files, taken one at a time, that the suspend lands while most are still to do
+    # (with 8 files in batches, both shards once finished before it took effect).
+    ns, bucket = job_namespace, tjs.bucket_with(cluster, talks(40))
     tjs.create(cluster, ns, "paused", tjs.job_spec(
         cluster, bucket, shards=2, transcription={"language": "en", "beamSize": 1,
-                                                  "packShortClips": False}))
+                                                  "packShortClips": False, "batchSize": 1}))
     running_worker(cluster, ns)
     cluster.kubectl("patch", "tj", "paused", "-n", ns, "--type=merge",
                     "-p", '{"spec": {"suspend": true}}')
-    suspended = tjs.wait_for(cluster, ns, "paused", "Suspended")
+    suspended = tjs.wait_for(cluster, ns, "paused", "Suspended", *TERMINAL)
+    assert suspended["status"]["phase"] == "Suspended", json.dumps(suspended["status"], indent=1)
     assert tjs.condition(suspended, "Suspended")["status"] == "True"
     eventually(lambda: not [p for p in tjs.pods(cluster, ns, "worker")
                             if (p.get("status") or {}).get("phase") in ("Pending", "Running")],

@@ -47,9 +47,12 @@ def wait_for(cluster: LocalCluster, namespace: str, name: str, *phases: str,
         tj = get(cluster, namespace, name)
         return tj if (tj.get("status") or {}).get("phase") in phases else None
 
-    return eventually(probe, timeout=timeout,
-                      what=f"{namespace}/{name} to reach {' or '.join(phases)} (status now: "
-                           f"{(cluster.rest().get(tj_path(namespace, name)) or {}).get('status')})")
+    try:
+        return eventually(probe, timeout=timeout,
+                          what=f"{namespace}/{name} to reach {' or '.join(phases)}")
+    except AssertionError as timed_out:
+        now = (cluster.rest().get(tj_path(namespace, name)) or {}).get("status")
+        raise AssertionError(f"{timed_out} (status at the deadline: {now})") from None
 
 
 def listed(cluster: LocalCluster, path: str, selector: str = "") -> list[Obj]:
