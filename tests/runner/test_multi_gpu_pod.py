@@ -131,8 +131,12 @@ def test_an_out_of_memory_on_one_gpu_halves_only_that_workers_batch(
 def test_a_gpu_lost_mid_run_fails_only_its_files_and_a_retry_does_them(
     fake_nvml: Any, tmp_path: Path, audio_dir: Path, tiny_model_path: Path
 ) -> None:
-    order = planned(tmp_path, audio_dir, tiny_model_path, 12)
+    # One file a batch, and enough of them that GPU 1 has batches left when it is lost
+    # (with 12 files in batches of 3 it once started its last before the loss was seen).
+    files = 24
+    order = planned(tmp_path, audio_dir, tiny_model_path, files)
     order.transcription.pack_short_clips = False  # chunk batches in the model's hands
+    order.transcription.batch_size = 1
     flag = tmp_path / "gpu-1-lost"
     env = pod_env(fake_nvml, gpus(2, lost_when=flag), order)
     log = tmp_path / "log"
@@ -153,13 +157,13 @@ def test_a_gpu_lost_mid_run_fails_only_its_files_and_a_retry_does_them(
     assert lost and len(lost) == first.failed, first.failures  # nothing else failed
     records = merge(read_ledger(order.ledger_uri))
     assert {records[f.uri].gpu for f in lost} == {gpus(2)[1]["uuid"]}
-    assert first.succeeded + first.failed == 12  # GPU 0 did the rest: no file lost
+    assert first.succeeded + first.failed == files  # GPU 0 did the rest: no file lost
     # The Job controller retries the index: the next pod does exactly the failed files.
     flag.unlink()
     again, second = run_shard(pod_env(fake_nvml, gpus(2), order, POD_NAME="multi-0-again"),
                               tmp_path / "log2")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (second.succeeded, second.skipped) == (len(lost), 12 - len(lost))
+    assert (second.succeeded, second.skipped) == (len(lost), files - len(lost))
     final = merge(read_ledger(order.ledger_uri))
-    assert Counter(r.status for r in final.values()) == {"succeeded": 12}
+    assert Counter(r.status for r in final.values()) == {"succeeded": files}
     assert json.loads(log.read_text())["gpus"][1]["failed"] == len(lost)
