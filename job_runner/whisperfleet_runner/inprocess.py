@@ -18,12 +18,15 @@ does (pod/shard).
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from typing import Any
 
-from whisperfleet_runner.config import JobOptions, ModelOptions
+from whisperfleet_runner.config import JobOptions, ModelOptions, TranscriptionOptions
 from whisperfleet_runner.worker import EngineGetter, WorkerSpec, run_worker
+
+log = logging.getLogger(__name__)
 
 # How often a thread waiting for the model looks up: a second Ctrl-C reaches a thread only
 # between two Python instructions, never inside one blocking wait.
@@ -41,8 +44,10 @@ class ModelPreload:
     `get()` waits for it (the worker's engine getter); a load that failed raises its own
     error there, so the run reports it exactly as a load in the worker would."""
 
-    def __init__(self, model: ModelOptions, spec: WorkerSpec) -> None:
+    def __init__(self, model: ModelOptions, spec: WorkerSpec,
+                 options: TranscriptionOptions | None = None) -> None:
         self.model, self.spec = model, spec
+        self.options = options  # the run's: if it may pack short clips, prepare for that
         self._loaded = threading.Event()
         self._outlive = threading.Event()  # never set (see _load)
         self._engine: Any = None
@@ -66,6 +71,14 @@ class ModelPreload:
             self._error = exc
         finally:
             self._loaded.set()
+        from whisperfleet_runner import packing  # imports faster-whisper: as late as engine
+
+        if self._error is None and self.options is not None and packing.can_pack(
+                self.options, self._engine.whisper.model.is_multilingual):
+            try:  # beside the first reads; the first packed call would do it otherwise
+                self._engine.warm_packing()
+            except Exception:  # that call meets the same error, and reports it
+                log.debug("warming packing failed", exc_info=True)
         # This thread must outlive the model's use. Measured with bare faster-whisper: once
         # the thread that built a CTranslate2 model has ended, the model ran 2-4x slower on
         # a busy machine, in CPU time too (OpenMP, as CTranslate2 uses it, seems to keep

@@ -151,7 +151,8 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
         except OSError as exc:
             lock.close()
             _fail(f"--metrics-port {metrics_port}: {exc.strerror or exc}")
-    preload = _preload(specs, model, gathered.files)  # after the last early exit above
+    preload = _preload(specs, model, gathered.files,  # after the last early exit above
+                       transcription)
     observer = local_progress(quiet)
     with lock, observer:
         summary = scheduler.run(gathered.files, job, specs, observer, refused=gathered.refused,
@@ -166,7 +167,8 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
     sys.exit(code)
 
 
-def _preload(specs: list[Any], model: config.ModelOptions, files: list[Any]) -> Any:
+def _preload(specs: list[Any], model: config.ModelOptions, files: list[Any],
+             transcription: config.TranscriptionOptions) -> Any:
     """With one device the run works in this process: its model starts loading now, on a
     thread, beside the display's start and the first reads, instead of after them. Not
     when the listings showed every file done: a re-run of a finished batch loads nothing.
@@ -175,7 +177,9 @@ def _preload(specs: list[Any], model: config.ModelOptions, files: list[Any]) -> 
         return None
     from whisperfleet_runner.inprocess import ModelPreload
 
-    preload = ModelPreload(model, specs[0])
+    # Packing isolates clips that share a window: never needed by a lone file.
+    several = sum(f.done is not True for f in files) > 1
+    preload = ModelPreload(model, specs[0], transcription if several else None)
     preload.start()
     return preload
 
