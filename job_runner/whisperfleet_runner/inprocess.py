@@ -49,6 +49,7 @@ class ModelPreload:
         self.model, self.spec = model, spec
         self.options = options  # the run's: if it may pack short clips, prepare for that
         self._loaded = threading.Event()
+        self._settled = threading.Event()  # loaded, and done with CTranslate2 (warm_packing)
         self._outlive = threading.Event()  # never set (see _load)
         self._engine: Any = None
         self._error: BaseException | None = None
@@ -71,14 +72,16 @@ class ModelPreload:
             self._error = exc
         finally:
             self._loaded.set()
-        from whisperfleet_runner import packing  # imports faster-whisper: as late as engine
+        try:  # beside the first reads; the first packed call would do it otherwise
+            if self._error is None and self.options is not None:
+                from whisperfleet_runner import packing  # imports faster-whisper, as engine
 
-        if self._error is None and self.options is not None and packing.can_pack(
-                self.options, self._engine.whisper.model.is_multilingual):
-            try:  # beside the first reads; the first packed call would do it otherwise
-                self._engine.warm_packing()
-            except Exception:  # that call meets the same error, and reports it
-                log.debug("warming packing failed", exc_info=True)
+                if packing.can_pack(self.options, self._engine.whisper.model.is_multilingual):
+                    self._engine.warm_packing()
+        except Exception:  # the first packed call meets the same error, and reports it
+            log.debug("warming packing failed", exc_info=True)
+        finally:
+            self._settled.set()
         # This thread must outlive the model's use. Measured with bare faster-whisper: once
         # the thread that built a CTranslate2 model has ended, the model ran 2-4x slower on
         # a busy machine, in CPU time too (OpenMP, as CTranslate2 uses it, seems to keep
@@ -95,10 +98,10 @@ class ModelPreload:
         return self._engine
 
     def wait(self, timeout: float) -> bool:
-        """Whether a started load has ended (waiting at most `timeout` s): the process must
-        not exit while CTranslate2 is still building the model on another thread (its static
-        state is torn down at exit)."""
-        return self._thread is None or self._loaded.wait(timeout)
+        """Whether a started load, and the encoding that may follow it, has ended (waiting
+        at most `timeout` s): the process must not exit while CTranslate2 is still working
+        on another thread (its static state is torn down at exit)."""
+        return self._thread is None or self._settled.wait(timeout)
 
 
 class ThreadWorker:
