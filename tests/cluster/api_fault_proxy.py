@@ -46,8 +46,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,9 +56,8 @@ from urllib.parse import parse_qs, urlsplit
 from tests.cluster.processes import free_port
 from tests.support.moto_process import request_body
 from tests.support.paths import REPO
-from tests.support.proxy_process import ProxyProcess
+from tests.support.proxy_process import CONTROL, ProxyProcess
 
-CONTROL = "/__fault_proxy__/counts"
 FAULTS = ("conflict", "500", "503", "429", "gone")
 RETRY_AFTER = 1  # seconds, on 429 and 503
 HOP_BY_HOP = ("connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -328,7 +325,8 @@ def serve(upstream: str, port: int, ca: Path, cert: Path, key: Path, rules: list
 # --- the test side: start, read, stop -----------------------------------------------------
 @dataclass
 class ApiFaultProxy(ProxyProcess):
-    """A running proxy process in front of `upstream` (see the module docstring)."""
+    """A running proxy process in front of `upstream` (see the module docstring). Its
+    `counts()`: faults by rule label, plus `forwarded <METHOD>` and `not forwarded`."""
 
     upstream: str
     ca: Path
@@ -345,15 +343,11 @@ class ApiFaultProxy(ProxyProcess):
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def counts(self) -> Counter[str]:
-        """Faults by rule label, plus `forwarded <METHOD>` and `not forwarded` (the last
-        counts once stopped)."""
-        if self.process is None:
-            return Counter(self.last)
-        context = ssl.create_default_context(cafile=str(self.ca))
-        with urllib.request.urlopen(self.server + CONTROL, timeout=10,
-                                    context=context) as response:
-            return Counter(json.loads(response.read()))
+    def base_url(self) -> str:
+        return self.server
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
 
     def start(self, timeout: float = 30.0) -> ApiFaultProxy:
         with self.log.open("ab") as log:

@@ -56,7 +56,7 @@ def test_the_rule_catches_a_hard_coded_virtualenv_and_spares_pod_paths() -> None
     assert offending_lines("p = '/home/alice/src/x.wav'", [])
     assert offending_lines(f"cd {sys.prefix}/bin", this_machine())
     for fine in ("mountPath: /home/whisperfleet", "/dev/termination-log", "file:///data/in/",
-                 "PATH=/usr/bin:/bin", "file:///data/out/../../root/", "s3://work/x"):
+                 "PATH=/usr/bin:/bin", "file:///data/out/../../root/", "s3://bucket/x"):
         assert not offending_lines(fine, this_machine()), fine
 
 

@@ -31,8 +31,6 @@ import select
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,9 +39,8 @@ from xml.sax.saxutils import escape
 
 from tests.support.moto_process import free_port, request_body
 from tests.support.paths import REPO
-from tests.support.proxy_process import ProxyProcess
+from tests.support.proxy_process import CONTROL, ProxyProcess
 
-CONTROL = "/__fault_proxy__/counts"
 KINDS = ("slowdown", "internal", "cut", "stall")
 STALL_CAP = 300.0  # seconds: a stalled request whose client never gives up is let go then
 _ERRORS = {  # kind -> (status, reason phrase, S3 error code, message), as S3 answers them
@@ -242,12 +239,8 @@ class FaultProxy(ProxyProcess):
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def counts(self) -> Counter[str]:
-        """What it did so far (the last counts once stopped)."""
-        if self.process is None:
-            return Counter(self.last)
-        with urllib.request.urlopen(self.endpoint + CONTROL, timeout=10) as response:
-            return Counter(json.loads(response.read()))
+    def base_url(self) -> str:
+        return self.endpoint
 
     def start(self, timeout: float = 30.0) -> FaultProxy:
         self.process = subprocess.Popen(

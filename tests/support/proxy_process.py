@@ -4,23 +4,40 @@ its counts, waited for until it answers, and stopped with its last counts kept."
 from __future__ import annotations
 
 import contextlib
+import json
+import ssl
 import subprocess
 import time
 import urllib.error
+import urllib.request
 from collections import Counter
 from typing import Any, Self
+
+CONTROL = "/__fault_proxy__/counts"  # the path a proxy answers with its counts itself
 
 
 class ProxyProcess:
     """Mixed into a proxy's dataclass, which holds `process`, `port` and `last` and
-    defines `counts()` and `start()`."""
+    defines `base_url()` and `start()`."""
 
     process: subprocess.Popen[bytes] | None
     port: int
     last: Counter[str]
 
-    def counts(self) -> Counter[str]:
+    def base_url(self) -> str:
         raise NotImplementedError
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What verifies the proxy's own certificate, when it serves HTTPS."""
+        return None
+
+    def counts(self) -> Counter[str]:
+        """What it did so far, as it answers on CONTROL (the last counts once stopped)."""
+        if self.process is None:
+            return Counter(self.last)
+        with urllib.request.urlopen(self.base_url() + CONTROL, timeout=10,
+                                    context=self.tls_context()) as response:
+            return Counter(json.loads(response.read()))
 
     def start(self, timeout: float = 30.0) -> Any:
         raise NotImplementedError
