@@ -89,10 +89,10 @@ def cut_windows(
                       else Window(start, buffer[:size]))
             yield window
             start += window.samples.shape[0]
-            # From a frame boundary of the file: Silero then sees the frames a whole-file
-            # run sees (a cut need not fall on one).
-            keep = min(start, WARMUP_SAMPLES + start % _VAD_FRAME)
-            heard = np.concatenate((heard, window.samples))[-keep:]
+            if vad:  # from a frame boundary of the file: Silero then sees the frames a
+                # whole-file run sees (a cut need not fall on one)
+                keep = min(start, WARMUP_SAMPLES + start % _VAD_FRAME)
+                heard = np.concatenate((heard, window.samples))[-keep:]
             buffer = buffer[window.samples.shape[0]:]
     if buffer.size:
         yield _last(buffer, heard, start) if vad else Window(start, buffer)
