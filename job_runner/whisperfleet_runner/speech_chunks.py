@@ -14,7 +14,7 @@ timestamps run on across the cuts. Without VAD the chunks are plain 30 s pieces.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +36,8 @@ _VAD_FRAME = 512  # Silero's frame: cuts fall on its grid, so frames line up wit
 WARMUP_SAMPLES = 1000 * _VAD_FRAME
 
 Span = tuple[int, int]  # [start, end) in samples from the start of the file
+# Speech in some audio: [start, end) sample spans, sorted, none longer than a chunk.
+Detector = Callable[[np.ndarray], list[Span]]
 
 
 @dataclass
@@ -69,12 +71,21 @@ def vad_options() -> object:
     return VadOptions(max_speech_duration_s=CHUNK_SECONDS, min_silence_duration_ms=160)
 
 
+def silero(audio: np.ndarray) -> list[Span]:
+    """Speech in `audio` as faster-whisper's batched mode finds it (Silero VAD)."""
+    from faster_whisper.vad import get_speech_timestamps
+
+    found = get_speech_timestamps(audio, vad_options())  # type: ignore[arg-type]
+    return [(int(s["start"]), int(s["end"])) for s in found]
+
+
 def cut_windows(
     blocks: Iterable[np.ndarray], *, vad: bool, window_seconds: float = WINDOW_SECONDS,
-    tail_seconds: float = TAIL_SECONDS,
+    tail_seconds: float = TAIL_SECONDS, detect: Detector = silero,
 ) -> Iterator[Window]:
     """The audio of `blocks` as consecutive windows of at most about `window_seconds`, cut
-    in silence (VAD) or every `window_seconds` (no VAD, a multiple of 30 s)."""
+    in silence (VAD) or every `window_seconds` (no VAD, a multiple of 30 s). A window may
+    hold no speech at all (`spans == []`)."""
     size = int(window_seconds * SAMPLE_RATE)
     tail = int(tail_seconds * SAMPLE_RATE)
     if not vad:
@@ -85,7 +96,7 @@ def cut_windows(
     for block in blocks:
         buffer = np.concatenate((buffer, block)) if buffer.size else block
         while buffer.shape[0] >= size:
-            window = (_cut(buffer, heard, start, size, tail) if vad
+            window = (_cut(buffer, heard, start, size, tail, detect) if vad
                       else Window(start, buffer[:size]))
             yield window
             start += window.samples.shape[0]
@@ -95,31 +106,30 @@ def cut_windows(
                 heard = np.concatenate((heard, window.samples))[-keep:]
             buffer = buffer[window.samples.shape[0]:]
     if buffer.size:
-        yield _last(buffer, heard, start) if vad else Window(start, buffer)
+        yield _last(buffer, heard, start, detect) if vad else Window(start, buffer)
 
 
-def _speech(samples: np.ndarray, heard: np.ndarray) -> list[Span]:
+def _speech(samples: np.ndarray, heard: np.ndarray, detect: Detector) -> list[Span]:
     """Speech spans in `samples` (sample positions in it), VAD having heard `heard` first;
     a span that began in `heard` starts at 0."""
-    from faster_whisper.vad import get_speech_timestamps
-
     audio = np.concatenate((heard, samples)) if heard.size else samples
-    found = get_speech_timestamps(audio, vad_options())  # type: ignore[arg-type]
     before = heard.shape[0]
-    return [(max(0, int(s["start"]) - before), int(s["end"]) - before)
-            for s in found if int(s["end"]) > before]
+    return [(max(0, a - before), b - before) for a, b in detect(audio) if b > before]
 
 
-def _cut(buffer: np.ndarray, heard: np.ndarray, start: int, size: int, tail: int) -> Window:
+def _cut(buffer: np.ndarray, heard: np.ndarray, start: int, size: int, tail: int,
+         detect: Detector) -> Window:
     """The first window of `buffer`: VAD over `size` samples, cut in the longest pause
     between spans over the last 30 s before the tail (speech near the end may go on past
     the window, so it waits for the next one, which runs VAD over it again)."""
     view = buffer[:size]
-    spans = _speech(view, heard)
+    spans = _speech(view, heard, detect)
     limit = size - tail
-    # Pauses: (length, where to cut) between consecutive spans that end before the limit.
+    # Pauses: (length, where to cut) between consecutive spans that end before the limit,
+    # the last span followed by the window's end. No speech at all: no pause, cut at limit.
+    following = [*spans[1:], (size, size)][:len(spans)]
     pauses = [(nxt[0] - cur[1], (cur[1] + nxt[0]) // 2)
-              for cur, nxt in zip(spans, [*spans[1:], (size, size)], strict=True)
+              for cur, nxt in zip(spans, following, strict=True)
               if cur[1] <= limit and cur[1] >= limit - CHUNK_SECONDS * SAMPLE_RATE]
     if pauses:
         cut = max(pauses)[1]
@@ -136,8 +146,9 @@ def _cut(buffer: np.ndarray, heard: np.ndarray, start: int, size: int, tail: int
     return Window(start, view[:cut], [(start + a, start + b) for a, b in kept])
 
 
-def _last(buffer: np.ndarray, heard: np.ndarray, start: int) -> Window:
-    return Window(start, buffer, [(start + a, start + b) for a, b in _speech(buffer, heard)])
+def _last(buffer: np.ndarray, heard: np.ndarray, start: int, detect: Detector) -> Window:
+    return Window(start, buffer,
+                  [(start + a, start + b) for a, b in _speech(buffer, heard, detect)])
 
 
 @dataclass
