@@ -7,14 +7,19 @@ partition holds about PARTITION files. Whatever must see every file of one stem 
 (which files are done, which files would write the same outputs) then needs one partition in
 memory at a time; whatever needs one global order (groups balanced largest first, manifest
 lines in shard order) merges the partitions' sorted runs, read back BLOCK records at a time.
-So memory is about one partition plus a block per partition, whatever the object count.
+So memory is about one partition plus a block per open run, whatever the object count. At
+most MAX_OPEN_RUNS runs are open at once: with more partitions, runs are first merged in
+rounds into fewer, longer runs (one more pass over the records per round), so the planner
+never meets the file limit (1,024 by default; 1,000 partitions hold 65 million files).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
+import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -25,6 +30,7 @@ from whisperfleet_runner.pod.manifest import entry_tail
 PARTITION = 65_536  # files a partition holds, about (stem hashes are uniform)
 T = TypeVar("T")
 BLOCK = 256  # records read from each sorted run at a time while merging
+MAX_OPEN_RUNS = 64  # sorted runs read at once while merging; far below any file limit
 
 FILE = np.dtype([("size", "<i8"), ("stem", "<i8"), ("index", "<i8"), ("start", "<i8"),
                  ("end", "<i8")])
@@ -80,8 +86,7 @@ class Partitions:
         """`lpt` over every group, heaviest first (ties: the earlier first file): what
         planner.assign does in memory, here from the merged runs."""
         pending: list[list[int]] = [[] for _ in range(self.count)]
-        runs = (_run(self._path("groups", p), GROUP, p) for p in range(self.count))
-        groups = ((-neg_weight, p) for neg_weight, _rep, p in heapq.merge(*runs))
+        groups = ((-neg_weight, p) for neg_weight, _rep, p in self._merged("groups", GROUP))
         for shard, p in lpt(groups, shards):
             pending[p].append(shard)
             if len(pending[p]) >= BLOCK:
@@ -104,13 +109,38 @@ class Partitions:
             lines["done"] = meta["done"][order]
             self._write("lines", p, lines)
         fd, batch = spill.fileno(), []
-        runs = (_run(self._path("lines", p), LINE, p) for p in range(self.count))
-        for shard, _size, _index, start, end, done, _p in heapq.merge(*runs):
+        for shard, _size, _index, start, end, done, _p in self._merged("lines", LINE):
             batch.append(os.pread(fd, end - start, start) + entry_tail(shard, bool(done)))
             if len(batch) >= BLOCK:
                 out.write(b"".join(batch))
                 batch.clear()
         out.write(b"".join(batch))
+
+    def _merged(self, kind: str, dtype: np.dtype) -> Iterator[tuple[int, ...]]:
+        """Every record of the partitions' `kind` runs in sorted order, as tuples ending
+        with the record's partition, never reading more than MAX_OPEN_RUNS files at once."""
+        tagged = np.dtype([*((name, dtype[name]) for name in dtype.names), ("part", "<i8")])
+        runs: list[Callable[[], Iterator[tuple[int, ...]]]] = [
+            functools.partial(_run, self._path(kind, p), dtype, p) for p in range(self.count)]
+        merged: list[Path] = []  # this round's merged runs, removed once read
+        for level in itertools.count():
+            if len(runs) <= MAX_OPEN_RUNS:
+                break
+            written = []
+            for first in range(0, len(runs), MAX_OPEN_RUNS):
+                path = self.folder / f"{kind}-merge{level}-{first // MAX_OPEN_RUNS:05d}"
+                with open(path, "wb") as out:
+                    group = runs[first:first + MAX_OPEN_RUNS]
+                    for block in chunks(heapq.merge(*(run() for run in group)), tagged, BLOCK):
+                        out.write(block.tobytes())
+                written.append(path)
+            for path in merged:
+                path.unlink()
+            merged = written
+            runs = [functools.partial(_run, path, tagged) for path in merged]
+        yield from heapq.merge(*(run() for run in runs))
+        for path in merged:
+            path.unlink()
 
     def _scatter(self, kind: str, records: np.ndarray, stems: np.ndarray) -> None:
         part = stems.view(np.uint64) % np.uint64(self.count)
@@ -185,14 +215,17 @@ def _done(stems: np.ndarray, outputs: np.ndarray, formats: int) -> np.ndarray:
     return found[np.searchsorted(known, stems)] == (1 << formats) - 1
 
 
-def _run(path: Path, dtype: np.dtype, p: int) -> Iterator[tuple[int, ...]]:
-    """A sorted run's records as tuples (ending with the partition), BLOCK at a time."""
+def _run(path: Path, dtype: np.dtype, p: int | None = None) -> Iterator[tuple[int, ...]]:
+    """A sorted run's records as tuples ending with the partition (`p`, or the records' own
+    last field when they carry it: a merged run's), BLOCK at a time."""
     if not path.exists():
         return
     with open(path, "rb") as fh:
         while len(block := np.fromfile(fh, dtype=dtype, count=BLOCK)):
-            yield from zip(*(block[name].tolist() for name in dtype.names),
-                           [p] * len(block), strict=True)
+            columns = [block[name].tolist() for name in dtype.names]
+            if p is not None:
+                columns.append([p] * len(block))
+            yield from zip(*columns, strict=True)
 
 
 def chunks(records: Iterable[tuple[int, ...]], dtype: np.dtype, size: int
