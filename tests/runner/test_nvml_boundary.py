@@ -147,3 +147,25 @@ def test_devices_from_a_json_file(fake_nvml, tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setenv("WHISPERFLEET_FAKE_NVML", str(path))
     assert [(g.uuid, g.compute_capability) for g in nvml.list_gpus()] == [("GPU-file", "8.9")]
     assert nvml.driver_version().endswith("fake")
+
+
+H100 = {"uuid": "GPU-0a1b2c3d-0000-4000-8000-000000000000", "name": "NVIDIA H100 80GB HBM3",
+        "pci_bus_id": "00000000:18:00.0", "memory_total_mib": 81559, "cc": "9.0"}
+
+
+def test_the_gpu_on_cpu_switch_acts_only_under_the_fake_nvml(
+    fake_nvml, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from whisperfleet_runner.gpu import devices
+
+    env = {**fake_nvml([H100]), devices.ENV_GPU_ON_CPU: "1"}
+    [gpu] = nvml.list_gpus()
+    assert devices.place_model(gpu, "auto", env).device == "cpu"  # the tests' fake GPU
+    # The real NVML loaded, and everything else as before (the fake's variable set too): a
+    # real GPU keeps its model, and the switch is reported as ignored.
+    monkeypatch.setitem(sys.modules, "pynvml", _real_pynvml())
+    placement = devices.place_model(gpu, "auto", env)
+    assert (placement.device, placement.compute_type) == ("cuda", "float16")
+    assert f"{devices.ENV_GPU_ON_CPU}=1 is ignored" in caplog.text
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML binding at all
+    assert devices.place_model(gpu, "auto", env).device == "cuda"

@@ -24,12 +24,11 @@ from whisperfleet_runner.gpu.nvml import GpuInfo
 log = logging.getLogger(__name__)
 
 VOLUME_MOUNTS_DIR = "/var/run/nvidia-container-devices"
-# Test switch (deliberately narrow): with this set to 1 AND the fake NVML active (its
-# variable set, see tests/fakes), a process bound to a fake GPU keeps that binding and its
-# reported identity but runs the model on the CPU. Without the fake NVML it does nothing,
-# so it can never move a real GPU run onto the CPU.
+# Test switch (deliberately narrow): with this set to 1 AND the fake NVML the module loaded
+# as `pynvml` (tests/fakes/pynvml, `nvml.is_fake`), a process bound to a fake GPU keeps that
+# binding and its reported identity but runs the model on the CPU. Under the real NVML it is
+# ignored with a warning, whatever else is set: it never moves a real GPU's model to the CPU.
 ENV_GPU_ON_CPU = "WHISPERFLEET_TEST_GPU_ON_CPU"
-ENV_FAKE_NVML = "WHISPERFLEET_FAKE_NVML"
 _NOTHING = ("", "none", "void")
 INDEX_PATTERN = re.compile(r"^(\d+)(?::(\d+))?$")  # "2" or the MIG address "2:1"
 
@@ -277,8 +276,14 @@ def _why_no_gpu(
 
 
 def gpu_on_cpu(environ: Mapping[str, str]) -> bool:
-    """True when the test switch is on and the fake NVML is in use (see ENV_GPU_ON_CPU)."""
-    return environ.get(ENV_GPU_ON_CPU, "") == "1" and bool(environ.get(ENV_FAKE_NVML))
+    """True when the test switch is on and the NVML loaded is the fake (see ENV_GPU_ON_CPU)."""
+    if environ.get(ENV_GPU_ON_CPU, "") != "1":
+        return False
+    if nvml.is_fake():
+        return True
+    log.warning("%s=1 is ignored: the NVML this process loaded is not the test stand-in, so "
+                "its GPUs are real and models run on them", ENV_GPU_ON_CPU)
+    return False
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,16 @@ def _import_pynvml() -> ModuleType:
         ) from exc
 
 
+def is_fake() -> bool:
+    """Whether the `pynvml` this process loads is the tests' stand-in (tests/fakes/pynvml,
+    marked IS_FAKE): the one NVML under which the GPU-on-CPU test switch may act."""
+    try:
+        module = _import_pynvml()
+    except NvmlUnavailable:
+        return False
+    return getattr(module, "IS_FAKE", False) is True
+
+
 @contextmanager
 def _session() -> Iterator[ModuleType]:
     nv = _import_pynvml()
