@@ -1,9 +1,10 @@
-"""Build benchmark corpora with espeak-ng: short clips (1-4 s) and long talks (30-90 s).
+"""The benchmark and test corpora: short clips (1-4 s) and long talks (30-90 s) as WAVs.
 
-Sentences are drawn from small word lists with a fixed seed, so every run (and every
-machine) gets the same audio and reference texts. Each corpus folder holds the WAVs and
-`references.json` ({file name: text}) for WER. `--seed` draws another corpus of the same
-kind (held out: not the one the defaults were tuned on).
+The speech is committed (`benchmarks/speech/`, Ogg Opus, with what was read): espeak-ng
+made it once (`speech/make_speech.py`), so every machine gets the same audio and nothing
+here needs espeak-ng. `build` decodes the first `count` files of a corpus into a folder as
+16 kHz mono 16-bit WAVs, with `references.json` ({file name: text}) for WER. `--seed` picks
+another draw of the same kind (held out: not the one the defaults were tuned on).
 
     python benchmarks/corpus.py short /tmp/bench/short --count 60
     python benchmarks/corpus.py short /tmp/bench/held-out --count 30 --seed 2026
@@ -13,93 +14,93 @@ kind (held out: not the one the defaults were tuned on).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import random
-import shutil
-import subprocess
 import wave
 from pathlib import Path
 
+import numpy as np
+
+SPEECH = Path(__file__).resolve().parent / "speech"
 SEEDS = {"short": 6, "long": 7}  # the corpora the defaults were measured on
-SUBJECTS = ["the driver", "my sister", "our teacher", "the old farmer", "a young doctor",
-            "the manager", "his neighbour", "the pilot", "every student", "the baker",
-            "a tired nurse", "the captain", "her brother", "the small dog", "the engineer"]
-VERBS = ["opened", "painted", "carried", "found", "cleaned", "sold", "repaired", "watched",
-         "borrowed", "described", "counted", "moved", "ordered", "visited", "lost"]
-OBJECTS = ["the red door", "a heavy box", "the kitchen window", "three green apples",
-           "the broken chair", "a long letter", "the blue car", "an empty bottle",
-           "the garden gate", "a paper map", "the wooden table", "two new books",
-           "the morning train", "a warm coat", "the village church"]
-TAILS = ["before lunch", "after the storm", "on Monday", "in the evening", "near the river",
-         "during the meeting", "last summer", "without a word", "at the station",
-         "with great care", "under the bridge", "before sunrise"]
-VOICES = ["en-us", "en", "en-us+m3", "en+f2"]
+RATE = 16000  # Whisper's rate: what every reader of these WAVs gets
 
 
-def sentence(rng: random.Random, tail: bool) -> str:
-    text = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}"
-    if tail:
-        text += f" {rng.choice(TAILS)}"
-    return text[0].upper() + text[1:] + "."
+def source(kind: str, seed: int) -> Path:
+    """The committed folder of one corpus (`make_speech.folder_name`)."""
+    return SPEECH / f"{kind}-seed{seed}"
 
 
-def speak(text: str, path: Path, voice: str, speed: int) -> float:
-    """Write `text` as a WAV with espeak-ng; returns its duration in seconds."""
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text],
-                   check=True, capture_output=True)
-    with wave.open(str(path)) as wav:
-        return wav.getnframes() / wav.getframerate()
+def committed(kind: str, seed: int) -> dict[str, str]:
+    """{committed file name: text} of one corpus, in file order; a clear error when absent."""
+    folder = source(kind, seed)
+    texts = folder / "texts.json"
+    if not texts.is_file():
+        known = sorted(p.name for p in SPEECH.glob("*-seed*") if (p / "texts.json").is_file())
+        raise SystemExit(f"no committed {kind} corpus with seed {seed} ({folder} has no "
+                         f"texts.json); committed: {', '.join(known)}. Make one with "
+                         f"benchmarks/speech/make_speech.py (needs espeak-ng).")
+    return dict(sorted(json.loads(texts.read_text()).items()))
 
 
-def build_short(folder: Path, count: int, seed: int = SEEDS["short"]) -> dict[str, str]:
-    """`count` clips of 1-4 s: a phrase or one short sentence each."""
-    rng = random.Random(seed)
-    refs: dict[str, str] = {}
-    while len(refs) < count:
-        text = sentence(rng, tail=rng.random() < 0.3)
-        if rng.random() < 0.3:  # some very short ones: just the subject and verb
-            text = " ".join(text.split()[:3]).rstrip(".") + "."
-        name = f"clip{len(refs):03d}.wav"
-        seconds = speak(text, folder / name, rng.choice(VOICES), rng.randint(150, 190))
-        if 1.0 <= seconds <= 4.0:
-            refs[name] = text
-    return refs
+def decode(path: Path) -> np.ndarray:
+    """16 kHz mono int16 samples of a committed file (PyAV, as faster-whisper decodes)."""
+    from faster_whisper import decode_audio
+
+    samples = decode_audio(str(path), sampling_rate=RATE)
+    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def build_long(folder: Path, count: int, seed: int = SEEDS["long"]) -> dict[str, str]:
-    """`count` talks of 30-90 s: many sentences read in one voice."""
-    rng = random.Random(seed)
-    refs: dict[str, str] = {}
-    for index in range(count):
-        target = rng.uniform(35, 85)
-        words = int(target * 2.6)  # espeak-ng at ~160 wpm
-        sentences: list[str] = []
-        while sum(len(s.split()) for s in sentences) < words:
-            sentences.append(sentence(rng, tail=True))
-        text = " ".join(sentences)
-        name = f"talk{index:02d}.wav"
-        speak(text, folder / name, rng.choice(VOICES), 160)
-        refs[name] = text
-    return refs
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(samples.tobytes())
 
 
 def build(kind: str, folder: Path, count: int, seed: int | None = None) -> dict[str, str]:
-    """(Re)build a corpus folder unless it already holds this kind, count and seed."""
+    """Fill `folder` with the first `count` files of a committed corpus as WAVs (unless it
+    already holds exactly those); returns {WAV name: text}."""
     seed = SEEDS[kind] if seed is None else seed
-    stamp, seed_stamp = folder / "references.json", folder / "seed"
-    if stamp.exists():
-        refs = json.loads(stamp.read_text())
-        built_with = int(seed_stamp.read_text()) if seed_stamp.exists() else SEEDS[kind]
-        if (len(refs) == count and built_with == seed
-                and all(name.startswith(kind[:4]) for name in refs)):
-            return refs
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    refs = (build_short(folder, count, seed) if kind == "short"
-            else build_long(folder, count, seed))
-    stamp.write_text(json.dumps(refs, indent=1))
-    seed_stamp.write_text(str(seed))
+    texts = committed(kind, seed)
+    if not 1 <= count <= len(texts):
+        raise SystemExit(f"the committed {kind} corpus with seed {seed} holds {len(texts)} "
+                         f"files; asked for {count}. Make more with "
+                         f"benchmarks/speech/make_speech.py (needs espeak-ng).")
+    chosen = list(texts)[:count]
+    digest = hashlib.sha256()
+    for name in chosen:
+        digest.update((source(kind, seed) / name).read_bytes())
+    stamp = f"{kind} {seed} {count} {digest.hexdigest()}"
+    refs = {str(Path(name).with_suffix(".wav")): texts[name] for name in chosen}
+    stamp_file, refs_file = folder / "source", folder / "references.json"
+    if stamp_file.is_file() and stamp_file.read_text() == stamp and refs_file.is_file():
+        return refs
+    clear(folder)
+    for name in chosen:
+        write_wav(folder / Path(name).with_suffix(".wav").name,
+                  decode(source(kind, seed) / name))
+    refs_file.write_text(json.dumps(refs, indent=1))
+    stamp_file.write_text(stamp)
     return refs
+
+
+def clear(folder: Path) -> None:
+    """Make `folder` an empty corpus folder, removing only what an earlier build wrote: a
+    folder holding anything else is refused, never emptied."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ours = {"references.json", "source", "seed"}  # `seed`: the espeak-ng builds' stamp
+    refs_file = folder / "references.json"
+    if refs_file.is_file():
+        ours |= set(json.loads(refs_file.read_text()))
+    others = sorted(p.name for p in folder.iterdir() if p.name not in ours)
+    if others:
+        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise SystemExit(f"{folder} holds files a corpus build did not write ({shown}): "
+                         "give an empty or new folder")
+    for name in ours:
+        (folder / name).unlink(missing_ok=True)
 
 
 def main() -> None:

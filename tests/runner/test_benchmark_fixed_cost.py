@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,6 @@ def test_fixed_cost_benchmark_prints_each_pair_and_the_median(tmp_path: Path) ->
     assert all("weather" in text for text in said.values()), said  # both did the work
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the corpus needs espeak-ng")
 def test_a_seed_draws_another_corpus_and_a_rebuild_notices_it(tmp_path: Path) -> None:
     from benchmarks import corpus
 

@@ -10,7 +10,6 @@ benchmark run in GPU mode prints every ratio named with the GPU.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -136,7 +135,6 @@ def test_the_memory_batch_follows_the_gpus_free_memory(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="benchmarks need espeak-ng")
 def test_a_gpu_mode_run_prints_every_ratio_named_with_the_gpu(
     fake_nvml: FakeNvml, tmp_path: Path,
 ) -> None:

@@ -1,6 +1,6 @@
 """Chunks of several files fill each batch; every file gets back exactly its own transcript.
 
-Real tiny.en on CPU, real talks (espeak-ng). The baseline is faster-whisper's own
+Real tiny.en on CPU, the committed talks (espeak-ng). The baseline is faster-whisper's own
 `BatchedInferencePipeline`, one file at a time, on the same model.
 """
 
@@ -24,9 +24,7 @@ from whisperfleet_runner.ledger import LedgerRecord
 from whisperfleet_runner.speech_chunks import speech_chunks
 from whisperfleet_runner.storage import InputFile
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                 reason="the talks are read by espeak-ng")]
+pytestmark = pytest.mark.slow
 TINY = ModelOptions(name="tiny.en", compute_type="int8")
 
 

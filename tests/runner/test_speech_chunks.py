@@ -1,13 +1,12 @@
 """Long audio is cut at silence into bounded windows, with timestamps continuous across cuts.
 
-Real Silero VAD (faster-whisper's) and the real tiny.en on talks read by espeak-ng; the
+Real Silero VAD (faster-whisper's) and the real tiny.en on the committed talks (espeak-ng); the
 baseline is the same audio chunked in one piece, as faster-whisper's batched mode does.
 """
 
 from __future__ import annotations
 
 import itertools
-import shutil
 import wave
 
 import jiwer
@@ -20,9 +19,7 @@ from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.engine import get_engine
 from whisperfleet_runner.speech_chunks import CHUNK_SECONDS, chunk_windows, cut_windows
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                 reason="the talks are read by espeak-ng")]
+pytestmark = pytest.mark.slow
 BLOCK = 30 * SAMPLE_RATE
 
 
