@@ -6,7 +6,8 @@
         --compute-type float16                                          # on CUDA device 0
 
 Writes {file name: text} to RESULT.json. Settings match whisperfleet's defaults: beam 5,
-VAD on, int8 on CPU, batch 8 (batched), CPU threads = the CPUs this process may use.
+VAD on, int8 on CPU, batch 8 (batched), CPU threads as whisperfleet counts them (the affinity
+mask capped by the cgroup CPU quota), unless --threads.
 `--device cuda` runs on CUDA device 0: choose the GPU with CUDA_VISIBLE_DEVICES (bench.py
 passes the GPU's uuid, with CUDA_DEVICE_ORDER=PCI_BUS_ID).
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 
@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("result", type=Path)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (default: whisperfleet's count, gpu.cpus)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -35,8 +36,10 @@ def main() -> None:
 
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
+    from whisperfleet_runner.gpu import cpus
+
     model = WhisperModel(args.model, device=args.device, compute_type=args.compute_type,
-                         cpu_threads=args.threads)
+                         cpu_threads=args.threads or cpus.available_cpus())
     pipeline = BatchedInferencePipeline(model)
     texts: dict[str, str] = {}
     for path in sorted(args.folder.glob("*.wav")):

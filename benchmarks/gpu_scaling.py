@@ -5,9 +5,11 @@
 
 Each run is `whisperfleet run-shard` as a pod would run it, a whole process (start-up and
 model loads included), with NVIDIA_VISIBLE_DEVICES naming its GPUs. With fake GPUs (the
-test NVML and the GPU-on-CPU switch) every worker's model runs on the CPU and the CPU threads
-are split evenly between them, so the total compute is the same for every N: the ratio
-`throughput_N / throughput_1` measures the scheduling overhead (ideal 1.00). On real GPUs the
+test NVML and the GPU-on-CPU switch) every worker's model runs on the CPU and the runner
+splits the CPU threads evenly between them (CPUs // N each, at least 1), so the total
+compute is the same for every N that divides the CPU count: only those N run (the others
+are named and left out: 4 workers on 2 CPUs would run 4 threads, twice N=1's 2), and the
+ratio `throughput_N / throughput_1` measures the scheduling overhead (ideal 1.00). On real GPUs the
 ideal is N: the script prints `scaling_N = throughput_N / (N x throughput_1)` (goal >= 0.9)
 and each GPU's share of the files (no GPU idle while files remain).
 """
@@ -35,6 +37,13 @@ FAKE_GPU = {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559, "cc": "9
 def fake_gpus(count: int) -> list[dict[str, object]]:
     return [{**FAKE_GPU, "uuid": f"GPU-{i:08x}-0000-4000-8000-000000000000",
              "pci_bus_id": f"00000000:{0x18 + i:02X}:00.0"} for i in range(count)]
+
+
+def equal_compute(counts: list[int], cpus: int) -> tuple[list[int], list[int]]:
+    """(counts of fake GPUs whose workers share out exactly `cpus` threads, the others): N
+    workers get CPUs // N threads each (at least 1), the runner's split."""
+    kept = [n for n in counts if n <= cpus and cpus % n == 0]
+    return kept, [n for n in counts if n not in kept]
 
 
 def real_gpu_uuids() -> list[str]:
@@ -73,12 +82,21 @@ def main() -> None:
         counts = [n for n in counts if n <= len(uuids)]
         label = "real GPUs"
     else:
+        from whisperfleet_runner.gpu import cpus
+
+        threads = cpus.available_cpus()  # what the runner splits between its workers
+        counts, unequal = equal_compute(counts, threads)
+        if unequal:
+            print(f"left out: {unequal} fake GPU(s), whose workers cannot share {threads} "
+                  "CPU threads evenly (the compute would differ from 1 GPU's)")
+        if not counts:
+            raise SystemExit(f"no GPU count to compare on {threads} CPUs")
         fakes = fake_gpus(max(counts))
         uuids = [str(g["uuid"]) for g in fakes]
         env.update(PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "fakes"),
                                                env.get("PYTHONPATH", "")]),
                    WHISPERFLEET_FAKE_NVML=json.dumps(fakes), WHISPERFLEET_TEST_GPU_ON_CPU="1")
-        label = f"fake GPUs sharing {len(os.sched_getaffinity(0))} CPUs"
+        label = f"fake GPUs sharing {threads} CPU threads"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         order = {"job_uid": "bench", "input_uri": str(folder), "shards": 1,

@@ -2,12 +2,15 @@
 
     python benchmarks/long_recording.py                     # 10 min, 1 h, 3 h; bare up to 1 h
     python benchmarks/long_recording.py --minutes 10 60 --bare-up-to 20
-    python benchmarks/long_recording.py --minutes 2 --equal-minutes 2   # a quick smoke run
+    python benchmarks/long_recording.py --minutes 1 --equal-minutes 1 --rounds 2  # smoke run
 
-Each recording is made of espeak-ng talks (corpus.py, seeded) with pauses between them,
-repeated to length, and written as a 64 kbit/s mp3 a few seconds at a time (so this script
-itself stays small). Both sides run as whole processes, one after the other, with the same
-model and settings (bundled tiny.en, int8 on CPU, beam 5, VAD on, batch 8):
+Each recording is made of the committed talks (corpus.py: six of them, 30-90 s) with 2 s
+pauses between them, repeated to length in whole talks (so it can run a little longer than
+asked: the length written is printed), and written as a 64 kbit/s mp3 a few seconds at a
+time (so this script itself stays small). Both sides run as whole processes with the same
+model and settings (bundled tiny.en, int8 on CPU, beam 5, VAD on, batch 8, whisperfleet's
+CPU thread count for both), `--rounds` times each (default 2), alternating which goes
+first; each side's best time and highest peak RSS are printed:
 - whisperfleet: `whisperfleet transcribe FILE -o OUT` (the file streamed: read in ranges,
   decoded block by block, cut at silence, so memory should not grow with length);
 - bare: `bare.py batched`, faster-whisper's BatchedInferencePipeline on the whole file,
@@ -16,7 +19,7 @@ Peak RSS is the child's (wait4's ru_maxrss), which starts at this script's own p
 moment it starts the child: that floor is printed last, and is far below either side. For
 the `--equal-minutes` recording it also prints the WER between whisperfleet's transcript and
 the bare one (the cuts between windows are the only place they may differ) and each side's
-WER against the script.
+WER against the script of every talk written (missing trailing speech counts).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import sys
 import tempfile
 import time
 import wave
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,43 +43,76 @@ sys.path.insert(0, str(HERE))
 import corpus  # noqa: E402
 
 BIN = Path(sys.executable).parent
-RATE = 16000
+RATE = corpus.RATE
 PAUSE_SECONDS = 2.0
 
 
-def base_recording(work: Path) -> tuple[np.ndarray, str]:
-    """Six talks with pauses between them (about 6 minutes), and their script."""
+@dataclass(frozen=True)
+class Talk:
+    """One talk followed by its pause (16 kHz int16), and what it says."""
+
+    samples: np.ndarray
+    text: str
+
+
+@dataclass
+class Run:
+    """One side's runs on one recording: best wall time, highest peak RSS, last transcript."""
+
+    walls: list[float]
+    peaks: list[float]
+    text: str = ""
+
+    def add(self, wall: float, peak: float, text: str) -> None:
+        self.walls.append(wall)
+        self.peaks.append(peak)
+        self.text = text
+
+
+def talks(work: Path) -> list[Talk]:
+    """The six committed talks, each followed by its pause."""
     folder = work / "talks"
     refs = corpus.build("long", folder, 6)
-    parts, words = [], []
+    pause = np.zeros(int(PAUSE_SECONDS * RATE), np.int16)
+    found = []
     for name in sorted(refs):
         with wave.open(str(folder / name)) as w:
-            parts.append(np.frombuffer(w.readframes(w.getnframes()), np.int16))
-        parts.append(np.zeros(int(PAUSE_SECONDS * RATE), np.int16))
-        words.append(refs[name])
-    return np.concatenate(parts), " ".join(words)
+            speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+        found.append(Talk(np.concatenate([speech, pause]), refs[name]))
+    return found
 
 
-def write_mp3(path: Path, base: np.ndarray, seconds: float) -> int:
-    """`base` repeated to `seconds`, as mp3; returns how many times it was used (in part)."""
+def recording_plan(talk_samples: Sequence[int], seconds: float) -> list[int]:
+    """The talks (indices, cycling through them) of a recording at least `seconds` long,
+    whole talks only: the script of the talks written is then exactly what was said."""
+    plan: list[int] = []
+    total = 0
+    while total < seconds * RATE or not plan:
+        plan.append(len(plan) % len(talk_samples))
+        total += talk_samples[plan[-1]]
+    return plan
+
+
+def write_mp3(path: Path, pieces: Sequence[np.ndarray]) -> float:
+    """`pieces` one after the other as one mp3, 10 s at a time; returns its seconds."""
     import av
 
-    total = int(seconds * RATE)
+    written = 0
     with av.open(str(path), "w", format="mp3") as out:
         stream = out.add_stream("libmp3lame", rate=RATE, layout="mono")
         stream.bit_rate = 64000
-        written, step = 0, 10 * RATE
-        while written < total:
-            at = written % base.shape[0]
-            piece = base[at: at + min(step, total - written)]
-            frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = RATE
-            for packet in stream.encode(frame):
-                out.mux(packet)
-            written += piece.shape[0]
+        for samples in pieces:
+            for at in range(0, samples.shape[0], 10 * RATE):
+                piece = samples[at: at + 10 * RATE]
+                frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="s16",
+                                                   layout="mono")
+                frame.sample_rate = RATE
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+                written += piece.shape[0]
         for packet in stream.encode(None):
             out.mux(packet)
-    return -(-total // base.shape[0])
+    return written / RATE
 
 
 def run(cmd: list[str]) -> tuple[float, float]:
@@ -88,6 +126,13 @@ def run(cmd: list[str]) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} exited {proc.returncode}:\n{stderr[-3000:]}")
     return wall, usage.ru_maxrss / 1024
+
+
+def cpu_threads() -> int:
+    """whisperfleet's CPU thread count (`gpu.cpus`), which the bare side gets too."""
+    from whisperfleet_runner.gpu import cpus
+
+    return cpus.available_cpus()
 
 
 def whisperfleet(path: Path, model: str, out: Path) -> tuple[float, float, str]:
@@ -105,19 +150,30 @@ def bare(path: Path, model: str, work: Path) -> tuple[float, float, str]:
     if not link.exists():
         link.symlink_to(path)
     result = work / "bare.json"
-    wall, rss = run([sys.executable, str(HERE / "bare.py"), "batched", str(folder),
-                     str(result), "--model", model])
+    wall, rss = run(bare_command(folder, result, model))
     return wall, rss, json.loads(result.read_text())[link.name]
 
 
+def bare_command(folder: Path, result: Path, model: str) -> list[str]:
+    return [sys.executable, str(HERE / "bare.py"), "batched", str(folder), str(result),
+            "--model", model, "--threads", str(cpu_threads())]
+
+
 def wer(reference: str, hypothesis: str) -> float:
+    """jiwer's WER over lower-cased words without punctuation: speech missing anywhere,
+    the end included, counts as deleted words."""
     import jiwer
 
-    return float(jiwer.wer(corpus_normal(reference), corpus_normal(hypothesis)))
+    return float(jiwer.wer(corpus_normal(reference), corpus_normal(hypothesis) or "<empty>"))
 
 
 def corpus_normal(text: str) -> str:
     return " ".join("".join(c for c in w.lower() if c.isalnum()) for w in text.split())
+
+
+def alternated(rounds: int, sides: list[str]) -> list[list[str]]:
+    """The order of the sides in each round: reversed every other round."""
+    return [sides if r % 2 == 0 else sides[::-1] for r in range(rounds)]
 
 
 def main() -> None:
@@ -127,29 +183,44 @@ def main() -> None:
                         help="run the bare side only on recordings up to this many minutes")
     parser.add_argument("--equal-minutes", type=float, default=20,
                         help="the recording whose transcripts are compared (0: none)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each side per length")
     parser.add_argument("--model", default=None, help="default: bundled tiny.en")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "wf-long")
     args = parser.parse_args()
     model = args.model or corpus_model()
     args.work.mkdir(parents=True, exist_ok=True)
-    base, script = base_recording(args.work)
-    print(f"base recording: {base.shape[0] / RATE:.0f} s of talks and pauses")
+    base = talks(args.work)
+    print(f"{len(base)} talks with {PAUSE_SECONDS:g} s pauses: "
+          f"{sum(t.samples.shape[0] for t in base) / RATE:.0f} s; {cpu_threads()} CPU threads "
+          f"each side; {args.rounds} rounds, alternated")
     lengths = sorted(set(args.minutes) | ({args.equal_minutes} if args.equal_minutes else set()))
     for minutes in lengths:
+        plan = recording_plan([t.samples.shape[0] for t in base], minutes * 60)
         path = args.work / f"recording-{minutes:g}min.mp3"
-        uses = write_mp3(path, base, minutes * 60)
-        reference = " ".join([script] * uses)
-        wall, rss, ours = whisperfleet(path, model, args.work / "out")
-        line = (f"{minutes:g} min: whisperfleet {wall:.1f} s, peak RSS {rss:.0f} MiB, "
-                f"{minutes * 60 / wall:.1f}x real time")
+        seconds = write_mp3(path, [base[i].samples for i in plan])
+        reference = " ".join(base[i].text for i in plan)
+        sides = ["whisperfleet"]
         if minutes <= args.bare_up_to or minutes == args.equal_minutes:
-            bare_wall, bare_rss, theirs = bare(path, model, args.work)
-            line += (f" | bare {bare_wall:.1f} s, peak RSS {bare_rss:.0f} MiB"
-                     f" | time ratio {bare_wall / wall:.2f}")
+            sides.append("bare")
+        runs = {side: Run([], []) for side in sides}
+        for number, order in enumerate(alternated(args.rounds, sides), 1):
+            for side in order:
+                runs[side].add(*(whisperfleet(path, model, args.work / "out") if
+                                 side == "whisperfleet" else bare(path, model, args.work)))
+            print(f"{minutes:g} min round {number}: " + ", ".join(
+                f"{side} {runs[side].walls[-1]:.1f} s" for side in order), flush=True)
+        ours = runs["whisperfleet"]
+        line = (f"{minutes:g} min ({seconds / 60:.1f} min written, {len(plan)} talks): "
+                f"whisperfleet {min(ours.walls):.1f} s, peak RSS {max(ours.peaks):.0f} MiB, "
+                f"{seconds / min(ours.walls):.1f}x real time")
+        if "bare" in runs:
+            theirs = runs["bare"]
+            line += (f" | bare {min(theirs.walls):.1f} s, peak RSS {max(theirs.peaks):.0f} MiB"
+                     f" | time ratio {min(theirs.walls) / min(ours.walls):.2f}")
             if minutes == args.equal_minutes:
-                print(f"{minutes:g} min: wer_between_sides = {wer(theirs, ours):.4f}; "
-                      f"wer_whisperfleet = {wer_ref(reference, ours):.4f}; "
-                      f"wer_bare = {wer_ref(reference, theirs):.4f}")
+                print(f"{minutes:g} min: wer_between_sides = {wer(theirs.text, ours.text):.4f}; "
+                      f"wer_whisperfleet = {wer(reference, ours.text):.4f}; "
+                      f"wer_bare = {wer(reference, theirs.text):.4f}")
         print(line, flush=True)
     print(f"this script's own peak RSS (the floor of every figure above): {own_peak_mib():.0f} MiB")
 
@@ -157,13 +228,6 @@ def main() -> None:
 def own_peak_mib() -> float:
     with open("/proc/self/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
-
-
-def wer_ref(reference: str, hypothesis: str) -> float:
-    # The last repetition may be cut mid-talk: score against as much script as was spoken.
-    ref_words = corpus_normal(reference).split()
-    hyp_words = corpus_normal(hypothesis).split()
-    return wer(" ".join(ref_words[: max(len(hyp_words), 1)]), " ".join(hyp_words))
 
 
 def corpus_model() -> str:

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from benchmarks import bench
+from benchmarks import bench, fixed_cost, gpu_scaling, long_recording
 from tests.support.paths import REPO
-from whisperfleet_runner import config, engine
-from whisperfleet_runner.gpu import devices
+from whisperfleet_runner import config, engine, scheduler
+from whisperfleet_runner.gpu import cpus, devices, nvml
 
 FakeNvml = Callable[[list[dict[str, Any]] | None], dict[str, str]]
 H100 = {"uuid": "GPU-0a1b2c3d-0000-4000-8000-000000000000", "name": "NVIDIA H100 80GB HBM3",
@@ -54,11 +54,46 @@ def test_without_a_gpu_the_commands_are_todays_cpu_run() -> None:
         "--device", "cpu", "--compute-type", "int8", "--overwrite", "--quiet",
         "--include", "*.wav"]
     assert bench.bare_command("loop", FOLDER, MODEL, RESULT, bare, None) == [
-        sys.executable, str(bench.HERE / "bare.py"), "loop", "in", "r.json", "--model", MODEL]
+        sys.executable, str(bench.HERE / "bare.py"), "loop", "in", "r.json", "--model", MODEL,
+        "--threads", str(cpus.available_cpus())]
     assert bench.bare_env(None) is None
     assert [r.name for r in bench.ratios("short", bench.cpu_sides())] == ["runner_vs_bare_loop"]
     assert [r.name for r in bench.ratios("long", bench.cpu_sides())] == [
         "runner_vs_bare_batched"]
+
+
+def test_every_cpu_benchmarks_bare_side_gets_whisperfleets_thread_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A container whose cgroup quota allows 1 CPU of the 2 in its affinity mask: whisperfleet
+    # runs its model on 1 thread (gpu.cpus), so bare faster-whisper must too; with the raw
+    # affinity it would oversubscribe the quota and every ratio would favour whisperfleet.
+    monkeypatch.setattr(cpus, "available_cpus", lambda *_: 1)
+    bare = bench.cpu_sides()[1]
+    assert bench.bare_command("loop", FOLDER, MODEL, RESULT, bare, None)[-2:] == ["--threads", "1"]
+    on_cpu = bench.bare_command("loop", FOLDER, MODEL, RESULT, bare, gpu(on_cpu=True))
+    assert on_cpu[-2:] == ["--threads", "1"]
+    assert fixed_cost.bare_argv(MODEL, FOLDER / "a.wav")[-1] == "1"
+    assert long_recording.bare_command(FOLDER, RESULT, MODEL)[-2:] == ["--threads", "1"]
+
+
+def test_gpu_scaling_on_fake_gpus_compares_only_counts_of_equal_compute(
+    fake_nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert gpu_scaling.equal_compute([1, 2, 4], 2) == ([1, 2], [4])
+    assert gpu_scaling.equal_compute([1, 2, 3, 4], 6) == ([1, 2, 3], [4])
+    # The kept counts are those the runner's own split (scheduler.worker_specs) gives every
+    # CPU thread, no more (4 workers on 2 CPUs run 4 threads) and no fewer (4 on 6 run 4).
+    env = {**fake_nvml(gpu_scaling.fake_gpus(4)), devices.ENV_GPU_ON_CPU: "1"}
+    gpus = [(g.label, g) for g in nvml.list_gpus()]
+    for threads in (1, 2, 6, 8):
+        monkeypatch.setattr(cpus, "available_cpus", lambda *_, n=threads: n)
+        kept, _ = gpu_scaling.equal_compute([1, 2, 3, 4], threads)
+        for n in (1, 2, 3, 4):
+            specs = scheduler.worker_specs(gpus[:n], "auto", env, files=n)
+            assert len(specs) == n and all(s.placement.device == "cpu" for s in specs)
+            assert (sum(s.placement.cpu_threads for s in specs) == threads) == (n in kept), \
+                (threads, n)
 
 
 @pytest.mark.parametrize("kind", ["short", "long"])
@@ -95,7 +130,8 @@ def test_under_the_test_switch_bare_faster_whisper_computes_on_the_cpu_too() -> 
     on = gpu(on_cpu=True)
     bare = bench.gpu_sides("long", 8)[-1]
     cmd = bench.bare_command("batched", FOLDER, MODEL, RESULT, bare, on)
-    assert cmd[-4:] == ["--device", "cpu", "--compute-type", "int8"]
+    assert cmd[-6:] == ["--device", "cpu", "--compute-type", "int8",
+                        "--threads", str(cpus.available_cpus())]
     assert bench.bare_env(on) is None
 
 
@@ -150,11 +186,15 @@ def test_a_gpu_mode_run_prints_every_ratio_named_with_the_gpu(
     prefix = "on NVIDIA H100 80GB HBM3: "
     values = dict(line[len(prefix):].split(" = ") for line in result.stdout.splitlines()
                   if line.startswith(prefix))
+    # Under the switch every side does the same work on the CPU (one clip: nothing to pack
+    # or batch), so each ratio is about 1; a third or three times is a side that did other
+    # work, or none.
     for ratio in ("runner_vs_bare_loop", "float16_vs_int8_float16",
                   "memory_batch_vs_default_batch", "packed_vs_unpacked"):
-        assert float(values[ratio]) > 0, ratio
-    for side in ("whisperfleet", "bare", "int8_float16", "memory_batch", "no_pack"):
-        assert 0 <= float(values[f"wer_{side}"]) <= 1, side
+        assert 1 / 3 <= float(values[ratio]) <= 3, (ratio, result.stdout)
+    wers = {side: float(values[f"wer_{side}"])
+            for side in ("whisperfleet", "bare", "int8_float16", "memory_batch", "no_pack")}
+    assert max(wers.values()) <= 0.5 and len(set(wers.values())) == 1, wers  # the same text
     assert not [line for line in result.stdout.splitlines()
                 if " = " in line and not line.startswith(prefix)]
     assert os.path.isfile(tmp_path / "short-1" / "references.json")
