@@ -15,15 +15,19 @@ from tests.support.paths import REPO
 @pytest.mark.slow
 def test_fixed_cost_benchmark_prints_each_pair_and_the_median(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "fixed_cost.py"), "--pairs", "1"],
+        [sys.executable, str(REPO / "benchmarks" / "fixed_cost.py"), "--pairs", "3"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     pairs = [line for line in lines if line.startswith("pair ")]
-    assert len(pairs) == 1 and pairs[0].startswith("pair 1: whisperfleet "), lines
+    assert [p.split(":")[0] for p in pairs] == ["pair 1", "pair 2", "pair 3"], lines
     values = dict(line.split(" = ") for line in lines if " = " in line)
-    assert abs(float(values["fixed_cost_seconds"])) < 60  # whatever this machine measures
+    # Measured 0.10 s on an idle 2-vCPU machine, where a spawned worker cost 1.9 s. Bounded
+    # on the fastest run of each side, which other work on the machine slowed least: at a
+    # load average of 10 on 2 vCPUs the pairs' median difference measured 1.64 s, the fastest
+    # runs' -0.33 s.
+    assert -1.0 < float(values["fastest_difference_seconds"]) < 1.0, result.stdout
     assert values["target"].startswith("0.30 (")
     said = {line.split(":", 1)[0]: line.split(":", 1)[1].strip().lower() for line in lines
             if line.startswith(("whisperfleet said", "bare said"))}

@@ -327,13 +327,17 @@ def test_switch_turns_packing_off(engine: Engine, tmp_path: Path, audio_dir: Pat
 def test_short_clip_benchmark_runs_and_prints_ratios(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench.py"), "short", "--count", "4",
-         "--rounds", "1", "--corpus", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+         "--rounds", "2", "--corpus", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     values = dict(line.split(" = ") for line in result.stdout.splitlines() if " = " in line)
-    assert float(values["runner_vs_bare_loop"]) > 0
-    assert 0 <= float(values["wer_whisperfleet"]) <= 1
+    # Four clips share one encoder window: measured 1.7-2.1x on a loaded 2-vCPU machine (3.7x
+    # on 60 clips, idle). Below 1, packing would cost more than it saves.
+    assert float(values["runner_vs_bare_loop"]) >= 1.0, result.stdout
+    # Measured 0.16 and 0.28 on these four clips.
+    assert float(values["wer_whisperfleet"]) <= float(values["wer_bare"]) + 0.05
+    assert float(values["wer_whisperfleet"]) <= 0.3
     assert json.loads((tmp_path / "short-4" / "references.json").read_text()).keys() == {
         f"clip{i:03d}.wav" for i in range(4)}
 
