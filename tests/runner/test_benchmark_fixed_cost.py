@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,17 @@ def test_fixed_cost_benchmark_prints_each_pair_and_the_median(tmp_path: Path) ->
     pairs = [line for line in lines if line.startswith("pair ")]
     assert [p.split(":")[0] for p in pairs] == ["pair 1", "pair 2", "pair 3"], lines
     values = dict(line.split(" = ") for line in lines if " = " in line)
-    # Measured 0.10 s on an idle 2-vCPU machine, where a spawned worker cost 1.9 s. Bounded
-    # on the fastest run of each side, which other work on the machine slowed least: at a
-    # load average of 10 on 2 vCPUs the pairs' median difference measured 1.64 s, the fastest
-    # runs' -0.33 s.
-    assert -1.0 < float(values["fastest_difference_seconds"]) < 1.0, result.stdout
+    fastest = re.search(r"^fastest: whisperfleet ([\d.]+) s, bare ([\d.]+) s$", result.stdout,
+                        re.M)
+    assert fastest, result.stdout
+    ours, bare = float(fastest.group(1)), float(fastest.group(2))
+    # Idle (2-vCPU AMD EPYC): 0.93 s against 0.83 s, 1.12x; with a spawned worker it was
+    # 1.94 s more, 3.3x. Bounded as the ratio of each side's fastest run, the one other work
+    # slowed least, since that work slows both sides alike: at a load average of 10 on the
+    # same machine the pairs' median difference was 1.64 s, the fastest runs 4.75 s against
+    # 5.08 s (0.94x).
+    assert 0.5 * bare <= ours <= 1.5 * bare, result.stdout
+    assert float(values["fastest_difference_seconds"]) == pytest.approx(ours - bare, abs=0.011)
     assert values["target"].startswith("0.30 (")
     said = {line.split(":", 1)[0]: line.split(":", 1)[1].strip().lower() for line in lines
             if line.startswith(("whisperfleet said", "bare said"))}
