@@ -38,6 +38,14 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     yield
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    from tests.cluster.fixtures import fold_go_skip
+
+    outcome = yield
+    fold_go_skip(outcome.get_result())
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     # Nothing in tests may reach a model hub.

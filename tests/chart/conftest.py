@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import build
-from tests.cluster.fixtures import REQUIRE_ENV, SKIP_REASON
+from tests.cluster.fixtures import skip_without_go
 
 
 @pytest.fixture(scope="session")
 def helm_bin() -> Path:
     """Path to an executable helm v4 binary."""
-    if os.environ.get(REQUIRE_ENV) != "1" and not (
-            build.go_available() or build.cached_bin_dir() is not None):
-        pytest.skip(SKIP_REASON)
+    skip_without_go()
     return build.ensure_binaries() / "helm"
 
 

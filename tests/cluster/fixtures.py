@@ -72,6 +72,22 @@ def build_before(item: pytest.Item) -> None:
         _prebuilt["error"] = error
 
 
+def skip_without_go() -> None:
+    """Skip the calling fixture's tests where the binaries cannot be had: no Go, nothing
+    built yet, and WHISPERFLEET_REQUIRE_CLUSTER unset."""
+    if not _cluster_required() and not _can_build():
+        pytest.skip(SKIP_REASON)
+
+
+def fold_go_skip(report: pytest.TestReport) -> None:
+    """Point a test skipped for want of Go at `skip_without_go`, not at the test: the
+    summary then says it in one line ("SKIPPED [87] …"), not once per test."""
+    if report.skipped and isinstance(report.longrepr, tuple) and \
+            report.longrepr[2].endswith(SKIP_REASON):
+        report.longrepr = (__file__, skip_without_go.__code__.co_firstlineno,
+                           report.longrepr[2])
+
+
 def _bin_dir() -> Path:
     error = _prebuilt.get("error")
     if isinstance(error, BaseException):
@@ -83,8 +99,7 @@ def _bin_dir() -> Path:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     """The local cluster (control plane, fake GPU nodes, stand-in kubelet, moto S3)."""
-    if not _cluster_required() and not _can_build():
-        pytest.skip(SKIP_REASON)
+    skip_without_go()
     keep = os.environ.get(KEEP_STATE_ENV) == "1"
     with LocalCluster(bin_dir=_bin_dir(), keep_state=keep) as local:
         yield local

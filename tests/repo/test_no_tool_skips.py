@@ -14,6 +14,10 @@ check goes through `build.go_available`). Only Go may be missing.
 from __future__ import annotations
 
 import ast
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +116,28 @@ def test_no_test_skips_for_a_missing_program_other_than_go() -> None:
     assert offending == [], (
         "tests that skip when a program (or module) is missing: make what they need part of "
         "the repository or of `pip install -e '.[dev]'` instead:\n" + "\n".join(offending))
-    # The scan sees through helpers: the cluster and helm tests' skips are found, and
-    # found to depend on Go (were it blind, the check above could never fail).
+    # The scan sees through helpers: the cluster and helm tests' skip is found, and found to
+    # depend on Go (were it blind, the check above could never fail).
     go = {s.where.rsplit(":", 1)[0] for s in found if s.programs == {"go"}}
-    assert {"tests/cluster/fixtures.py", "tests/chart/conftest.py"} <= go, found
+    assert go == {"tests/cluster/fixtures.py"}, found
+
+
+def test_without_go_the_cluster_and_helm_tests_skip_with_one_line(tmp_path: Path) -> None:
+    # No `go` on PATH and nothing built (an empty cache): what a fresh machine without Go sees.
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                           if not os.path.exists(os.path.join(d, "go")))
+    env = {k: v for k, v in os.environ.items() if k != "WHISPERFLEET_REQUIRE_CLUSTER"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/cluster/test_rbac.py", "tests/chart/test_chart.py"],
+        cwd=REPO, env={**env, "PATH": path, "XDG_CACHE_HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skipped) == 1 and "need Go >= 1.26" in skipped[0], skipped
+    count = re.match(r"SKIPPED \[(\d+)\] tests/cluster/fixtures.py:\d+: ", skipped[0])
+    assert count and int(count.group(1)) > 10, skipped  # every cluster and helm test here
+    assert f" {count.group(1)} skipped" in result.stdout.splitlines()[-1]
 
 
 def test_the_scan_catches_every_way_a_test_skips_for_a_missing_program(tmp_path: Path) -> None:
