@@ -15,8 +15,9 @@ Checks (each prints PASS/FAIL with what it saw; the exit code is 1 when any fail
    with that cap off, a batch far too large for the GPU runs out of memory (at least once:
    else nothing was checked) and halves until it fits, then completes.
 4. throughput, as ratios on the same device and the same speech clips, each side warmed up
-   once, then timed in alternating order over ROUNDS rounds (best of each side), each with
-   a floor it must reach (THRESHOLDS): auto's compute type vs the other candidate, packed
+   once, then timed clip by clip, the sides' runs of one clip next to each other in an order
+   reversed every other round, over ROUNDS rounds (each clip's best), each ratio with a floor
+   it must reach (THRESHOLDS): auto's compute type vs the other candidate, packed
    vs per-file short clips, whisperfleet's per-file engine vs bare faster-whisper.
 The dry run uses the CPU and the test NVML (tests/fakes) where it has one. What it cannot
 have, it stands in for, and says so: CUDA's device numbering (`_stand_in_cuda`, the rule
@@ -28,6 +29,7 @@ of, so the free-memory batch is not checked. Needs the `runner` extra; the model
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -287,13 +289,12 @@ def check_throughput(results: Results, model_path: str, folder: str, dry_run: bo
     bare_model = WhisperModel(model_path, device=device, compute_type=auto,
                               cpu_threads=engine.cpu_threads)  # the engine's threads
     best = best_of_alternated({
-        auto: lambda: [engine.transcribe(c, "clip", per_file) for c in clips],
-        other: lambda: [alternative.transcribe(c, "clip", per_file) for c in clips],
-        "packed": lambda: packing.transcribe_packed(
+        auto: [functools.partial(engine.transcribe, c, "clip", per_file) for c in clips],
+        other: [functools.partial(alternative.transcribe, c, "clip", per_file) for c in clips],
+        "packed": [lambda: packing.transcribe_packed(
             engine, [packing.Clip(f"c{i}", c) for i, c in enumerate(clips)],
-            TranscriptionOptions(language="en")),
-        "bare": lambda: [list(bare_model.transcribe(c, language="en", beam_size=5,
-                                                    vad_filter=True)[0]) for c in clips],
+            TranscriptionOptions(language="en"))],
+        "bare": [functools.partial(_bare, bare_model, c) for c in clips],
     }, rounds)
     ratios = {  # check name: (ratio name, value)
         "compute_type": (f"{auto}_vs_{other}", best[other] / best[auto]),
@@ -301,8 +302,8 @@ def check_throughput(results: Results, model_path: str, folder: str, dry_run: bo
         "whisperfleet_per_file_vs_bare_faster_whisper": (
             "whisperfleet_per_file_vs_bare_faster_whisper", best["bare"] / best[auto]),
     }
-    print(f"on {name}: {len(clips)} clips of speech from {folder}, best of {rounds} "
-          f"alternated rounds after a warm-up: " +
+    print(f"on {name}: {len(clips)} clips of speech from {folder}, each clip's best of "
+          f"{rounds} alternated rounds after a warm-up: " +
           ", ".join(f"{side} {wall:.2f} s" for side, wall in best.items()))
     for check, (ratio, value) in ratios.items():
         print(f"on {name}: {ratio} = {value:.2f}")
@@ -311,18 +312,28 @@ def check_throughput(results: Results, model_path: str, folder: str, dry_run: bo
                       f"{value:.2f} (at least {floor:.2f})")
 
 
-def best_of_alternated(sides: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Each side's best wall time over `rounds`, after one untimed run each (CUDA's start-up,
-    the allocator's first growth and the model's first call land there); the order of the
-    sides is reversed every other round, so none always runs after the same neighbour."""
-    for work in sides.values():
-        work()
-    best = dict.fromkeys(sides, float("inf"))
+def best_of_alternated(sides: dict[str, list[Callable[[], object]]], rounds: int
+                       ) -> dict[str, float]:
+    """Each side's time: the sum of its pieces' best times over `rounds`, after one untimed
+    run of every piece (CUDA's start-up, the allocator's first growth and the model's first
+    call land there). The sides' pieces of one index run next to each other, in an order
+    reversed every other round, so other work on the machine slows all sides alike."""
+    for pieces in sides.values():
+        for piece in pieces:
+            piece()
+    best = {side: [float("inf")] * len(pieces) for side, pieces in sides.items()}
     names = list(sides)
     for round_ in range(rounds):
-        for side in names if round_ % 2 == 0 else names[::-1]:
-            best[side] = min(best[side], _timed(sides[side]))
-    return best
+        for index in range(max(len(pieces) for pieces in sides.values())):
+            for side in names if round_ % 2 == 0 else names[::-1]:
+                if index < len(sides[side]):
+                    best[side][index] = min(best[side][index], _timed(sides[side][index]))
+    return {side: sum(times) for side, times in best.items()}
+
+
+def _bare(model: Any, clip: np.ndarray) -> list[Any]:
+    """Bare faster-whisper on one clip, as a user would call it."""
+    return list(model.transcribe(clip, language="en", beam_size=5, vad_filter=True)[0])
 
 
 def _timed(work: Callable[[], object]) -> float:
