@@ -171,7 +171,6 @@ def _build_set(directory: Path) -> dict[str, BuiltImage]:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     store = builder(directory)
-    store.import_rootfs(base, debian_base.IMAGE_NAME, debian_base.CONFIG)
     secrets_dir = Path(tempfile.mkdtemp(prefix="secrets-", dir=directory))
     (secrets_dir / "pip.conf").write_text(PIP_CONF)
     shutil.copyfile(_host_ca_bundle(), secrets_dir / "pip-ca.crt")
@@ -180,6 +179,7 @@ def _build_set(directory: Path) -> dict[str, BuiltImage]:
     images: dict[str, BuiltImage] = {}
     sizes: dict[str, dict[str, object]] = {}
     try:
+        store.import_rootfs(base, debian_base.IMAGE_NAME, debian_base.CONFIG)
         for name, dockerfile in DOCKERFILES.items():
             ref = REF_FORMAT.format(name=name, key=key)
             began = time.monotonic()
