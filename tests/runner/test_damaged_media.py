@@ -17,8 +17,8 @@ import pytest
 from faster_whisper import decode_audio
 
 from tests.support import damaged_media as dm
-from whisperfleet_runner.audio import BadMediaError, Decoded, decode, decode_media, duration
-from whisperfleet_runner.damage import clock, mpeg_frame_size
+from whisperfleet_runner.media.audio import BadMediaError, Decoded, decode, decode_media, duration
+from whisperfleet_runner.media.damage import clock, mpeg_frame_size
 
 SR = dm.RATE
 GARBAGE = 3000  # bytes written over the middle of a file
