@@ -36,7 +36,7 @@ from whisperfleet_runner import contract
 from whisperfleet_runner.contract import OutputOptions, PlanReport, Reason, ShardReport, WorkOrder
 from whisperfleet_runner.pipeline.ledger import SUCCEEDED, merge, read_ledger
 from whisperfleet_runner.pod.manifest import read_manifest
-from whisperfleet_runner.storage import StorageError, fs, iter_lines
+from whisperfleet_runner.storage import StorageError, fs, iter_lines, store_lost
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,41 @@ def test_attempts_the_store_sees(s3fs_of: Callable[[], Any], s3_bucket: str,
     assert code in str(info.value) and "AWS_MAX_ATTEMPTS" in str(info.value)
 
 
+# S3's answer once temporary credentials ran out.
+EXPIRED = (400, "ExpiredToken", "The provided token has expired.")
+
+
+@pytest.mark.parametrize("code", ["ExpiredToken", "TokenRefreshRequired",
+                                  "ExpiredTokenException", "RequestExpired"])
+def test_expired_credentials_mean_the_store_is_lost(
+    s3fs_of: Callable[[], Any], s3_bucket: str, monkeypatch: pytest.MonkeyPatch, code: str
+) -> None:
+    """Credentials that expired mid-run fail every request after them alike: the run must
+    stop (and be run again with fresh ones), not fail each remaining file."""
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="a.txt", Body=b"x")
+    with start_proxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        assert list(iter_lines(f"s3://{s3_bucket}/a.txt")) == [b"x"]
+        proxy.answer_all(400, code, "The provided token has expired.")
+        with pytest.raises(StorageError) as info:
+            list(iter_lines(f"s3://{s3_bucket}/a.txt"))  # one ranged GET, no HEAD first
+        assert proxy.counts()[f"answered {code}"] == 1  # not retried: it cannot get better
+    assert info.value.reason == Reason.NO_CREDENTIALS and store_lost(info.value.reason)
+    assert f"expired ({code})" in str(info.value) and "fresh" in str(info.value)
+
+
+def test_rejected_credentials_are_not_a_lost_store(
+    s3fs_of: Callable[[], Any], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with start_proxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        proxy.answer_all(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided "
+                         "does not exist in our records.")
+        with pytest.raises(StorageError) as info:
+            list(iter_lines(f"s3://{s3_bucket}/a.txt"))
+    assert info.value.reason == Reason.INVALID_CREDENTIALS and not store_lost(info.value.reason)
+
+
 # --- whole runs ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_transcribe_rides_out_injected_faults_and_a_rerun_does_nothing(
@@ -193,6 +228,36 @@ def test_a_store_that_disappears_mid_run_then_comes_back(store: Store, tmp_path:
     print(f"\nstore lost after {len(done_before)} files; {len(reported)} reported done, "
           f"{len(done)} complete in the store, {len(SOURCES) - len(done)} left; the run "
           f"ended {ended:.1f} s after")
+
+
+@pytest.mark.slow
+def test_credentials_that_expire_mid_run_stop_it_and_a_rerun_finishes(
+    store: Store, tmp_path: Path
+) -> None:
+    out, summary = "out-expired", tmp_path / "expired.json"
+    code, done_before, _, port = lose_store_midway(
+        store, store.transcribe_args(out, summary), store.env, out, tmp_path / "expired.log",
+        lose=lambda proxy: proxy.answer_all(*EXPIRED))
+    printed = (tmp_path / "expired.log").read_text()
+    assert code == contract.EXIT_STORAGE, printed  # not 1: no file is at fault
+    data = json.loads(summary.read_text())
+    assert any(w["error_reason"] == Reason.NO_CREDENTIALS.value for w in data["workers"])
+    # Each file not done has a storage reason (a HEAD's answer has no body to say why, so
+    # a file whose HEAD met the error first fails as StorageError before the run stops).
+    assert data["failures"] and all(Reason(f["code"]).exit_code == contract.EXIT_STORAGE
+                                    for f in data["failures"]), data["failures"]
+    assert "expired (ExpiredToken)" in printed
+    done = store.done(out)
+    assert done_before <= done and len(done) < len(SOURCES)
+
+    # Fresh credentials (the store answers again): the same command does the rest.
+    with FaultProxy(store.endpoint, Faults(), port) as fresh:
+        again = store.transcribe(fresh.endpoint, out, tmp_path / "again.json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    files = json.loads((tmp_path / "again.json").read_text())["files"]
+    assert (files["skipped"], files["succeeded"], files["failed"]) == (
+        len(done), len(SOURCES) - len(done), 0)
+    assert store.outputs(out) == store.clean
 
 
 @pytest.mark.slow
