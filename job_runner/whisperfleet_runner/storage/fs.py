@@ -11,6 +11,7 @@ request (`s3_client_config`), and s3fs repeats a whole call once more (`S3FS_TRI
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -22,6 +23,7 @@ from whisperfleet_runner.contract import Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.keys import protocol
 
+log = logging.getLogger(__name__)
 LOCAL = ("file", "local")
 PART_BYTES = 5 << 20  # S3's smallest multipart part: uploads hold one part at a time
 _S3 = ("s3", "s3a")
@@ -185,5 +187,18 @@ def s3_upload(fs: Any, path: str, source: IO[bytes], size: int) -> None:
         fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload,
                    MultipartUpload={"Parts": parts})
     except BaseException:
+        _abort(fs, bucket, key, upload)
+        raise  # what made the upload fail, whatever became of the abort
+
+
+def _abort(fs: Any, bucket: str, key: str, upload: str) -> None:
+    """Abort a failed multipart upload, so its parts stop costing storage. A failed abort is
+    logged, never raised: the caller must see why the upload failed (most often the abort
+    fails for the same reason), and parts left behind are only cost, never a visible
+    object (a bucket lifecycle rule for incomplete uploads removes them)."""
+    try:
         fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload)
-        raise
+    except Exception as exc:
+        log.warning("could not abort the failed upload of s3://%s/%s (its parts stay until a "
+                    "lifecycle rule removes them): %s", bucket, key,
+                    wrap_error(f"s3://{bucket}/{key}", exc))
