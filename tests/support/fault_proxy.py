@@ -19,8 +19,9 @@ get a fault of that kind.
 
 What it did (faults by kind, forwarded requests by method, how stalls ended):
 GET /__fault_proxy__/counts returns it as JSON. PUT /__fault_proxy__/answer-all with an S3
-error as JSON (status, code, message) answers every request after it with that error, as a
-store does once the client's temporary credentials expired; an empty body ends that.
+error as JSON (status, code, message; optionally only requests of one `method` whose path
+holds `path_contains`) answers every such request after it with that error, as a store
+does once the client's temporary credentials expired; `null` ends that.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
@@ -78,7 +80,7 @@ class Injector:
         self.seen: Counter[str] = Counter()
         self.in_a_row: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
-        self.answer_all: tuple[int, str, str] | None = None  # (status, code, message)
+        self.answer_all: dict[str, Any] | None = None  # the error, and which requests
 
     def pick(self, method: str, target: str) -> str | None:
         url = urlsplit(target)
@@ -132,18 +134,17 @@ def _handler(injector: Injector, upstream: tuple[str, int]) -> type[BaseHTTPRequ
                                  "application/json")
                 return
             if self.path == ANSWER_ALL:
-                error = json.loads(self._body() or b"null")
                 with injector.lock:
-                    injector.answer_all = None if error is None else (
-                        int(error["status"]), str(error["code"]), str(error["message"]))
+                    injector.answer_all = json.loads(self._body() or b"null")
                 self._answer(200, "OK", b"{}", "application/json")
                 return
             with injector.lock:
-                answer_all = injector.answer_all
-            if answer_all is not None:
+                error = injector.answer_all
+            if error is not None and self.command == error.get("method", self.command) \
+                    and error.get("path_contains", "") in self.path:
                 self._body()
-                injector.count(f"answered {answer_all[1]}")
-                self._s3_error(*answer_all)
+                injector.count(f"answered {error['code']}")
+                self._s3_error(int(error["status"]), str(error["code"]), str(error["message"]))
                 return
             kind = injector.pick(self.command, self.path)
             if kind == "stall":
@@ -267,9 +268,13 @@ class FaultProxy(ProxyProcess):
     def base_url(self) -> str:
         return self.endpoint
 
-    def answer_all(self, status: int, code: str, message: str) -> None:
-        """Answer every request from now on with this S3 error (see the module's doc)."""
-        self._control(json.dumps({"status": status, "code": code, "message": message}))
+    def answer_all(self, status: int, code: str, message: str, *, method: str | None = None,
+                   path_contains: str = "") -> None:
+        """Answer every request (of `method`, whose path holds `path_contains`) from now on
+        with this S3 error (see the module's doc)."""
+        error = {"status": status, "code": code, "message": message,
+                 "path_contains": path_contains, **({"method": method} if method else {})}
+        self._control(json.dumps(error))
 
     def forward_again(self) -> None:
         """End `answer_all`: requests go to the store again (faults as before)."""

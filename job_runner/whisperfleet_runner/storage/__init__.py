@@ -140,8 +140,8 @@ def outputs_exist(uris: Iterable[str]) -> bool:
 
 
 # --- writing ----------------------------------------------------------------------------
-def publish(uri: str, data: bytes | str) -> None:
-    """Write one object complete-or-absent.
+def publish(uri: str, data: bytes | str, *, once: bool = False) -> None:
+    """Write one object complete-or-absent. `once`: one attempt on S3 (a store judged lost).
 
     Local: a hidden temporary file in the same folder, fsync, then `os.replace` (atomic on
     POSIX), then fsync of the folder so the rename survives a power cut. Object stores: a
@@ -153,7 +153,7 @@ def publish(uri: str, data: bytes | str) -> None:
         if _is_local(uri):
             _publish_local(local_path(uri), payload)
         else:
-            fs, path = _filesystem(uri)
+            fs, path = _filesystem(uri, once=once)
             fs.pipe_file(path, payload)
     except StorageError:
         raise
