@@ -98,6 +98,7 @@ class Outbox:
 
 
 def _record(item: FileItem, finish: Finish) -> None:
-    item.record.wall_seconds = time.monotonic() - item.started
-    item.record.time = time.time()
+    if not item.file.earlier:  # an earlier attempt's record keeps when and how long it took
+        item.record.wall_seconds = time.monotonic() - item.started
+        item.record.time = time.time()
     finish(item.record)
