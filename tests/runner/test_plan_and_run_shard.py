@@ -98,11 +98,14 @@ def test_local_job_plans_runs_and_reruns(tmp_path: Path, audio_dir: Path,
     assert {k: statuses[k] for k in GOOD} == dict.fromkeys(GOOD, SUCCEEDED)
     assert {k: statuses[k] for k in BAD} == dict.fromkeys(BAD, FAILED)
 
-    # A re-run (a retried index) writes nothing new: every good file is skipped.
+    # A re-run (a retried index) writes nothing new, and its reports (which the operator
+    # counts) still say the job did every good file: the earlier attempt's records.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = [run_shard(order, i, {}) for i in (0, 1)]
-    assert sum(r.skipped for r in again) == len(GOOD)
-    assert sum(r.succeeded for r in again) == 0
+    assert sum(r.skipped for r in again) == 0
+    assert sum(r.succeeded for r in again) == len(GOOD)
+    assert sum(r.audio_seconds for r in again) == pytest.approx(
+        sum(r.audio_seconds for r in reports), abs=0.01)
     assert sum(r.failed for r in again) == len(BAD)
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()
              and ".whisperfleet" not in p.parts}
@@ -226,7 +229,7 @@ def test_s3_job_with_hostile_key(s3_env: dict[str, str], s3_bucket: str, audio_d
     assert ledger[0].startswith("out/.whisperfleet/uid-1234/ledger/shard-00000-")
 
     rerun = run_shard(order, 0, {})
-    assert (rerun.skipped, rerun.succeeded, rerun.failed) == (5, 0, 5)
+    assert (rerun.skipped, rerun.succeeded, rerun.failed) == (0, 5, 5)
     assert by_key(order)["hello.wav"] == SUCCEEDED
     assert set(by_key(order).values()) == {SUCCEEDED, FAILED}  # a skip never hides a success
 

@@ -147,11 +147,17 @@ def wait_for(condition: Callable[[], T | None], timeout: float,
         time.sleep(0.05)
 
 
+def vanish(proxy: FaultProxy) -> None:
+    """The store vanishes: the proxy stops, and connections to its port are refused."""
+    proxy.stop()
+
+
 def lose_store_midway(store: Store, args: list[str], env: dict[str, str], out: str,
-                      log: Path) -> tuple[int, set[str], float, int]:
-    """Run `args` with the store behind a proxy, and stop the proxy (the store vanishes:
-    connections are refused) once 2 files of `out` are done. Returns the exit code, the
-    files done by then, the seconds the run went on after, and the store's lost port."""
+                      log: Path, lose: Callable[[FaultProxy], None] = vanish
+                      ) -> tuple[int, set[str], float, int]:
+    """Run `args` with the store behind a proxy, and `lose` the store (by default the proxy
+    stops) once 2 files of `out` are done. Returns the exit code, the files done by then,
+    the seconds the run went on after, and the store's lost port."""
     proxy = start_proxy(store.endpoint)
     with log.open("w") as printed:
         run = subprocess.Popen(args, env={**env, "AWS_ENDPOINT_URL": proxy.endpoint},
@@ -159,7 +165,7 @@ def lose_store_midway(store: Store, args: list[str], env: dict[str, str], out: s
         try:
             done = wait_for(lambda: d if len(d := store.done(out)) >= 2 else None,
                             timeout=300, process=run)
-            proxy.stop()
+            lose(proxy)
             stopped = time.monotonic()
             run.wait(timeout=300)
         finally:

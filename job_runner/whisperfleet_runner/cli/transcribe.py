@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -126,11 +127,12 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: contract.Mod
         for refusal in choice.refused:
             log.warning("not using %s: %s", refusal.target, refusal.reason)
     lock = contextlib.ExitStack()
+    store_lost = threading.Event()  # set once the run judged the store gone
     try:
         storage.check_writable(output)
         # Before the listing that decides the skips: a run that waited for another's
         # lock must not act on what was done before that run finished.
-        lock.enter_context(run_lock.run_lock(output, _stop_taking_files))
+        lock.enter_context(run_lock.run_lock(output, _stop_taking_files, store_lost.is_set))
         gathered = gathering.gather(inputs, output_choice.include, output)
         if not output_choice.overwrite:  # one listing of the output decides every skip
             gathered.files = storage.mark_done(gathered.files, output, output_choice.formats)
@@ -157,7 +159,7 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: contract.Mod
     observer = local_progress(quiet)
     with lock, observer:
         summary = scheduler.run(gathered.files, job, specs, observer, refused=gathered.refused,
-                                metrics=metrics, preload=preload)
+                                metrics=metrics, preload=preload, on_store_lost=store_lost.set)
     summary.duplicates = gathered.duplicates
     code = exit_code(summary)
     try:

@@ -32,6 +32,7 @@ from whisperfleet_runner.fleet.worker import (
     WorkerSpec,
     run_worker,
 )
+from whisperfleet_runner.pipeline.failures import LossBoard
 
 if TYPE_CHECKING:  # faster-whisper is imported on the loading thread only
     from whisperfleet_runner.decode.engine import WhisperEngine
@@ -122,11 +123,11 @@ class ThreadWorker:
     exitcode: int | None = None  # a thread has none; it always ends with an event or on request
 
     def __init__(self, spec: WorkerSpec, options: JobOptions, tasks: TaskQueue,
-                 events: EventQueue, stop: Flag, no_more: Flag,
+                 events: EventQueue, stop: Flag, no_more: Flag, board: LossBoard,
                  load: EngineGetter | None = None) -> None:
         self.spec = spec
         self._thread = threading.Thread(
-            target=run_worker, args=(spec, options, tasks, events, stop, no_more, load),
+            target=run_worker, args=(spec, options, tasks, events, stop, no_more, board, load),
             name=f"whisperfleet-{spec.label}", daemon=True)
 
     def start(self) -> None:

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 from whisperfleet_runner.contract import FileFailure, JobOptions
 from whisperfleet_runner.fleet.accounting import Accounts, Observer, RunSummary, WorkerRow, row
 from whisperfleet_runner.fleet.inprocess import ModelPreload, ThreadWorker
-from whisperfleet_runner.fleet.worker import Event, WorkerSpec, worker_main
+from whisperfleet_runner.fleet.worker import (
+    Event,
+    ProcessBoard,
+    ThreadBoard,
+    WorkerSpec,
+    worker_main,
+)
 from whisperfleet_runner.gpu import cpus, devices
 from whisperfleet_runner.gpu.nvml import GpuInfo
 from whisperfleet_runner.pipeline.ledger import LedgerRecord
@@ -97,12 +103,14 @@ class _Interrupts:
 def run(files: Sequence[InputFile], options: JobOptions, specs: list[WorkerSpec],
         observer: Observer, *, refused: Sequence[FileFailure] = (),
         on_record: Callable[[LedgerRecord], None] | None = None,
-        metrics: RunMetrics | None = None, preload: ModelPreload | None = None
-        ) -> RunSummary:
+        metrics: RunMetrics | None = None, preload: ModelPreload | None = None,
+        on_store_lost: Callable[[], None] | None = None) -> RunSummary:
     """Run `files` on one worker per spec, longest first; blocks until all are done.
     `refused` are files failed before the run (they count in the totals); `on_record`
     hears every record (a pod's ledger); `metrics` counts them and the workers' tuning.
-    `preload`: the one device's model, already loading (ignored with several devices)."""
+    `preload`: the one device's model, already loading (ignored with several devices).
+    `on_store_lost` is called once, as soon as a worker found the store gone (before the
+    records that follow): what the caller still has to store should then try it once."""
     ordered = sorted(files, key=lambda f: (-f.size, f.uri))  # deterministic for a given set
     sizes = {f.uri: f.size for f in ordered}
     summary = RunSummary(workers=[row(s) for s in specs])
@@ -132,6 +140,9 @@ def run(files: Sequence[InputFile], options: JobOptions, specs: list[WorkerSpec]
         for proc in procs:
             proc.start()
         while len(state.done) < len(procs):
+            if on_store_lost is not None and workers.board.read():
+                on_store_lost()
+                on_store_lost = None
             if state.begun >= state.queued:  # every file was taken: an empty queue is the end
                 no_more.set()
             dead = [i for i, p in enumerate(procs) if i not in state.done and not p.is_alive()]
@@ -141,6 +152,9 @@ def run(files: Sequence[InputFile], options: JobOptions, specs: list[WorkerSpec]
                 for i in dead:  # exited, and everything it sent has been read: it crashed
                     state.crashed(i, procs[i].exitcode)
                 continue
+            if on_store_lost is not None and workers.board.read():  # posted before `event`
+                on_store_lost()
+                on_store_lost = None
             returned = state.handle(event)
             if returned and not stop.is_set():
                 for file in returned:
@@ -172,20 +186,24 @@ class _Workers:
         self.events: queue.Queue[Event] | MpQueue[Event]
         self.stop: threading.Event | MpEvent
         self.no_more: threading.Event | MpEvent
+        self.board: ThreadBoard | ProcessBoard  # the store found gone, by any worker
         if len(specs) == 1:
             # No multiprocessing object at all: even one queue would start the resource
             # tracker, a process of its own.
             self.tasks, self.events = queue.Queue(), queue.Queue()
             self.stop, self.no_more = threading.Event(), threading.Event()
+            self.board = ThreadBoard()
             self.procs = [ThreadWorker(specs[0], options, self.tasks, self.events, self.stop,
-                                       self.no_more, self.preload.get if self.preload else None)]
+                                       self.no_more, self.board,
+                                       self.preload.get if self.preload else None)]
             return
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # fork would copy a parent that may hold CUDA/NVML state
         self.tasks, self.events = ctx.Queue(), ctx.Queue()
         self.stop, self.no_more = ctx.Event(), ctx.Event()
+        self.board = ProcessBoard(ctx)
         self.procs = [ctx.Process(target=worker_main,
                                   args=(s, options, self.tasks, self.events, self.stop,
-                                        self.no_more),
+                                        self.no_more, self.board),
                                   name=f"whisperfleet-{s.label}", daemon=True) for s in specs]

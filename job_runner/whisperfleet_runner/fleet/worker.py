@@ -20,12 +20,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from whisperfleet_runner.contract import GpuIdentity, JobOptions, ShardReport
 from whisperfleet_runner.decode.lazy_engine import EngineGetter
 from whisperfleet_runner.decode.protocols import Engine
 from whisperfleet_runner.gpu.devices import ModelPlacement
+from whisperfleet_runner.pipeline.failures import LossBoard
 from whisperfleet_runner.pipeline.ledger import LedgerRecord
 from whisperfleet_runner.storage import InputFile
 
@@ -109,6 +110,38 @@ class Flag(Protocol):
     def is_set(self) -> bool: ...
 
 
+class ThreadBoard:
+    """The LossBoard (pipeline.failures) of a run whose one worker is a thread."""
+
+    def __init__(self) -> None:
+        self._reason = ""
+        self._lock = threading.Lock()
+
+    def read(self) -> str:
+        return self._reason
+
+    def post(self, reason: str) -> None:
+        with self._lock:
+            self._reason = self._reason or reason
+
+
+class ProcessBoard:
+    """The LossBoard of spawned workers: a few bytes of shared memory, so the first worker
+    to find the store gone stops every other one at its next file or batch, instead of each
+    finding out through its own requests' retries."""
+
+    def __init__(self, ctx: Any) -> None:  # a multiprocessing context (spawn)
+        self._reason = ctx.Array("c", 64)
+
+    def read(self) -> str:
+        return bytes(self._reason.value).decode("ascii", "replace")
+
+    def post(self, reason: str) -> None:
+        with self._reason.get_lock():
+            if not self._reason.value:
+                self._reason.value = reason.encode("ascii", "replace")[:63]
+
+
 class _EventLogHandler(logging.handlers.QueueHandler):
     """Sends log records to the parent, which hands them to whatever logging it configured."""
 
@@ -141,11 +174,12 @@ def _exit_with_parent() -> None:
 
 
 def worker_main(spec: WorkerSpec, options: JobOptions, tasks: TaskQueue, events: EventQueue,
-                stop: Flag, no_more: Flag) -> None:
+                stop: Flag, no_more: Flag, board: LossBoard) -> None:
     """The spawned process's body (module level, so spawn can pickle a reference to it).
 
     `stop` (Ctrl-C): take no further file. `no_more`: the parent has seen every queued file
     taken, so an empty queue means the end (a file handed back can still clear it).
+    `board`: where the workers tell each other that the store is gone.
     """
     os.environ.update(spec.env)  # first: before anything may initialise CUDA
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -154,15 +188,16 @@ def worker_main(spec: WorkerSpec, options: JobOptions, tasks: TaskQueue, events:
     root = logging.getLogger()
     root.handlers[:] = [_EventLogHandler(events)]
     root.setLevel(spec.log_level)
-    run_worker(spec, options, tasks, events, stop, no_more)
+    run_worker(spec, options, tasks, events, stop, no_more, board)
 
 
 def run_worker(spec: WorkerSpec, options: JobOptions, tasks: TaskQueue, events: EventQueue,
-               stop: Flag, no_more: Flag, load: EngineGetter | None = None) -> None:
+               stop: Flag, no_more: Flag, board: LossBoard,
+               load: EngineGetter | None = None) -> None:
     """`serve`, with the worker's end reported as the scheduler expects: a KeyboardInterrupt
     (terminated on a second Ctrl-C) ends it silently, anything else is a Crashed event."""
     try:
-        serve(spec, options, tasks, events, stop, no_more, load)
+        serve(spec, options, tasks, events, stop, no_more, board, load)
     except KeyboardInterrupt:
         pass  # terminated: the parent counts the files in hand as not attempted
     except Exception as exc:  # report, so the parent can name the worker and the reason
@@ -194,9 +229,11 @@ class _Taken:
 
 
 def serve(spec: WorkerSpec, options: JobOptions, tasks: TaskQueue, events: EventQueue,
-          stop: Flag, no_more: Flag, load: EngineGetter | None = None) -> None:
-    """Run files from `tasks` until the queue is done or `stop` is set. `load` returns the
-    model (called when the first file needs it); by default this loads it here."""
+          stop: Flag, no_more: Flag, board: LossBoard, load: EngineGetter | None = None
+          ) -> None:
+    """Run files from `tasks` until the queue is done, `stop` is set or a worker posted on
+    `board` that the store is gone. `load` returns the model (called when the first file
+    needs it); by default this loads it here."""
     from whisperfleet_runner.gpu import nvml
     from whisperfleet_runner.pipeline.events import FLUSH, Flush
     from whisperfleet_runner.pipeline.run import run_files
@@ -204,7 +241,7 @@ def serve(spec: WorkerSpec, options: JobOptions, tasks: TaskQueue, events: Event
     taken = _Taken(spec.max_in_hand)
 
     def files() -> Iterator[InputFile | Flush]:
-        while not stop.is_set():
+        while not stop.is_set() and not board.read():
             if len(taken.files) >= taken.limit:
                 # Transcribe what is held, so records free room; repeated while full,
                 # because each FLUSH also lets the loop record what finished publishing.
@@ -248,7 +285,8 @@ def serve(spec: WorkerSpec, options: JobOptions, tasks: TaskQueue, events: Event
 
     report = run_files(files(), options, get_engine, shard=spec.shard, device=spec.label,
                        gpus=[spec.gpu] if spec.gpu else [], progress=recorded,
-                       prefetch_bytes=PREFETCH_BYTES, check_device=check_gpu)
+                       prefetch_bytes=PREFETCH_BYTES, check_device=check_gpu,
+                       loss_board=board)
     # A worker that stops early (no model, a lost GPU) hands back what it never started:
     # the parent requeues those files for the workers that can.
     returned = list(taken.files.values()) if report.error_reason else []

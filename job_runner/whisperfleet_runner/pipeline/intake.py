@@ -10,6 +10,7 @@ file's samples, whatever its length (see events for what is yielded).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Iterable, Iterator
 
@@ -34,9 +35,13 @@ from whisperfleet_runner.pipeline.failures import (
     fail,
     storage_failure,
 )
-from whisperfleet_runner.pipeline.ledger import FAILED, SKIPPED, LedgerRecord
+from whisperfleet_runner.pipeline.ledger import FAILED, SKIPPED, SUCCEEDED, LedgerRecord
 
 log = logging.getLogger(__name__)
+# Why a resumed file's record says succeeded with no audio: its transcript was written by an
+# attempt that was stopped before its ledger said so (its audio seconds are not known).
+RESUMED = ("succeeded in an earlier attempt of this job: its outputs were written before "
+           "that attempt recorded them")
 
 
 class Intake:
@@ -64,7 +69,8 @@ class Intake:
 
     def _item(self, file: storage.InputFile) -> tuple[FileItem, bool]:
         """The file's item, its outputs confined and claimed, and whether it is settled
-        already: skipped (its outputs exist) or failed before any audio is read."""
+        already: skipped (its outputs exist), done by an earlier attempt of the job, or
+        failed before any audio is read."""
         item = FileItem(file, LedgerRecord(uri=file.uri, key=file.key, status=FAILED,
                                            shard=self.shard, device=self.device,
                                            gpu=self.gpu))
@@ -72,12 +78,19 @@ class Intake:
             item.outputs = _output_uris(file, self.options)
             _claim(file, item.outputs, self.claimed)
             item.record.outputs = list(item.outputs.values())
+            if file.earlier:  # claimed above, like any file: a collision stays refused
+                item.record = LedgerRecord.from_dict(json.loads(file.earlier))
+                return item, True
             lost = self.store.failure()
             if lost is not None:
                 raise lost
             if not self.options.output.overwrite and _done(file, item.record.outputs):
-                item.record.status, item.record.reason = SKIPPED, "outputs exist"
-                log.info("%s: skipped, its outputs exist", file.uri)
+                if file.resumed:
+                    item.record.status, item.record.reason = SUCCEEDED, RESUMED
+                    log.info("%s: %s", file.uri, RESUMED)
+                else:
+                    item.record.status, item.record.reason = SKIPPED, "outputs exist"
+                    log.info("%s: skipped, its outputs exist", file.uri)
                 return item, True
         except FileFailed as exc:
             self.store.note(file.uri, exc)

@@ -8,6 +8,7 @@ replacement) ever write the same object. The reader merges all objects.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -102,9 +103,12 @@ class LedgerWriter:
         self._flush_every = max(1, flush_every)
         self._flush_seconds = flush_seconds
         self._publish = publish or storage.publish
+        # The last flush on a store the run judged lost makes one attempt (see close).
+        self._publish_once = publish or functools.partial(storage.publish, once=True)
         self._clock = clock
         self._flushed_count = 0
         self._last_flush = clock()
+        self._held = False  # the store is gone: records wait for the last flush (see hold)
 
     def start(self) -> None:
         """Publish this attempt's (empty) ledger object before any output is written: a later
@@ -116,8 +120,15 @@ class LedgerWriter:
         except storage.StorageError as exc:
             log.warning("could not write ledger %s: %s", self.uri, exc)
 
+    def hold(self) -> None:
+        """The run judged the store gone: flush no more until `close`, whose one attempt is
+        then all the store is asked (each flush would wait through the client's retries)."""
+        self._held = True
+
     def add(self, record: LedgerRecord) -> None:
         self.records.append(record)
+        if self._held:
+            return
         pending = len(self.records) - self._flushed_count
         # Each flush republishes the whole object, so the count that triggers one grows with
         # it (a tenth of what is there): bytes uploaded stay about 10x the ledger, not
@@ -127,22 +138,29 @@ class LedgerWriter:
         if pending >= due or self._clock() - self._last_flush >= self._flush_seconds:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, once: bool = False) -> None:
         """Publish every record so far. A failed publish is logged, not raised: the outputs
-        themselves are already written, and the next flush retries with the full list."""
+        themselves are already written, and the next flush retries with the full list.
+        `once`: one attempt (the store is judged lost)."""
         if self._flushed_count == len(self.records):
             return
         data = "".join(r.to_json() + "\n" for r in self.records).encode("utf-8")
         try:
-            self._publish(self.uri, data)
+            (self._publish_once if once else self._publish)(self.uri, data)
         except storage.StorageError as exc:
             log.warning("could not write ledger %s: %s", self.uri, exc)
+            if storage.store_lost(exc.reason):
+                self.hold()  # found out here first: the next flushes would fail alike
             return
         self._flushed_count = len(self.records)
         self._last_flush = self._clock()
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, *, store_lost: bool = False) -> None:
+        """The last flush. With `store_lost` (the run judged the store gone) it makes one
+        attempt instead of waiting through the client's retries: the records it would
+        write are only a shortcut for the next attempt, which checks those outputs itself
+        (see pod.manifest.shard_inputs)."""
+        self.flush(once=store_lost or self._held)
 
     def __enter__(self) -> LedgerWriter:
         return self

@@ -66,9 +66,17 @@ class Outbox:
         self.pending.append((item, self.publisher.submit(write)))
 
     def drain(self, finish: Finish, *, wait: bool) -> None:
-        """Record published files (in submission order); with `wait`, all of them."""
+        """Record published files (in submission order); with `wait`, all of them. Once the
+        store is lost, a write not done yet is not waited for: the file is recorded as not
+        done (a write still in flight may land; a re-run then finds its outputs whole)."""
         while self.pending and (wait or self.pending[0][1].done()):
             item, future = self.pending.pop(0)
+            lost = self.store.failure()
+            if lost is not None and not future.done():
+                future.cancel()  # not started yet: it never will be
+                fail(item.record, lost)
+                _record(item, finish)
+                continue
             try:
                 item.record.audio_seconds = future.result()
                 item.record.status = SUCCEEDED
@@ -90,6 +98,7 @@ class Outbox:
 
 
 def _record(item: FileItem, finish: Finish) -> None:
-    item.record.wall_seconds = time.monotonic() - item.started
-    item.record.time = time.time()
+    if not item.file.earlier:  # an earlier attempt's record keeps when and how long it took
+        item.record.wall_seconds = time.monotonic() - item.started
+        item.record.time = time.time()
     finish(item.record)

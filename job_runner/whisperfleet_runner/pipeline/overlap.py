@@ -13,6 +13,7 @@ per stage is enough to hide I/O and decoding behind inference.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -29,6 +30,8 @@ DEFAULT_PREFETCH_ITEMS = 16
 # Decoded audio is 64 KB per second (16 kHz float32): 256 MiB is about 70 minutes ahead.
 DEFAULT_PREFETCH_BYTES = 256 * 1024 * 1024
 DEFAULT_PUBLISH_QUEUE = 8
+# How soon a consumer waiting for the next item notices `give_up`.
+WAKE_SECONDS = 0.2
 _DONE = object()
 
 
@@ -39,7 +42,9 @@ class Prefetcher(Generic[T]):
     results weigh more than `max_bytes` (by `size_of`); one result larger than the budget
     still passes, alone. Results come out in input order. An exception raised by `produce`
     or by iterating `items` is re-raised by the consumer at that position. Closing (or
-    leaving a `with` block) stops the producer after its current item.
+    leaving a `with` block) stops the producer after its current item. Iteration ends
+    early, within WAKE_SECONDS, once `give_up()` is true: a consumer waiting for an item
+    the producer is still fetching (retrying a store that is gone) stops waiting.
     """
 
     def __init__(
@@ -50,10 +55,12 @@ class Prefetcher(Generic[T]):
         size_of: Callable[[R], int] = lambda _: 0,
         max_items: int = DEFAULT_PREFETCH_ITEMS,
         max_bytes: int = DEFAULT_PREFETCH_BYTES,
+        give_up: Callable[[], bool] = lambda: False,
     ) -> None:
         self._items = items
         self._produce = produce
         self._size_of = size_of
+        self._give_up = give_up
         self._max_bytes = max_bytes
         self._queue: queue.Queue[tuple[object, int, BaseException | None]] = queue.Queue(
             max(1, max_items)
@@ -106,7 +113,12 @@ class Prefetcher(Generic[T]):
 
     def __iter__(self) -> Iterator[R]:
         while True:
-            result, size, error = self._queue.get()
+            try:
+                result, size, error = self._queue.get(timeout=WAKE_SECONDS)
+            except queue.Empty:
+                if self._give_up():
+                    return
+                continue
             if result is _DONE:
                 return
             with self._cond:
@@ -116,11 +128,14 @@ class Prefetcher(Generic[T]):
                 raise error
             yield result  # type: ignore[misc]
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the producer; with `wait`, wait (up to 30 s) for its current item. Without,
+        an item it is still fetching is abandoned (its thread is a daemon)."""
         self._closed.set()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        if wait:
+            self._thread.join(timeout=30)
 
     def __enter__(self) -> Prefetcher[T]:
         return self
@@ -162,10 +177,16 @@ class Publisher:
         self._queue.put((fn, future))  # type: ignore[arg-type]
         return future
 
-    def close(self) -> None:
-        """Finish the queued jobs, then stop the thread."""
-        self._queue.put(None)
-        self._thread.join()
+    def close(self, *, wait: bool = True) -> None:
+        """Finish the queued jobs, then stop the thread. Without `wait`, return at once: the
+        queued jobs still run (their futures say how they ended), a job still running is
+        abandoned with its thread (a daemon)."""
+        if wait:
+            self._queue.put(None)
+            self._thread.join()
+            return
+        with contextlib.suppress(queue.Full):  # full: the thread is busy, and stays a daemon
+            self._queue.put_nowait(None)
 
     def __enter__(self) -> Publisher:
         return self
@@ -185,5 +206,5 @@ class Inline:
             future.set_exception(exc)
         return future
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         pass

@@ -18,7 +18,7 @@ from whisperfleet_runner.contract import GpuIdentity, JobOptions, Reason, ShardR
 from whisperfleet_runner.decode.lazy_engine import EngineGetter, EngineLoadError, LazyEngine
 from whisperfleet_runner.gpu.nvml import GpuLost
 from whisperfleet_runner.pipeline.events import Event, Flush, size_of
-from whisperfleet_runner.pipeline.failures import FileFailed, StoreHealth, StoreLost
+from whisperfleet_runner.pipeline.failures import FileFailed, LossBoard, StoreHealth, StoreLost
 from whisperfleet_runner.pipeline.intake import Intake
 from whisperfleet_runner.pipeline.ledger import LedgerRecord, LedgerWriter
 from whisperfleet_runner.pipeline.outbox import Outbox
@@ -48,6 +48,7 @@ def run_files(
     overlap: bool = True,
     prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
     check_device: Callable[[], None] | None = None,
+    loss_board: LossBoard | None = None,
 ) -> ShardReport:
     """Transcribe `files` as `options` say; every file attempted ends in one ledger record.
 
@@ -64,11 +65,13 @@ def run_files(
     model's hands fail, and the files not started get no record (a retry, or another
     worker, does them). So it does when a file fails because the store itself is gone
     (`storage.store_lost`): files then fail at once instead of after retries of their own.
+    `loss_board` is shared with the run's other workers (one per GPU): the first to find
+    the store gone tells the others there, and they stop as if they had found it.
     """
     started = time.monotonic()
     report = ShardReport(shard=shard, device=device, gpus=list(gpus or []))
     publisher = Publisher() if overlap else Inline()
-    store = StoreHealth()
+    store = StoreHealth(loss_board)
     outbox = Outbox(options.output.formats, publisher, store)
     router = Router(options, LazyEngine(get_engine, options.transcription), outbox, store,
                     check_device or (lambda: None))
@@ -78,6 +81,8 @@ def run_files(
     def finish(record: LedgerRecord) -> None:
         report.add(record)
         if ledger is not None:
+            if store.lost is not None:
+                ledger.hold()
             ledger.add(record)
         if progress is not None:
             progress(record)
@@ -88,7 +93,8 @@ def run_files(
         # One file is many events (its chunks): room for three batches of them ahead.
         ahead = 3 * max(1, options.transcription.batch_size) + 4
         prefetcher = Prefetcher(intake.events(files), lambda event: event, size_of=size_of,
-                                max_bytes=prefetch_bytes, max_items=ahead)
+                                max_bytes=prefetch_bytes, max_items=ahead,
+                                give_up=lambda: store.lost is not None)
         events = prefetcher
     else:
         events = intake.events(files)
@@ -98,6 +104,8 @@ def run_files(
             outbox.drain(finish, wait=False)
             if store.lost is not None:
                 raise store.lost
+        if store.lost is not None:  # the prefetcher gave up waiting for the intake
+            raise store.lost
         router.flush()
     except EngineLoadError as exc:
         report.error_reason, report.error_message = exc.reason, str(exc)
@@ -112,12 +120,15 @@ def run_files(
         log.error("%s", exc)
         router.fail_held(exc.failure, finish)
     finally:
+        # Once the store is lost, nothing still fetching or writing is waited for: each
+        # such request would only end after the client's retries (see storage.patience).
+        going_on = store.lost is None
         if prefetcher is not None:
-            prefetcher.close()
-        publisher.close()
+            prefetcher.close(wait=going_on)
+        publisher.close(wait=going_on)
         outbox.drain(finish, wait=True)
         if ledger is not None:
-            ledger.close()
+            ledger.close(store_lost=not going_on)
         report.wall_seconds = time.monotonic() - started
     if store.lost is not None and not report.error_reason:  # lost as the last files were written
         report.error_reason, report.error_message = store.lost.failure.code.value, str(store.lost)

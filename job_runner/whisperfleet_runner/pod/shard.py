@@ -153,12 +153,14 @@ def _run_on_each_gpu(order: WorkOrder, files: list[storage.InputFile],
                                                   strict=True)]
     specs = scheduler.worker_specs(labeled, order.model.compute_type, environ,
                                    files=len(files), shard=shard)
+    summary: RunSummary | None = None
     try:
         summary = scheduler.run(files, order.options, specs, _PodLog(shard),
-                                on_record=ledger.add if ledger else None, metrics=metrics)
+                                on_record=ledger.add if ledger else None, metrics=metrics,
+                                on_store_lost=ledger.hold if ledger else None)
     finally:
         if ledger is not None:
-            ledger.close()
+            ledger.close(store_lost=bool(summary and summary.storage_lost))
     report = ShardReport(shard=shard, wall_seconds=summary.wall_seconds,
                          device=device_label(selection.device, selection.device_index))
     for name in ("total", "succeeded", "failed", "skipped", "bad_input", "audio_seconds"):
