@@ -231,7 +231,7 @@ def own_peak_mib() -> float:
 
 
 def corpus_model() -> str:
-    from whisperfleet_runner import models
+    from whisperfleet_runner.decode import models
 
     return models.resolve_model("tiny.en")
 

@@ -41,6 +41,14 @@ def test_each_stage_has_one_owning_module_that_exists() -> None:
         assert (REPO / module).is_file(), f"{stage}: {module} does not exist"
 
 
+def test_every_file_the_change_table_names_exists() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    table = text[text.index("## To change X, edit Y"):]
+    paths = re.findall(r"`((?:job_runner|operator|crds|tests|docs)/[^`]+?)`", table)
+    assert len(paths) >= 10
+    assert [p for p in paths if not (REPO / p).exists()] == []
+
+
 def test_the_readme_points_at_the_docs_and_nothing_outside_the_repository() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for target in ("docs/architecture.md", "docs/transcriptionjob.md", "kubectl explain tj.spec"):
@@ -49,3 +57,12 @@ def test_the_readme_points_at_the_docs_and_nothing_outside_the_repository() -> N
                 crd_reference.DOC.read_text(encoding="utf-8")):
         # Relative links that climb out of the repository, and the team's design notes.
         assert not re.search(r"\]\(\.\./|`\.\./[^`]*\.md`", doc) and "DESIGN" not in doc
+
+
+def test_the_readme_states_the_storage_patience_the_code_has() -> None:
+    from whisperfleet_runner.storage import fs, patience, temporaries
+
+    text = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert f"with {fs.MAX_ATTEMPTS} attempts in all" in text
+    assert f"failed to connect for {patience.CONNECT_PATIENCE:.0f} s" in text
+    assert f"untouched for {temporaries.STALE_SECONDS / 60:.0f} minutes" in text

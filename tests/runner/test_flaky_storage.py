@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -32,11 +33,11 @@ from tests.support.flaky_store import (
     stem,
 )
 from tests.support.paths import WHISPERFLEET
-from whisperfleet_runner import config
-from whisperfleet_runner.config import OutputOptions, PlanReport, Reason, ShardReport, WorkOrder
-from whisperfleet_runner.ledger import SUCCEEDED, merge, read_ledger
+from whisperfleet_runner import contract
+from whisperfleet_runner.contract import OutputOptions, PlanReport, Reason, ShardReport, WorkOrder
+from whisperfleet_runner.pipeline.ledger import SUCCEEDED, merge, read_ledger
 from whisperfleet_runner.pod.manifest import read_manifest
-from whisperfleet_runner.storage import StorageError, fs, iter_lines
+from whisperfleet_runner.storage import StorageError, fs, iter_lines, patience, store_lost
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,49 @@ def test_unusable_retry_settings_are_named(s3fs_of: Callable[[], Any],
     assert name in str(info.value) and repr(value) in str(info.value)
 
 
+def test_a_request_gives_up_once_it_failed_to_connect_for_its_patience() -> None:
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    now = [100.0]
+    decide = patience.give_up_when_unreachable(10.0, clock=lambda: now[0])
+    request: dict[str, Any] = {"context": {}}
+    refused = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+    assert decide(caught_exception=refused, request_dict=request) is None  # botocore decides
+    now[0] += 9.9
+    assert decide(caught_exception=ConnectTimeoutError(endpoint_url="x"),
+                  request_dict=request) is None
+    now[0] += 0.1
+    assert decide(caught_exception=refused, request_dict=request) is False  # no more tries
+    # Any answer (here a read that timed out: the store took the request) starts over.
+    assert decide(caught_exception=ReadTimeoutError(endpoint_url="x"), request_dict=request) \
+        is None
+    assert decide(caught_exception=refused, request_dict=request) is None
+    assert decide(caught_exception=refused, request_dict={"context": {}}) is None  # per request
+
+
+def test_the_patience_applies_to_our_attempts_not_to_the_users(
+    s3fs_of: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(fs, "CONNECT_PATIENCE", 0.0)  # give up at the first refusal
+
+    def attempts() -> int:
+        client = s3fs_of().s3
+        sent: list[str] = []
+        client.meta.events.register("before-send.s3", lambda **_: sent.append("try"))
+        with pytest.raises(StorageError) as info:
+            list(iter_lines("s3://bucket/a.txt"))  # one GET
+        assert info.value.reason == Reason.UNREACHABLE
+        return len(sent)
+
+    assert attempts() == 1  # of our 8
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    assert attempts() == 3  # exactly the user's
+
+
 @pytest.mark.parametrize(("kind", "attempts"), [("internal", 3), ("slowdown", 2)])
 def test_attempts_the_store_sees(s3fs_of: Callable[[], Any], s3_bucket: str,
                                  monkeypatch: pytest.MonkeyPatch, kind: str,
@@ -115,6 +159,43 @@ def test_attempts_the_store_sees(s3fs_of: Callable[[], Any], s3_bucket: str,
     assert info.value.reason == Reason.STORAGE_ERROR
     code = "SlowDown" if kind == "slowdown" else "InternalError"
     assert code in str(info.value) and "AWS_MAX_ATTEMPTS" in str(info.value)
+
+
+# A run whose store vanishes exits this soon after, at the default retry settings.
+LOST_STORE_EXIT_SECONDS = 40
+# S3's answer once temporary credentials ran out.
+EXPIRED = (400, "ExpiredToken", "The provided token has expired.")
+
+
+@pytest.mark.parametrize("code", ["ExpiredToken", "TokenRefreshRequired",
+                                  "ExpiredTokenException", "RequestExpired"])
+def test_expired_credentials_mean_the_store_is_lost(
+    s3fs_of: Callable[[], Any], s3_bucket: str, monkeypatch: pytest.MonkeyPatch, code: str
+) -> None:
+    """Credentials that expired mid-run fail every request after them alike: the run must
+    stop (and be run again with fresh ones), not fail each remaining file."""
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="a.txt", Body=b"x")
+    with start_proxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        assert list(iter_lines(f"s3://{s3_bucket}/a.txt")) == [b"x"]
+        proxy.answer_all(400, code, "The provided token has expired.")
+        with pytest.raises(StorageError) as info:
+            list(iter_lines(f"s3://{s3_bucket}/a.txt"))  # one ranged GET, no HEAD first
+        assert proxy.counts()[f"answered {code}"] == 1  # not retried: it cannot get better
+    assert info.value.reason == Reason.NO_CREDENTIALS and store_lost(info.value.reason)
+    assert f"expired ({code})" in str(info.value) and "fresh" in str(info.value)
+
+
+def test_rejected_credentials_are_not_a_lost_store(
+    s3fs_of: Callable[[], Any], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with start_proxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        proxy.answer_all(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided "
+                         "does not exist in our records.")
+        with pytest.raises(StorageError) as info:
+            list(iter_lines(f"s3://{s3_bucket}/a.txt"))
+    assert info.value.reason == Reason.INVALID_CREDENTIALS and not store_lost(info.value.reason)
 
 
 # --- whole runs ------------------------------------------------------------------------------
@@ -153,12 +234,12 @@ def test_transcribe_rides_out_injected_faults_and_a_rerun_does_nothing(
 @pytest.mark.slow
 def test_a_store_that_disappears_mid_run_then_comes_back(store: Store, tmp_path: Path) -> None:
     out, summary = "out-lost", tmp_path / "lost.json"
-    # Few attempts: against a store that is gone, the default 8 only add waiting.
+    # The default retry settings (8 attempts), as a user has them.
     code, done_before, ended, port = lose_store_midway(
-        store, store.transcribe_args(out, summary), {**store.env, "AWS_MAX_ATTEMPTS": "3"},
-        out, tmp_path / "lost.log")
+        store, store.transcribe_args(out, summary), store.env, out, tmp_path / "lost.log")
     printed = (tmp_path / "lost.log").read_text()
-    assert code == config.EXIT_STORAGE == Reason.UNREACHABLE.exit_code, printed
+    assert code == contract.EXIT_STORAGE == Reason.UNREACHABLE.exit_code, printed
+    assert ended < LOST_STORE_EXIT_SECONDS, printed
 
     # The summary lists every file not done, each with a storage reason.
     data = json.loads(summary.read_text())
@@ -166,7 +247,7 @@ def test_a_store_that_disappears_mid_run_then_comes_back(store: Store, tmp_path:
     reported = {stem(k) for k in SOURCES if k not in failed}  # done, as the run knows it
     assert data["files"]["total"] == len(SOURCES) and failed <= set(SOURCES)
     assert (data["files"]["succeeded"], data["files"]["failed"]) == (len(reported), len(failed))
-    assert failed and all(Reason(f["code"]).exit_code == config.EXIT_STORAGE
+    assert failed and all(Reason(f["code"]).exit_code == contract.EXIT_STORAGE
                           for f in data["failures"])
     assert any(w["error_reason"] == Reason.UNREACHABLE.value for w in data["workers"])
     assert "re-run" in printed
@@ -196,6 +277,36 @@ def test_a_store_that_disappears_mid_run_then_comes_back(store: Store, tmp_path:
 
 
 @pytest.mark.slow
+def test_credentials_that_expire_mid_run_stop_it_and_a_rerun_finishes(
+    store: Store, tmp_path: Path
+) -> None:
+    out, summary = "out-expired", tmp_path / "expired.json"
+    code, done_before, _, port = lose_store_midway(
+        store, store.transcribe_args(out, summary), store.env, out, tmp_path / "expired.log",
+        lose=lambda proxy: proxy.answer_all(*EXPIRED))
+    printed = (tmp_path / "expired.log").read_text()
+    assert code == contract.EXIT_STORAGE, printed  # not 1: no file is at fault
+    data = json.loads(summary.read_text())
+    assert any(w["error_reason"] == Reason.NO_CREDENTIALS.value for w in data["workers"])
+    # Each file not done has a storage reason (a HEAD's answer has no body to say why, so
+    # a file whose HEAD met the error first fails as StorageError before the run stops).
+    assert data["failures"] and all(Reason(f["code"]).exit_code == contract.EXIT_STORAGE
+                                    for f in data["failures"]), data["failures"]
+    assert "expired (ExpiredToken)" in printed
+    done = store.done(out)
+    assert done_before <= done and len(done) < len(SOURCES)
+
+    # Fresh credentials (the store answers again): the same command does the rest.
+    with FaultProxy(store.endpoint, Faults(), port) as fresh:
+        again = store.transcribe(fresh.endpoint, out, tmp_path / "again.json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    files = json.loads((tmp_path / "again.json").read_text())["files"]
+    assert (files["skipped"], files["succeeded"], files["failed"]) == (
+        len(done), len(SOURCES) - len(done), 0)
+    assert store.outputs(out) == store.clean
+
+
+@pytest.mark.slow
 def test_shard_pods_ride_out_injected_faults(store: Store, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     out = "out-shards"
@@ -206,7 +317,7 @@ def test_shard_pods_ride_out_injected_faults(store: Store, tmp_path: Path,
     order.transcription.pack_short_clips = False  # as the clean run: transcripts comparable
     with start_proxy(store.endpoint, Faults(seed=11, **FAULTS)) as proxy:
         env = {**store.env, "AWS_ENDPOINT_URL": proxy.endpoint,
-               config.ENV_WORK_ORDER: order.to_json()}
+               contract.ENV_WORK_ORDER: order.to_json()}
         planned = subprocess.run([str(WHISPERFLEET), "plan", "--termination-log",
                                   str(tmp_path / "plan.log")], env=env, capture_output=True,
                                  text=True, timeout=300)
@@ -218,7 +329,7 @@ def test_shard_pods_ride_out_injected_faults(store: Store, tmp_path: Path,
             log = tmp_path / f"shard{index}.log"
             pod = subprocess.run(
                 [str(WHISPERFLEET), "run-shard", "--termination-log", str(log)],
-                env={**env, config.ENV_COMPLETION_INDEX: str(index), "POD_NAME": f"p-{index}"},
+                env={**env, contract.ENV_COMPLETION_INDEX: str(index), "POD_NAME": f"p-{index}"},
                 capture_output=True, text=True, timeout=540)
             assert pod.returncode == 0, pod.stderr
             reports.append(ShardReport.from_json(log.read_text()))
@@ -252,8 +363,8 @@ def test_a_shard_pod_whose_store_disappears_exits_43_and_its_retry_finishes(
                       device="cpu")
     order.model.name = str(store.model)
     order.transcription.pack_short_clips = False
-    env = {**store.env, config.ENV_WORK_ORDER: order.to_json(), config.ENV_COMPLETION_INDEX: "0",
-           "AWS_MAX_ATTEMPTS": "3"}  # as above: against a store that is gone, fewer waits
+    env = {**store.env, contract.ENV_WORK_ORDER: order.to_json(),
+           contract.ENV_COMPLETION_INDEX: "0"}
     planned = subprocess.run([str(WHISPERFLEET), "plan", "--termination-log",
                               str(tmp_path / "plan.log")], env=env, capture_output=True,
                              text=True, timeout=300)
@@ -262,8 +373,10 @@ def test_a_shard_pod_whose_store_disappears_exits_43_and_its_retry_finishes(
     def pod(log: str) -> list[str]:
         return [str(WHISPERFLEET), "run-shard", "--termination-log", str(tmp_path / log)]
 
-    code, _, _, port = lose_store_midway(store, pod("first.log"), env, out, tmp_path / "1.txt")
-    assert code == config.EXIT_STORAGE, (tmp_path / "1.txt").read_text()  # Job retries it
+    code, _, ended, port = lose_store_midway(store, pod("first.log"), env, out,
+                                             tmp_path / "1.txt")
+    assert code == contract.EXIT_STORAGE, (tmp_path / "1.txt").read_text()  # Job retries it
+    assert ended < LOST_STORE_EXIT_SECONDS, (tmp_path / "1.txt").read_text()
     report = ShardReport.from_json((tmp_path / "first.log").read_text())
     assert report.error_reason == Reason.UNREACHABLE.value and "re-run" in report.error_message
     assert report.total == len(SOURCES) and 0 < report.succeeded < len(SOURCES)
@@ -274,6 +387,6 @@ def test_a_shard_pod_whose_store_disappears_exits_43_and_its_retry_finishes(
                                 capture_output=True, text=True, timeout=540)
     assert second.returncode == 0, second.stderr
     retry = ShardReport.from_json((tmp_path / "second.log").read_text())
-    assert (retry.skipped, retry.succeeded, retry.failed) == (
-        len(done), len(SOURCES) - len(done), 0)
+    # The retry's report is the shard's: the files the first attempt wrote count too.
+    assert (retry.skipped, retry.succeeded, retry.failed) == (0, len(SOURCES), 0), done
     assert store.outputs(out) == store.clean

@@ -17,12 +17,11 @@ from typing import Any
 import pytest
 
 from tests.support.paths import REPO
-from whisperfleet_runner import engine as engines
-from whisperfleet_runner import packing
-from whisperfleet_runner.config import TranscriptionOptions
+from whisperfleet_runner.contract import Transcript, TranscriptionOptions
+from whisperfleet_runner.decode import engine as engines
+from whisperfleet_runner.decode import packing
 from whisperfleet_runner.gpu import devices
 from whisperfleet_runner.local import acceptance
-from whisperfleet_runner.transcript import Transcript
 
 pytestmark = pytest.mark.slow
 MODULE = "whisperfleet_runner.local.acceptance"
@@ -78,7 +77,7 @@ def test_the_order_check_fails_where_whisperfleet_binds_another_gpu_than_cuda_nu
     assert len(results.failed) == 4 and all(n.startswith("order ") for n in results.failed)
 
 
-class CappedOnCpu(engines.Engine):
+class CappedOnCpu(engines.WhisperEngine):
     """The real engine on the CPU, with its batch capped as free memory caps it on a GPU."""
 
     def __init__(self, *args: Any) -> None:
@@ -115,14 +114,14 @@ def test_a_throughput_ratio_under_its_floor_fails_its_check(
         monkeypatch.setattr(packing, "transcribe_packed", per_file_thrice)
         expected = ["throughput packed_vs_per_file"]
     else:  # whisperfleet's per-file engine in auto's type (int8) does its work three times
-        real = engines.Engine.transcribe
+        real = engines.WhisperEngine.transcribe
 
-        def thrice(self: engines.Engine, *args: Any) -> Any:
+        def thrice(self: engines.WhisperEngine, *args: Any) -> Any:
             for _ in range(2 if self.compute_type.startswith("int8") else 0):
                 real(self, *args)  # wasted passes
             return real(self, *args)
 
-        monkeypatch.setattr(engines.Engine, "transcribe", thrice)
+        monkeypatch.setattr(engines.WhisperEngine, "transcribe", thrice)
         expected = ["throughput int8_vs_float32",
                     "throughput whisperfleet_per_file_vs_bare_faster_whisper"]
     results = acceptance.Results()

@@ -15,13 +15,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
+from tests.support.fault_proxy import start_proxy
 from tests.support.paths import WHISPERFLEET
-from whisperfleet_runner import config
-from whisperfleet_runner.config import OutputOptions, ShardReport, WorkOrder
+from whisperfleet_runner import contract
+from whisperfleet_runner.contract import OutputOptions, ShardReport, WorkOrder
 from whisperfleet_runner.gpu import devices
-from whisperfleet_runner.ledger import merge, read_ledger
+from whisperfleet_runner.pipeline.ledger import merge, read_ledger
 from whisperfleet_runner.pod.planner import plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -32,7 +34,7 @@ SOURCES = ["hello.wav", "nested/numbers.wav", "with space é.wav", "nested/deepe
 OOM_HOOK = """
 import os
 if os.environ.get("OOM_ON_GPU"):
-    from whisperfleet_runner import encoder
+    from whisperfleet_runner.decode import encoder
     real = encoder.encode
     def encode(whisper, features):
         # A worker binds itself to its GPU after start-up: decide at call time. The
@@ -72,7 +74,7 @@ def planned(tmp_path: Path, audio_dir: Path, model: Path, files: int) -> WorkOrd
 def pod_env(fake_nvml: Any, devices_: list[dict[str, Any]], order: WorkOrder,
             **extra: str) -> dict[str, str]:
     env = fake_nvml(devices_)
-    env.update({config.ENV_WORK_ORDER: order.to_json(), config.ENV_COMPLETION_INDEX: "0",
+    env.update({contract.ENV_WORK_ORDER: order.to_json(), contract.ENV_COMPLETION_INDEX: "0",
                 "NVIDIA_VISIBLE_DEVICES": ",".join(d["uuid"] for d in devices_),
                 devices.ENV_GPU_ON_CPU: "1", "POD_NAME": "multi-0", **extra})
     return env
@@ -150,10 +152,10 @@ def test_a_gpu_lost_mid_run_fails_only_its_files_and_a_retry_does_them(
         assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
         time.sleep(0.05)  # polling the log for the condition, not waiting a fixed time
     flag.touch()  # GPU 1 falls off the bus after it has done a file
-    assert proc.wait(timeout=300) == config.EXIT_SOME_FAILED, "".join(lines)[-3000:]
+    assert proc.wait(timeout=300) == contract.EXIT_SOME_FAILED, "".join(lines)[-3000:]
     reader.join(timeout=10)
     first = ShardReport.from_json(log.read_text())
-    lost = [f for f in first.failures if f.code == config.Reason.GPU_LOST]
+    lost = [f for f in first.failures if f.code == contract.Reason.GPU_LOST]
     assert lost and len(lost) == first.failed, first.failures  # nothing else failed
     records = merge(read_ledger(order.ledger_uri))
     assert {records[f.uri].gpu for f in lost} == {gpus(2)[1]["uuid"]}
@@ -163,7 +165,46 @@ def test_a_gpu_lost_mid_run_fails_only_its_files_and_a_retry_does_them(
     again, second = run_shard(pod_env(fake_nvml, gpus(2), order, POD_NAME="multi-0-again"),
                               tmp_path / "log2")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (second.succeeded, second.skipped) == (len(lost), files - len(lost))
+    # Its report is the shard's: the files the first attempt did count too, as succeeded.
+    assert (second.succeeded, second.skipped) == (files, 0)
     final = merge(read_ledger(order.ledger_uri))
     assert Counter(r.status for r in final.values()) == {"succeeded": files}
     assert json.loads(log.read_text())["gpus"][1]["failed"] == len(lost)
+
+
+def test_a_store_lost_on_one_gpu_stops_every_gpu_within_a_batch(
+    fake_nvml: Any, tmp_path: Path, audio_dir: Path, tiny_model_path: Path,
+    s3_env: dict[str, str], s3_bucket: str
+) -> None:
+    """One worker finds the store gone (its token expired as it wrote a transcript): the
+    other stops after the batch in its hands, instead of going on until a request of its
+    own meets the same end after its retries."""
+    files = 24
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    for n in range(files):  # all alike: the queue's order is the files' names
+        s3.put_object(Bucket=s3_bucket, Key=f"in/clip{n:02d}.wav",
+                      Body=(audio_dir / "hello.wav").read_bytes())
+    order = WorkOrder(job_uid="uid-lost", input_uri=f"s3://{s3_bucket}/in/", shards=1,
+                      output=OutputOptions(uri=f"s3://{s3_bucket}/out/", formats=("json",)))
+    order.model.name = str(tiny_model_path)
+    order.transcription.pack_short_clips = False
+    order.transcription.batch_size = 1  # a batch is one file
+    assert plan(order).files == files
+    with start_proxy(s3_env["AWS_ENDPOINT_URL"]) as proxy:
+        # The first file's transcript, the first one written: its PUT meets ExpiredToken.
+        proxy.answer_all(400, "ExpiredToken", "The provided token has expired.",
+                         method="PUT", path_contains="/out/clip00.json")
+        env = {**pod_env(fake_nvml, gpus(2), order), "AWS_ENDPOINT_URL": proxy.endpoint}
+        result, report = run_shard(env, tmp_path / "log")
+    assert result.returncode == contract.EXIT_STORAGE, result.stderr[-3000:]
+    assert report.error_reason == contract.Reason.NO_CREDENTIALS.value, report
+    records = merge(read_ledger(order.ledger_uri))
+    first = next(r for r in records.values() if r.key == "clip00.wav")
+    assert first.status == "failed" and first.code == contract.Reason.NO_CREDENTIALS.value
+    # Done by the other GPU once the first knew: at most the batch it was in.
+    after = [r.key for r in records.values()
+             if r.status == "succeeded" and r.device != first.device and r.time > first.time]
+    assert len(after) <= 1, (after, result.stderr[-3000:])
+    assert report.succeeded <= files // 2, report  # the rest is left for the retry
+    print(f"\nstore lost on one GPU: the other finished {len(after)} file(s) after; "
+          f"{report.succeeded} of {files} done in all")

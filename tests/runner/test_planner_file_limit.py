@@ -14,14 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from whisperfleet_runner.config import OutputOptions, WorkOrder
+from whisperfleet_runner.contract import OutputOptions, WorkOrder
 from whisperfleet_runner.pod import planner
 from whisperfleet_runner.pod.manifest import read_manifest
 
 FILES, PER_PARTITION, LIMIT = 1200, 4, 64
 PLAN_UNDER_LIMIT = """
 import resource, sys
-from whisperfleet_runner.config import OutputOptions, WorkOrder
+from whisperfleet_runner.contract import OutputOptions, WorkOrder
 from whisperfleet_runner.pod import partitions, planner
 
 root, limit, open_runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

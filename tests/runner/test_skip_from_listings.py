@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.batch import run_files
-from whisperfleet_runner.config import DEFAULT_FORMATS, OutputOptions, WorkOrder
-from whisperfleet_runner.ledger import LedgerRecord, LedgerWriter
+from whisperfleet_runner.contract import DEFAULT_FORMATS, OutputOptions, WorkOrder
+from whisperfleet_runner.pipeline.ledger import LedgerRecord, LedgerWriter
+from whisperfleet_runner.pipeline.run import run_files
 from whisperfleet_runner.pod.manifest import ManifestEntry, parse_manifest, shard_inputs
 from whisperfleet_runner.pod.planner import assign, plan, read_manifest
 from whisperfleet_runner.storage import InputFile
@@ -121,23 +121,50 @@ def test_the_run_trusts_what_a_listing_decided(tmp_path: Path, audio_dir: Path) 
     assert redone.skipped == 0 and loads == [1]
 
 
+def test_a_resumed_file_whose_outputs_exist_counts_as_succeeded(
+    tmp_path: Path, audio_dir: Path
+) -> None:
+    # Not done when the job was planned, its outputs there now: an earlier attempt of the
+    # job wrote them (and was stopped before its ledger said so). The job did the work.
+    options = order_for(tmp_path).options
+    outputs(tmp_path / "out", "y")
+    uri = str(audio_dir / "hello.wav")
+
+    def engine() -> object:
+        raise AssertionError("nothing to transcribe: the outputs are whole")
+
+    resumed = run_files([InputFile(uri, "y.wav", 64, done=None, resumed=True)], options, engine)
+    assert (resumed.succeeded, resumed.skipped, resumed.failed) == (1, 0, 0)
+    assert resumed.audio_seconds == 0  # not known: the attempt that wrote them said nothing
+
+
 def test_a_first_attempt_trusts_the_manifest_and_a_retry_reads_earlier_ledgers(
     half_done: Path,
 ) -> None:
     order = order_for(half_done, formats=("json",))
     order.shards = 1
     plan(order, workers=1)
-    first = {f.key: f.done for f in shard_inputs(order, 0)}
-    assert first == {"a.wav": True, "b.wav": True, "sub/c.mp3": False, "d.wav": False}
+    first = shard_inputs(order, 0)
+    assert {f.key: (f.done, f.resumed) for f in first} == {
+        "a.wav": (True, False), "b.wav": (True, False), "sub/c.mp3": (False, False),
+        "d.wav": (False, False)}
     # An earlier attempt of this shard wrote c (recorded) and d (after its last flush).
     c_uri, d_uri = (str(half_done / "in" / k) for k in ("sub/c.mp3", "d.wav"))
     with LedgerWriter(order.ledger_uri, 0, "pod-a") as ledger:
-        ledger.add(LedgerRecord(uri=c_uri, key="sub/c.mp3", status="succeeded"))
+        ledger.add(LedgerRecord(uri=c_uri, key="sub/c.mp3", status="succeeded",
+                                audio_seconds=4.5))
         ledger.add(LedgerRecord(uri=d_uri, key="d.wav", status="failed"))
     with LedgerWriter(order.ledger_uri, 1, "pod-b") as other:  # another shard's: ignored
         other.add(LedgerRecord(uri=d_uri, key="d.wav", status="succeeded"))
-    again = {f.key: f.done for f in shard_inputs(order, 0)}
-    assert again == {"a.wav": True, "b.wav": True, "sub/c.mp3": True, "d.wav": None}
+    again = {f.key: f for f in shard_inputs(order, 0)}
+    # a and b were done before the job (skipped); c is the job's, reported as it was
+    # recorded; d may have been written after the last flush: the run asks the store.
+    assert {k: (f.done, f.resumed) for k, f in again.items()} == {
+        "a.wav": (True, False), "b.wav": (True, False), "sub/c.mp3": (True, True),
+        "d.wav": (None, True)}
+    carried = LedgerRecord.from_dict(json.loads(again["sub/c.mp3"].earlier))
+    assert (carried.status, carried.audio_seconds) == ("succeeded", 4.5)
+    assert not again["d.wav"].earlier
 
 
 def test_a_listing_costlier_than_asking_per_file_gives_up(

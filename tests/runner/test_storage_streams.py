@@ -3,13 +3,18 @@ from many writes complete-or-absent, and listings that come in key order."""
 
 from __future__ import annotations
 
+import errno
+import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from tests.support.fault_proxy import start_proxy
 from whisperfleet_runner import storage
+from whisperfleet_runner.storage import fs
 
 LINES = [b'{"key":"a"}\n', b"\n", "{\"key\":\"東京/会議\"}\n".encode(), b"x" * 40 + b"\n",
          b"no newline at the end"]
@@ -72,6 +77,40 @@ def test_an_s3_stream_is_uploaded_in_parts_or_not_at_all(
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert keys == ["state/big.jsonl"]
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+@pytest.mark.slow
+def test_a_failed_abort_leaves_the_error_that_stopped_the_upload(
+    s3_env: dict[str, str], s3_bucket: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spool an upload reads from breaks after its first part, and the store is gone by
+    the time the upload is aborted: the caller must learn that the spool broke."""
+    with start_proxy(s3_env["AWS_ENDPOINT_URL"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # the abort's tries: the store is gone
+
+        class BrokenSpool(io.RawIOBase):
+            """One part's bytes, then a disk error, just as the store vanishes."""
+
+            reads = 0
+
+            def read(self, size: int = -1) -> bytes:
+                self.reads += 1
+                if self.reads == 1:
+                    return b"x" * fs.PART_BYTES
+                proxy.stop()
+                raise OSError(errno.EIO, "Input/output error", "/tmp/whisperfleet-spool")
+
+        filesystem, path = fs.filesystem(f"s3://{s3_bucket}/state/manifest.jsonl")
+        with caplog.at_level(logging.WARNING), pytest.raises(OSError) as info:
+            fs.s3_upload(filesystem, path, BrokenSpool(), 2 * fs.PART_BYTES)
+    assert info.value.errno == errno.EIO, info.value  # not the abort's connection error
+    assert "could not abort the failed upload" in caplog.text
+    assert "cannot reach the storage endpoint" in caplog.text
+    s3 = _s3(s3_env)
+    assert not s3.list_objects_v2(Bucket=s3_bucket).get("Contents")  # nothing visible
+    assert len(s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])) == 1
 
 
 def test_local_listings_come_in_key_order(tmp_path: Path) -> None:

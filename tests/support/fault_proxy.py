@@ -18,7 +18,10 @@ through. `limit` caps some kinds; when a cap binds, arrival order decides which 
 get a fault of that kind.
 
 What it did (faults by kind, forwarded requests by method, how stalls ended):
-GET /__fault_proxy__/counts returns it as JSON.
+GET /__fault_proxy__/counts returns it as JSON. PUT /__fault_proxy__/answer-all with an S3
+error as JSON (status, code, message; optionally only requests of one `method` whose path
+holds `path_contains`) answers every such request after it with that error, as a store
+does once the client's temporary credentials expired; `null` ends that.
 """
 
 from __future__ import annotations
@@ -31,15 +34,19 @@ import select
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
 from tests.support.moto_process import free_port, request_body
 from tests.support.paths import REPO
 from tests.support.proxy_process import CONTROL, ProxyProcess
+
+ANSWER_ALL = "/__fault_proxy__/answer-all"
 
 KINDS = ("slowdown", "internal", "cut", "stall")
 STALL_CAP = 300.0  # seconds: a stalled request whose client never gives up is let go then
@@ -73,6 +80,7 @@ class Injector:
         self.seen: Counter[str] = Counter()
         self.in_a_row: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
+        self.answer_all: dict[str, Any] | None = None  # the error, and which requests
 
     def pick(self, method: str, target: str) -> str | None:
         url = urlsplit(target)
@@ -125,6 +133,19 @@ def _handler(injector: Injector, upstream: tuple[str, int]) -> type[BaseHTTPRequ
                     self._answer(200, "OK", json.dumps(injector.counts).encode(),
                                  "application/json")
                 return
+            if self.path == ANSWER_ALL:
+                with injector.lock:
+                    injector.answer_all = json.loads(self._body() or b"null")
+                self._answer(200, "OK", b"{}", "application/json")
+                return
+            with injector.lock:
+                error = injector.answer_all
+            if error is not None and self.command == error.get("method", self.command) \
+                    and error.get("path_contains", "") in self.path:
+                self._body()
+                injector.count(f"answered {error['code']}")
+                self._s3_error(int(error["status"]), str(error["code"]), str(error["message"]))
+                return
             kind = injector.pick(self.command, self.path)
             if kind == "stall":
                 self._stall()
@@ -157,6 +178,11 @@ def _handler(injector: Injector, upstream: tuple[str, int]) -> type[BaseHTTPRequ
 
         def _error(self, kind: str) -> None:
             status, reason, code, message = _ERRORS[kind]
+            self._s3_error(status, code, message, reason)
+
+        def _s3_error(self, status: int, code: str, message: str,
+                      reason: str | None = None) -> None:
+            reason = reason or http.client.responses.get(status, "Error")
             body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
                     f"<Error><Code>{code}</Code><Message>{message}</Message>"
                     f"<Resource>{escape(urlsplit(self.path).path)}</Resource>"
@@ -241,6 +267,24 @@ class FaultProxy(ProxyProcess):
 
     def base_url(self) -> str:
         return self.endpoint
+
+    def answer_all(self, status: int, code: str, message: str, *, method: str | None = None,
+                   path_contains: str = "") -> None:
+        """Answer every request (of `method`, whose path holds `path_contains`) from now on
+        with this S3 error (see the module's doc)."""
+        error = {"status": status, "code": code, "message": message,
+                 "path_contains": path_contains, **({"method": method} if method else {})}
+        self._control(json.dumps(error))
+
+    def forward_again(self) -> None:
+        """End `answer_all`: requests go to the store again (faults as before)."""
+        self._control("null")
+
+    def _control(self, body: str) -> None:
+        request = urllib.request.Request(self.endpoint + ANSWER_ALL, data=body.encode(),
+                                         method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
 
     def start(self, timeout: float = 30.0) -> FaultProxy:
         self.process = subprocess.Popen(

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.contract import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.gpu import devices, nvml
 
 RATE = 16000
@@ -189,7 +189,7 @@ def check_compute_types(results: Results, dry_run: bool) -> None:
 
 # --- 3. memory ------------------------------------------------------------------------------
 def check_memory(results: Results, dry_run: bool) -> None:
-    from whisperfleet_runner import engine as engines
+    from whisperfleet_runner.decode import engine as engines
 
     gpu = None if dry_run else next(g for g in nvml.list_gpus() if not g.is_mig)
     placement = devices.place_model(gpu, "auto", os.environ)
@@ -199,7 +199,7 @@ def check_memory(results: Results, dry_run: bool) -> None:
     else:
         # Engines of their own, not the process-wide one: what they learn about the batch
         # must not slow the throughput checks.
-        capped = engines.Engine(MODEL, placement.device, placement.device_index,
+        capped = engines.WhisperEngine(MODEL, placement.device, placement.device_index,
                                 placement.compute_type, placement.cpu_threads,
                                 placement.free_memory_mib)
         cap = capped.batch_cap or 0
@@ -208,7 +208,7 @@ def check_memory(results: Results, dry_run: bool) -> None:
                       f"{gpu.memory_free_mib} MiB free -> starting batch {cap}; {detail}")
     # ~30 MB of encoder attention per window in float16: ask for twice what fits, with the
     # free-memory cap off (no free memory given), so that CUDA itself runs out.
-    uncapped = engines.Engine(MODEL, placement.device, placement.device_index,
+    uncapped = engines.WhisperEngine(MODEL, placement.device, placement.device_index,
                               placement.compute_type, placement.cpu_threads, None)
     count = 4 if gpu is None else max(64, 2 * gpu.memory_free_mib // 30)
     restore = _simulate_one_oom() if dry_run else None
@@ -239,7 +239,7 @@ def _run_windows(engine: Any, clip: np.ndarray, count: int) -> tuple[bool, str]:
 def _simulate_one_oom() -> Callable[[], None]:
     """Dry run only, in place of a GPU running out: the first packed decode raises CUDA's
     out-of-memory error. Returns what undoes it."""
-    from whisperfleet_runner.packed_decode import PackedDecoder
+    from whisperfleet_runner.decode.packed_decode import PackedDecoder
 
     real = PackedDecoder.decode
     state = {"raised": False}
@@ -259,7 +259,7 @@ def speech_clips(folder: str, count: int) -> list[np.ndarray]:
     """`count` clips of 2-4 s cut from the speech in `folder` (repeated as needed)."""
     from pathlib import Path
 
-    from whisperfleet_runner import audio
+    from whisperfleet_runner.media import audio
 
     pieces = []
     for path in sorted(Path(folder).glob("*.wav")):
@@ -276,8 +276,8 @@ def check_throughput(results: Results, model_path: str, folder: str, dry_run: bo
     """The throughput ratios on `count` clips (0: 6 in a dry run, else 60)."""
     from faster_whisper import WhisperModel
 
-    from whisperfleet_runner import engine as engines
-    from whisperfleet_runner import packing
+    from whisperfleet_runner.decode import engine as engines
+    from whisperfleet_runner.decode import packing
 
     device, name = ("cpu", "CPU") if dry_run else ("cuda", nvml.list_gpus()[0].name)
     clips = speech_clips(folder, count or (6 if dry_run else 60))
@@ -355,7 +355,7 @@ def main() -> None:
     if args.probe_order:
         print(json.dumps(probe_order(args.probe_order, args.dry_run_cpu)))
         return
-    from whisperfleet_runner.models import resolve_model
+    from whisperfleet_runner.decode.models import resolve_model
 
     results = Results()
     if not args.dry_run_cpu:

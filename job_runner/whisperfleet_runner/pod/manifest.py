@@ -14,8 +14,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.config import WorkOrder
-from whisperfleet_runner.ledger import SUCCEEDED, ledger_object_uri, parse_records
+from whisperfleet_runner.contract import WorkOrder
+from whisperfleet_runner.pipeline.ledger import (
+    SUCCEEDED,
+    ledger_object_uri,
+    merge,
+    parse_records,
+)
 
 log = logging.getLogger(__name__)
 _string = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept as is
@@ -85,13 +90,15 @@ def shard_inputs(order: WorkOrder, index: int) -> list[storage.InputFile]:
     """Shard `index`'s files from the streamed manifest, each with what is known of its
     outputs, so that a re-run decides its skips without a request per file.
 
-    The planner's listing says which files were done when it ran, and nothing else writes
-    a shard's outputs but the shard itself, and every attempt publishes its (empty) ledger
-    object before its first output. So an attempt that finds no earlier ledger object is
-    the first and trusts the plan completely. A later attempt (a retried index, an evicted
-    or killed pod's replacement) reads the earlier attempts' ledgers: files they recorded
-    succeeded are done; for the rest, which an attempt may have written after its last
-    ledger flush, the run asks the store (HEAD) as it comes to them. Raises StorageError
+    The planner's listing says which files were done when it ran: those are skipped (done
+    before the job). Nothing else writes a shard's outputs but the shard itself, and every
+    attempt publishes its (empty) ledger object before its first output. So an attempt that
+    finds no earlier ledger object is the first and trusts the plan completely. A later
+    attempt (a retried index, an evicted or killed pod's replacement) reads the earlier
+    attempts' ledgers: a file they recorded succeeded carries that record (the job did it,
+    and this attempt's report, the one the operator counts, says so once); the rest are
+    resumed: outputs an attempt wrote after its last ledger flush are found by asking the
+    store (HEAD) as the run comes to them, and count as succeeded too. Raises StorageError
     (manifest unreadable) or ValueError (manifest malformed).
     """
     files = [e.to_input() for e in parse_lines(storage.iter_lines(order.manifest_uri), index)]
@@ -101,14 +108,21 @@ def shard_inputs(order: WorkOrder, index: int) -> list[storage.InputFile]:
         mine = ledger_object_uri(order.ledger_uri, index, "").removesuffix(".jsonl")
         earlier = [u for u in storage.list_uris(order.ledger_uri, ".jsonl")
                    if u.startswith(mine)]
-        written = {r.uri for uri in earlier for r in parse_records(storage.read_text(uri), uri)
-                   if r.status == SUCCEEDED}
+        written = merge(r for uri in earlier for r in parse_records(storage.read_text(uri), uri)
+                        if r.status == SUCCEEDED)
     except storage.StorageError as exc:  # cannot tell: ask the store file by file
         log.warning("cannot read the earlier attempts' ledgers of shard %d: %s", index, exc)
-        earlier, written = ["?"], set()
+        earlier, written = ["?"], {}
     if not earlier:
         return files
     log.info("shard %d: %d earlier attempt(s) recorded %d files written", index,
              len(earlier), len(written))
-    return [f if f.done else dataclasses.replace(f, done=True if f.uri in written else None)
-            for f in files]
+
+    def resumed(file: storage.InputFile) -> storage.InputFile:
+        if file.done:
+            return file  # done before the job: a skip
+        record = written.get(file.uri)
+        return dataclasses.replace(file, done=True if record else None, resumed=True,
+                                   earlier=record.to_json() if record else "")
+
+    return [resumed(f) for f in files]

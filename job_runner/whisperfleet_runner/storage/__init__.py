@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from whisperfleet_runner.config import STATE_DIR, Reason
+from whisperfleet_runner.contract import STATE_DIR, Reason
 from whisperfleet_runner.storage.done import common_start, iter_outputs, mark_done
 from whisperfleet_runner.storage.errors import StorageError, store_lost, wrap_error
 from whisperfleet_runner.storage.fs import filesystem as _filesystem
@@ -26,6 +26,7 @@ from whisperfleet_runner.storage.fs import is_s3, s3_upload
 from whisperfleet_runner.storage.keys import UnsafeKeyError, local_path, output_uris
 from whisperfleet_runner.storage.listing import InputFile, iter_inputs, list_inputs, list_uris
 from whisperfleet_runner.storage.ranged import open_input
+from whisperfleet_runner.storage.temporaries import temporary_path
 
 __all__ = [
     "InputFile",
@@ -140,8 +141,8 @@ def outputs_exist(uris: Iterable[str]) -> bool:
 
 
 # --- writing ----------------------------------------------------------------------------
-def publish(uri: str, data: bytes | str) -> None:
-    """Write one object complete-or-absent.
+def publish(uri: str, data: bytes | str, *, once: bool = False) -> None:
+    """Write one object complete-or-absent. `once`: one attempt on S3 (a store judged lost).
 
     Local: a hidden temporary file in the same folder, fsync, then `os.replace` (atomic on
     POSIX), then fsync of the folder so the rename survives a power cut. Object stores: a
@@ -153,7 +154,7 @@ def publish(uri: str, data: bytes | str) -> None:
         if _is_local(uri):
             _publish_local(local_path(uri), payload)
         else:
-            fs, path = _filesystem(uri)
+            fs, path = _filesystem(uri, once=once)
             fs.pipe_file(path, payload)
     except StorageError:
         raise
@@ -171,9 +172,9 @@ def _publish_local(path: str, payload: bytes) -> None:
 def _local_atomic(path: str) -> Iterator[BinaryIO]:
     """A hidden temporary file in the target's folder; on a clean exit fsync, `os.replace`
     (atomic on POSIX) and fsync of the folder so the rename survives a power cut."""
-    folder, name = os.path.split(os.path.abspath(path))
+    folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.tmp-{secrets.token_hex(6)}")
+    tmp = temporary_path(os.path.abspath(path))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as fh:
@@ -183,7 +184,8 @@ def _local_atomic(path: str) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     except BaseException:
         # Exceptions (and Ctrl-C) clean up; a hard kill leaves only a hidden .tmp- file,
-        # which neither outputs_exist nor listings accept.
+        # which neither outputs_exist nor listings accept, and the next run that lists the
+        # output removes (storage.temporaries).
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise

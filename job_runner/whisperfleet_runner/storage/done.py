@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
-from whisperfleet_runner.config import STATE_DIR, Reason
+from whisperfleet_runner.contract import STATE_DIR, Reason
 from whisperfleet_runner.storage.errors import StorageError
 from whisperfleet_runner.storage.fs import filesystem, is_local
 from whisperfleet_runner.storage.keys import (
@@ -25,6 +25,7 @@ from whisperfleet_runner.storage.keys import (
     output_stem,
 )
 from whisperfleet_runner.storage.listing import InputFile, remote_objects
+from whisperfleet_runner.storage.temporaries import remove_stale
 
 log = logging.getLogger(__name__)
 LIST_PAGE = 1000  # keys an S3 listing returns a request
@@ -53,7 +54,11 @@ def _output_of(key: str, index: dict[str, int]) -> tuple[str, int] | None:
 
 def _output_keys(output_uri: str, start: str) -> Iterator[str]:
     """Relative keys under the output that begin with `start` (local state folders are not
-    walked; elsewhere their keys come too, for the caller to leave out)."""
+    walked; elsewhere their keys come too, for the caller to leave out).
+
+    In a local folder the walk also removes the temporary files a killed run left there
+    (storage.temporaries): this listing is the run's one look at its output, before it
+    writes there."""
     if is_local(output_uri):
         root = local_path(output_uri).rstrip("/") or "/"
         head, _, name = start.rpartition("/")
@@ -63,9 +68,10 @@ def _output_keys(output_uri: str, start: str) -> Iterator[str]:
             rel = "" if rel == "." else rel + "/"
             if folder == top:  # only the entries that can begin with `start`
                 dirs[:] = [d for d in dirs if d.startswith(name)]
-                names = [n for n in names if n.startswith(name)]
+                names = [n for n in names if n.startswith(name) or n.startswith("." + name)]
             dirs[:] = [d for d in dirs if d != STATE_DIR]
-            yield from (rel + n for n in names)
+            gone = set(remove_stale(folder, names))
+            yield from (rel + n for n in names if n not in gone)
         return
     fs, root = filesystem(output_uri)
     try:

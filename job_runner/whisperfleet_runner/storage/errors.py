@@ -11,11 +11,11 @@ import os
 import re
 from collections.abc import Iterator
 
-from whisperfleet_runner.config import Reason
+from whisperfleet_runner.contract import Reason
 
 
 class StorageError(Exception):
-    """Storage unusable for a URI. `reason` is one of config.Reason's storage reasons; the
+    """Storage unusable for a URI. `reason` is one of contract.Reason's storage reasons; the
     message names the URI and what to do, and never holds credentials."""
 
     def __init__(self, reason: Reason, message: str) -> None:
@@ -24,10 +24,11 @@ class StorageError(Exception):
 
 
 # Storage failures no other object of the store would escape (its endpoint cannot be reached
-# even after the client's retries, credentials are gone, the bucket was deleted): a run stops
-# at the first one instead of failing each remaining file after retries of its own, and
-# exits with the storage code so that it is run again once the store is back. Not
-# AccessDenied (policies can deny single keys) nor StorageError (one object can be broken).
+# even after the client's retries, credentials are gone or expired, the bucket was deleted):
+# a run stops at the first one instead of failing each remaining file after retries of its
+# own, and exits with the storage code so that it is run again once the store is back (or
+# with fresh credentials). Not AccessDenied (policies can deny single keys), InvalidCredentials
+# (a wrong key: running again cannot help) nor StorageError (one object can be broken).
 STORE_LOST = frozenset({Reason.UNREACHABLE, Reason.NO_CREDENTIALS, Reason.BUCKET_NOT_FOUND})
 
 
@@ -42,9 +43,20 @@ _SECRET_ENV = (
     "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET",
 )
 _BAD_CREDENTIALS = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "InvalidClientTokenId", "AuthorizationHeaderMalformed", "TokenRefreshRequired",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
 }
+# Temporary credentials that ran out mid-run (a session or role token): the credentials were
+# right, so a run started again with fresh ones finishes. S3 answers ExpiredToken ("The
+# provided token has expired") and TokenRefreshRequired; STS and other services
+# ExpiredTokenException, EC2-style endpoints RequestExpired (the AWS SDKs' list of codes that
+# mean "refresh the credentials").
+_EXPIRED_CREDENTIALS = {"ExpiredToken", "TokenRefreshRequired", "ExpiredTokenException",
+                        "RequestExpired"}
+# botocore's own errors when a token (SSO, login session, role with MFA) cannot be had anew.
+_REFRESH_FAILED = {"TokenRetrievalError", "NoAuthTokenError", "RefreshWithMFAUnsupportedError",
+                   "SSOTokenLoadError", "UnauthorizedSSOTokenError", "LoginRefreshRequired",
+                   "LoginTokenLoadError"}
 _DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden"}
 # Throttling and server errors (a HEAD's carry only the status): retried by the client.
 _SERVER_TROUBLE = {"SlowDown", "InternalError", "ServiceUnavailable", "500", "502", "503",
@@ -94,6 +106,13 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
     if code in _BAD_CREDENTIALS:
         return StorageError(Reason.INVALID_CREDENTIALS, f"{uri}: credentials rejected ({code}); "
                             + _CREDENTIAL_HINT)
+    if code in _EXPIRED_CREDENTIALS:
+        return StorageError(Reason.NO_CREDENTIALS,
+                            f"{uri}: the credentials expired ({code}); run again with fresh "
+                            "ones (a retried pod takes them anew from its secret or role)")
+    if names & _REFRESH_FAILED:
+        return StorageError(Reason.NO_CREDENTIALS,
+                            f"{uri}: the credentials could not be refreshed; " + _CREDENTIAL_HINT)
     if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
         return StorageError(Reason.NO_CREDENTIALS, f"{uri}: no usable credentials found; "
                             + _CREDENTIAL_HINT)

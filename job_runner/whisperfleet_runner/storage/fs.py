@@ -5,12 +5,15 @@ s3fs (via botocore) honours the standard AWS environment itself, including
 `AWS_REGION` is passed on explicitly. Anonymous access is never used implicitly.
 
 Retries are the storage client's own, never a loop of ours: botocore retries each S3
-request (`s3_client_config`), and s3fs repeats a whole call once more (`S3FS_TRIES`).
+request (`s3_client_config`), and s3fs repeats a whole call once more (`S3FS_TRIES`); a
+request that cannot connect at all gives up sooner (`patience`). A store the run judged
+lost is asked once per request (`filesystem(…, once=True)`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -18,14 +21,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
-from whisperfleet_runner.config import Reason
+from whisperfleet_runner.contract import Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.keys import protocol
+from whisperfleet_runner.storage.patience import CONNECT_PATIENCE, s3_session
 
+log = logging.getLogger(__name__)
 LOCAL = ("file", "local")
 PART_BYTES = 5 << 20  # S3's smallest multipart part: uploads hold one part at a time
 _S3 = ("s3", "s3a")
-_fs_cache: dict[str, Any] = {}
+_fs_cache: dict[tuple[str, bool], Any] = {}  # (digest of the environment, once) -> fs
 _fs_lock = threading.Lock()
 _ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "FSSPEC_")
 
@@ -42,9 +47,8 @@ _ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "FSSPEC_")
 RETRY_MODE = "standard"
 MAX_ATTEMPTS = 8  # in all, the first try included (what AWS_MAX_ATTEMPTS counts too)
 RETRY_MODES = ("legacy", "standard", "adaptive")  # what botocore accepts
-# Connecting takes milliseconds on a healthy network; 10 s rides out lost SYNs (resent after
-# 1 s and 3 s). S3 and MinIO send their first byte within a second or so; a connection
-# silent for 20 s is stalled and is retried (botocore's own default waits 60 s).
+# A connection silent for these long is stalled and is retried (benchmarks/README.md,
+# "Measurements behind design choices").
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 20
 # s3fs repeats a whole call after botocore gave up on a timeout, a throttle or a body that
@@ -61,8 +65,10 @@ def is_s3(uri: str) -> bool:
     return protocol(uri) in _S3
 
 
-def filesystem(uri: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path) for a remote URI.
+def filesystem(uri: str, *, once: bool = False) -> tuple[Any, str]:
+    """(fsspec filesystem, path) for a remote URI. `once`: on S3, a client that makes one
+    attempt per request, for what is left to do on a store the run judged lost (removing
+    its lock, a last ledger flush) and must not hold its exit up.
 
     fsspec caches instances by constructor arguments only, so an instance made before the
     credentials in the environment changed would keep using the old ones. We key our own
@@ -79,34 +85,43 @@ def filesystem(uri: str) -> tuple[Any, str]:
                            "give them in the environment (the storage secret)")
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
     digest = hashlib.sha256(repr((scheme, os.getpid(), env)).encode()).hexdigest()
+    once = once and scheme in _S3
     options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
     try:
         with _fs_lock:
-            fs = _fs_cache.get(digest)
+            fs = _fs_cache.get((digest, once))
             if fs is None:
                 if scheme in _S3:
-                    options["config_kwargs"] = s3_client_config()
+                    config = s3_client_config(once=once)
+                    ours = "total_max_attempts" in config["retries"] and not once
+                    options["config_kwargs"] = config
+                    options["session"] = s3_session(CONNECT_PATIENCE if ours else None)
                     region = os.environ.get("AWS_REGION")
                     if region and not os.environ.get("AWS_DEFAULT_REGION"):
                         options["client_kwargs"] = {"region_name": region}
                 fs, _ = url_to_fs(uri, **options)
                 if scheme in _S3:
-                    fs.retries = S3FS_TRIES
-                _fs_cache.clear()  # environment changed: drop instances with old credentials
-                _fs_cache[digest] = fs
+                    fs.retries = 1 if once else S3FS_TRIES
+                # The environment changed: drop instances with old credentials.
+                for key in [k for k in _fs_cache if k[0] != digest]:
+                    del _fs_cache[key]
+                _fs_cache[(digest, once)] = fs
         return fs, fs._strip_protocol(uri)
     except Exception as exc:
         raise wrap_error(uri, exc) from exc
 
 
-def s3_client_config() -> dict[str, Any]:
+def s3_client_config(*, once: bool = False) -> dict[str, Any]:
     """botocore Config arguments for S3 clients: our retry mode and attempts where the user
-    set none, and the timeouts.
+    set none (`once`: one attempt, whatever was set), and the timeouts.
 
     botocore lets an explicit client Config beat the environment and the config profile, so
     a setting of ours is left out wherever the user made one; botocore then reads it the
     way it always does (environment first, then the profile).
     """
+    timeouts = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT}
+    if once:
+        return {"retries": {"mode": RETRY_MODE, "total_max_attempts": 1}, **timeouts}
     import botocore.session
     from botocore.configprovider import ConfigChainFactory
     from botocore.exceptions import BotoCoreError
@@ -137,8 +152,7 @@ def s3_client_config() -> dict[str, Any]:
         raise StorageError(Reason.STORAGE_ERROR,
                            f"max attempts {attempts!r} (AWS_MAX_ATTEMPTS, or max_attempts in "
                            "the AWS config profile) is not a whole number of 1 or more")
-    return {"retries": retries, "connect_timeout": CONNECT_TIMEOUT,
-            "read_timeout": READ_TIMEOUT}
+    return {"retries": retries, **timeouts}
 
 
 def s3_pages(fs: Any, bucket: str, prefix: str) -> Iterator[list[dict[str, Any]]]:
@@ -186,5 +200,18 @@ def s3_upload(fs: Any, path: str, source: IO[bytes], size: int) -> None:
         fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload,
                    MultipartUpload={"Parts": parts})
     except BaseException:
+        _abort(fs, bucket, key, upload)
+        raise  # what made the upload fail, whatever became of the abort
+
+
+def _abort(fs: Any, bucket: str, key: str, upload: str) -> None:
+    """Abort a failed multipart upload, so its parts stop costing storage. A failed abort is
+    logged, never raised: the caller must see why the upload failed (most often the abort
+    fails for the same reason), and parts left behind are only cost, never a visible
+    object (a bucket lifecycle rule for incomplete uploads removes them)."""
+    try:
         fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload)
-        raise
+    except Exception as exc:
+        log.warning("could not abort the failed upload of s3://%s/%s (its parts stay until a "
+                    "lifecycle rule removes them): %s", bucket, key,
+                    wrap_error(f"s3://{bucket}/{key}", exc))

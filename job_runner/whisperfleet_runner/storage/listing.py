@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from whisperfleet_runner.config import DEFAULT_INCLUDE, STATE_DIR, Reason
+from whisperfleet_runner.contract import DEFAULT_INCLUDE, STATE_DIR, Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.fs import filesystem, is_local, is_s3, s3_pages
 from whisperfleet_runner.storage.keys import in_state_dir, is_temporary, local_path, matcher
@@ -27,6 +27,13 @@ class InputFile:
     # Every output exists (True) or not (False), as a listing of the output saw it; None:
     # unknown, so the run asks the store (one HEAD per output) before working on the file.
     done: bool | None = None
+    # A retried or replaced attempt of a job's shard resumes this file: it was not done when
+    # the job was planned, so outputs found now were written by an earlier attempt of the
+    # same job, and the file counts as succeeded (the job's work), not as skipped.
+    resumed: bool = False
+    # The ledger record (JSON) of the earlier attempt that wrote its outputs, when that
+    # attempt recorded it: the run reports it as it was, without touching the file again.
+    earlier: str = ""
 
 
 def iter_inputs(uri: str, include: Sequence[str] = DEFAULT_INCLUDE) -> Iterator[InputFile]:

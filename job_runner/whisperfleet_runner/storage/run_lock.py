@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from whisperfleet_runner.config import STATE_DIR, Reason
+from whisperfleet_runner.contract import STATE_DIR, Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.fs import filesystem, is_local, is_s3
 from whisperfleet_runner.storage.keys import local_path
@@ -83,28 +83,42 @@ def lock_uri(output: str) -> str:
     return f"{output.rstrip('/')}/{STATE_DIR}/{LOCK_NAME}"
 
 
+def _never() -> bool:
+    return False
+
+
 @contextlib.contextmanager
-def run_lock(output: str, on_lost: Callable[[str], None]) -> Iterator[Holder]:
+def run_lock(output: str, on_lost: Callable[[str], None],
+             store_lost: Callable[[], bool] = _never) -> Iterator[Holder]:
     """Hold the output's lock for the block; raise OutputBusy when another live run holds
     it. `on_lost` is called (from the heartbeat thread, with a message) if the lock is
     taken from this run; the run should then stop taking files. StorageError when the
-    store cannot be used."""
+    store cannot be used.
+
+    `store_lost` says whether the run has judged the store gone (storage.STORE_LOST): from
+    then on no heartbeat is sent, one in flight is not waited for, and the release makes
+    one attempt. The run is ending, and each would otherwise wait through the storage
+    client's retries (tens of seconds) for a store that does not answer; a lock left
+    behind only delays the next run (see `Holder.gone`)."""
     store = _store(lock_uri(output))
     try:
         holder = _acquire(store)
     except OSError as exc:  # a folder that cannot hold the lock (not a folder, read-only…)
         raise wrap_error(store.uri, exc) from exc
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, holder, stop, on_lost),
+    beat = threading.Thread(target=_heartbeat,
+                            args=(store, holder, stop, on_lost, store_lost),
                             name="whisperfleet-run-lock", daemon=True)
     beat.start()
     try:
         yield holder
     finally:
         stop.set()
-        beat.join()
+        lost = store_lost()
+        if not lost:
+            beat.join()
         try:
-            store.release(holder.run)
+            store.release(holder.run, once=lost)
         except (Exception, KeyboardInterrupt) as exc:  # a lock left behind only delays the
             log.warning("could not remove the run lock %s: %s", store.uri, exc)  # next run
 
@@ -136,8 +150,10 @@ def _acquire(store: _Store) -> Holder:
 
 
 def _heartbeat(store: _Store, me: Holder, stop: threading.Event,
-               on_lost: Callable[[str], None]) -> None:
+               on_lost: Callable[[str], None], store_lost: Callable[[], bool]) -> None:
     while not stop.wait(HEARTBEAT_SECONDS):
+        if store_lost():
+            return  # the run is ending: its lock goes stale, or is released, soon
         try:
             found = store.read()
             if found is None or found[1].run != me.run:
@@ -185,7 +201,9 @@ class _Store:
     def create(self, data: bytes) -> bool:
         raise NotImplementedError
 
-    def read(self) -> tuple[Any, Holder] | None:
+    def read(self, *, once: bool = False) -> tuple[Any, Holder] | None:
+        """The lock's version and holder, None when there is none. `once`: one attempt
+        (a store judged lost); stores without retries of their own ignore it."""
         raise NotImplementedError
 
     def replace(self, data: bytes, version: Any) -> bool:
@@ -195,12 +213,12 @@ class _Store:
         """Mark the lock (seen at `version`) alive now; False when it changed meanwhile."""
         return self.replace(_encode(dataclasses.replace(me, heartbeat=time.time())), version)
 
-    def release(self, run: str) -> None:
-        found = self.read()
+    def release(self, run: str, *, once: bool = False) -> None:
+        found = self.read(once=once)
         if found is not None and found[1].run == run:
-            self._delete()
+            self._delete(once=once)
 
-    def _delete(self) -> None:
+    def _delete(self, *, once: bool = False) -> None:
         raise NotImplementedError
 
 
@@ -233,7 +251,7 @@ class _Folder(_Store):
                 os.unlink(draft)
         return True
 
-    def read(self) -> tuple[Any, Holder] | None:
+    def read(self, *, once: bool = False) -> tuple[Any, Holder] | None:
         try:
             with open(self.path, "rb") as fh:
                 stat = os.fstat(fh.fileno())
@@ -269,7 +287,7 @@ class _Folder(_Store):
             os.unlink(self.path)
             return self.create(data)
 
-    def _delete(self) -> None:
+    def _delete(self, *, once: bool = False) -> None:
         # (not the takeover turn file: a contender may hold its flock right now)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
@@ -297,18 +315,23 @@ class _S3(_Store):
                 return False
             raise
 
-    def read(self) -> tuple[Any, Holder] | None:
+    def _fs(self, once: bool) -> Any:
+        return filesystem(self.uri, once=True)[0] if once else self.fs
+
+    def read(self, *, once: bool = False) -> tuple[Any, Holder] | None:
         from fsspec.asyn import sync
 
+        fs = self._fs(once)
+
         async def get() -> tuple[str, bytes]:  # the body and its ETag from one response
-            got = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key)
+            got = await fs._call_s3("get_object", Bucket=self.bucket, Key=self.key)
             try:
                 return got["ETag"], await got["Body"].read()
             finally:
                 got["Body"].close()
 
         try:
-            etag, data = sync(self.fs.loop, get)
+            etag, data = sync(fs.loop, get)
         except FileNotFoundError:
             return None
         except Exception as exc:
@@ -325,8 +348,8 @@ class _S3(_Store):
                 return False
             raise wrap_error(self.uri, exc) from exc
 
-    def _delete(self) -> None:
-        self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
+    def _delete(self, *, once: bool = False) -> None:
+        self._fs(once).call_s3("delete_object", Bucket=self.bucket, Key=self.key)
 
 
 class _Advisory(_Store):
@@ -342,7 +365,7 @@ class _Advisory(_Store):
         self.fs.pipe_file(self.path, data)
         return True
 
-    def read(self) -> tuple[Any, Holder] | None:
+    def read(self, *, once: bool = False) -> tuple[Any, Holder] | None:
         try:
             return None, _decode(self.fs.cat_file(self.path)) or _LONG_GONE
         except FileNotFoundError:
@@ -352,7 +375,7 @@ class _Advisory(_Store):
         self.fs.pipe_file(self.path, data)
         return True
 
-    def _delete(self) -> None:
+    def _delete(self, *, once: bool = False) -> None:
         self.fs.rm_file(self.path)
 
 
