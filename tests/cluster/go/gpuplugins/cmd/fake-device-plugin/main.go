@@ -91,6 +91,18 @@ func (s *server) PreStartContainer(context.Context, *pluginapi.PreStartContainer
 func serve(node *fakegpu.Node, resource, pluginDir string, stop <-chan struct{}) (*grpc.Server, error) {
 	socket := "whisperfleet-" + strings.NewReplacer("/", "-", ".", "-").Replace(resource) + ".sock"
 	path := filepath.Join(pluginDir, socket)
+	kubelet := filepath.Join(pluginDir, filepath.Base(pluginapi.KubeletSocket))
+	// The kubelet empties this folder when its device manager starts: listen only after
+	// its own socket is there, as NVIDIA's plugin does.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if _, err := os.Stat(kubelet); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the kubelet's socket %s: %w", kubelet, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	_ = os.Remove(path)
 	listener, err := net.Listen("unix", path)
 	if err != nil {
@@ -103,9 +115,7 @@ func serve(node *fakegpu.Node, resource, pluginDir string, stop <-chan struct{})
 			klog.ErrorS(err, "device plugin server stopped", "resource", resource)
 		}
 	}()
-	kubelet := filepath.Join(pluginDir, filepath.Base(pluginapi.KubeletSocket))
 	// The kubelet may still be starting: retry for a while, as a DaemonSet pod would restart.
-	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		err = register(kubelet, socket, resource)
 		if err == nil || time.Now().After(deadline) {
