@@ -279,6 +279,31 @@ def test_notes_tell_the_user_how_to_apply_and_watch_a_job(helm: Any, tmp_path: P
     assert "rollout status deployment/wf-whisperfleet" in notes and NAMESPACE in notes
 
 
+@pytest.mark.parametrize(("scenario", "operator_image", "runner_image"), [
+    ("defaults", "ghcr.io/whisperfleet/whisperfleet-operator:0.1.0",
+     "ghcr.io/whisperfleet/whisperfleet-runner:0.1.0"),
+    ("custom-images", "registry.example.com/ml/wf-operator:1.2.3",
+     "registry.example.com/ml/wf-runner@sha256:" + "ab" * 32),
+])
+def test_notes_name_the_images_and_say_what_an_image_pull_back_off_means(
+        helm: Any, tmp_path: Path, scenario: str, operator_image: str, runner_image: str) -> None:
+    out = helm("install", "wf", str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+               "-f", values_file(tmp_path, SCENARIOS[scenario])).stdout
+    notes = out.split("NOTES:", 1)[1]
+    assert "no one publishes" in notes
+    assert f"operator: {operator_image}\n" in notes and f"runner:   {runner_image}\n" in notes
+    # Build and push under a tag (a digest is what the registry gives back, not a build tag).
+    runner_tag = runner_image.replace("@sha256:" + "ab" * 32, ":1.2.3-cuda12")
+    assert f"docker build -f operator/Dockerfile   -t {operator_image} ." in notes
+    assert f"docker build -f job_runner/Dockerfile -t {runner_tag} ." in notes
+    assert f"docker push {runner_tag}" in notes
+    assert "ImagePullBackOff" in notes and "imagePullSecrets" in notes
+    secrets = {"defaults": ("[]", "[]"), "custom-images": ("[regcred]", "[regcred, mirror]")}
+    operator_secrets, runner_secrets = secrets[scenario]
+    assert f"imagePullSecrets:        {operator_secrets}  (the operator's, in {NAMESPACE})" in notes
+    assert f"runner.imagePullSecrets: {runner_secrets}  (in each namespace" in notes
+
+
 BAD_VALUES = {
     "pull policy typo": ({"image": {"repository": "r/op", "tag": "1", "pullPolicy": "Sometimes"}},
                          "/image/pullPolicy"),

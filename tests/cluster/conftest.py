@@ -1,6 +1,7 @@
-"""Registers the local-cluster fixtures for tests in this folder."""
+"""Registers the local-cluster and image fixtures for tests in this folder."""
 
 from tests.cluster.fixtures import (
+    built_images,
     cluster,
     job_namespace,
     namespace,
@@ -8,4 +9,4 @@ from tests.cluster.fixtures import (
     release,
 )
 
-__all__ = ["cluster", "job_namespace", "namespace", "operator", "release"]
+__all__ = ["built_images", "cluster", "job_namespace", "namespace", "operator", "release"]

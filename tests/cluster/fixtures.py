@@ -6,9 +6,10 @@ WHISPERFLEET_REQUIRE_CLUSTER=1 (CI sets it), which makes a missing Go, a failed 
 cluster that does not come up an error. WHISPERFLEET_KEEP_CLUSTER_STATE=1 keeps the state
 dir (logs, pod folders) after the session for debugging.
 
-Tests that need the binaries run last, and the binaries are built just before the first of
-them, outside its timeout (hooks in tests/conftest.py call `run_binary_tests_last` and
-`build_before`).
+Tests that need the binaries or the images run last, and those are built just before the
+first test that needs them, outside its timeout (hooks in tests/conftest.py call
+`run_binary_tests_last` and `build_before`). The images (tests/cluster/images.py) need root,
+mmdebstrap and buildah; without them the `built_images` tests fail, saying so.
 
 Registered by tests/cluster/conftest.py.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import build
+from tests.cluster import build, images
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.manifests import POD_SECURITY_LABELS
 from tests.cluster.transcription_jobs import storage_secret
@@ -48,22 +49,34 @@ def _can_build() -> bool:
 
 
 BINARY_FIXTURES = ("cluster", "helm_bin")
+IMAGE_FIXTURES = ("built_images",)
+_prebuilt_images: dict[str, dict[str, images.BuiltImage] | BaseException] = {}
 
 
 def needs_binaries(item: pytest.Item) -> bool:
     return any(name in getattr(item, "fixturenames", ()) for name in BINARY_FIXTURES)
 
 
+def needs_images(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in IMAGE_FIXTURES)
+
+
 def run_binary_tests_last(items: list[pytest.Item]) -> None:
-    """Tests that need the built binaries go last (a stable sort), so a cold build (CI starts
-    it beside `pip install`) overlaps every other test instead of holding them up."""
-    items.sort(key=needs_binaries)
+    """Tests that need the built binaries or images go last (a stable sort), so a cold build
+    (CI starts both beside `pip install`) overlaps every other test instead of holding them
+    up."""
+    items.sort(key=lambda item: needs_binaries(item) or needs_images(item))
 
 
 def build_before(item: pytest.Item) -> None:
     """Before the first test that needs them, and outside its timeout: find or build the
-    binaries (waiting for a build already under way). A failure is reported by the fixture,
-    as that test's error."""
+    binaries and the images (waiting for a build already under way). A failure is reported
+    by the fixture, as that test's error."""
+    if needs_images(item) and not _prebuilt_images:
+        try:
+            _prebuilt_images["images"] = images.build_images()
+        except Exception as error:
+            _prebuilt_images["error"] = error
     if _prebuilt or not needs_binaries(item) or not (_can_build() or _cluster_required()):
         return
     try:
@@ -78,6 +91,16 @@ def _bin_dir() -> Path:
         raise error
     prebuilt = _prebuilt.get("bin_dir")
     return prebuilt if isinstance(prebuilt, Path) else build.ensure_binaries()
+
+
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, images.BuiltImage]:
+    """The operator and runner images, built here from their Dockerfiles (cached)."""
+    error = _prebuilt_images.get("error")
+    if isinstance(error, BaseException):
+        raise error
+    found = _prebuilt_images.get("images")
+    return found if isinstance(found, dict) else images.build_images()
 
 
 @pytest.fixture(scope="session")
