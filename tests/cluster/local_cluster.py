@@ -79,13 +79,14 @@ class LocalCluster:
     `kubeconfig`: where to write the admin kubeconfig (default: in the state dir).
     `state_dir`: where logs, PKI, etcd data and pod folders go (default: a temp dir that
     `stop()` removes unless `keep_state`). `real_node`: a real node (`real-1`) beside the
-    fake ones.
+    fake ones (`node_binaries`: node_build's, if already at hand).
     """
 
     def __init__(self, *, kubeconfig: Path | None = None, state_dir: Path | None = None,
                  nodes: list[NodeSpec] | None = None, bin_dir: Path | None = None,
                  keep_state: bool = False, start_timeout: float = 120.0,
-                 real_node: bool = False) -> None:
+                 real_node: bool = False, node_binaries: dict[str, Path] | None = None,
+                 ) -> None:
         self._owns_state_dir = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="whisperfleet-cluster-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,7 @@ class LocalCluster:
         self._real_node_spec = real_node_spec() if real_node else None
         self._sandbox: NodeSandbox | None = None
         self._real_node: RealNode | None = None
+        self._node_binaries = node_binaries
         self._bin_dir = bin_dir
         self.keep_state = keep_state
         self.start_timeout = start_timeout
@@ -125,7 +127,9 @@ class LocalCluster:
     def _start(self) -> None:
         began = time.monotonic()
         self._bin_dir = self._bin_dir or build.ensure_binaries()
-        node_binaries = node_build.ensure_node_binaries() if self._real_node_spec else {}
+        node_binaries: dict[str, Path] = {}
+        if self._real_node_spec is not None:
+            node_binaries = self._node_binaries or node_build.ensure_node_binaries()
         began = self._timed("binaries", began)
         access = None
         if self._real_node_spec is not None:
@@ -182,6 +186,8 @@ class LocalCluster:
             self._real_node = None
         if self._sandbox is not None:
             self._sandbox.stop()  # ends every process of the node, containers included
+            if self._owns_state_dir and not self.keep_state:
+                self._sandbox.remove_state()
             self._sandbox = None
         if self._moto is not None:
             self._moto.stop()  # type: ignore[attr-defined]
@@ -333,6 +339,17 @@ class LocalCluster:
                   for kind in ("CACHE", "CONFIG", "DATA")}}
         return _run([str(self.bin_dir / "helm"), *args], env=env, input=input, check=check,
                     timeout=timeout)
+
+    def pod_log(self, namespace: str, name: str) -> str:
+        """A pod's output: `kubectl logs` (all containers) on the real node, the stand-in
+        kubelet's log file on a fake one ("" when there is none yet)."""
+        pod = self.rest().get(f"/api/v1/namespaces/{namespace}/pods/{name}") or {}
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node and self.node_kubelets.get(node) == "real":
+            result = self.kubectl("logs", "-n", namespace, name, "--all-containers",
+                                  check=False)
+            return result.stdout if result.returncode == 0 else ""
+        return self.kubelet.pod_log(namespace, name)
 
     def token_for(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
         """A bound token of the service account via the TokenRequest API (min 600 s)."""

@@ -32,6 +32,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -236,4 +237,16 @@ class NodeSandbox:
         self._holder = None
 
     def remove_state(self) -> None:
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        """Remove the node's folders in the background: containerd's images unpacked there
+        are thousands of files (the runner image alone about 1.2 GB)."""
+        if not self.state_dir.exists():
+            return
+        trash = Path(tempfile.gettempdir()) / f".whisperfleet-node-removed-{self.host_link}"
+        try:
+            self.state_dir.rename(trash)
+        except OSError:  # another file system: remove it here and now
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            return
+        subprocess.Popen(["rm", "-rf", "--one-file-system", str(trash)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
