@@ -4,7 +4,7 @@ Owns:
 - the holder process: `pause` as PID 1 of the node's PID namespace (it reaps orphans, such as
   containerd's shims); when it ends, the kernel ends every process of the node, containers
   included, and the node's mounts and network namespace go with them. Its `unshare` parent
-  dies with the process that started it (PR_SET_PDEATHSIG) and takes the node along.
+  dies with the process that started it (`setpriv --pdeathsig`) and takes the node along.
 - the node's private /var/lib, /run and /var/log: folders of the state dir bind-mounted in
   the node's mount namespace, so the kubelet (whose device-plugin socket and container-log
   links have fixed paths there), containerd, its shims and the CNI plugins write nothing to
@@ -24,7 +24,6 @@ Owns:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import json
 import os
@@ -49,17 +48,10 @@ KUBELET_KERNEL_SETTINGS = {
     "kernel/keys/root_maxbytes": "25000000",
 }
 PRIVATE_FOLDERS = ("/var/lib", "/run", "/var/log")
-_PR_SET_PDEATHSIG = 1
 
 
 class SandboxError(RuntimeError):
     """The node's namespaces could not be made; the message quotes the command's error."""
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the test process dies (even by SIGKILL),
-    # `unshare` gets SIGKILL, and its --kill-child takes the whole node with it.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _run(argv: list[str]) -> str:
@@ -161,11 +153,14 @@ class NodeSandbox:
         sweep_stale_cgroups()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            # If the test process dies (even by SIGKILL), `unshare` gets SIGKILL, and its
+            # --kill-child takes the whole node with it.
             self._holder = subprocess.Popen(
-                ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child",
+                ["setpriv", "--pdeathsig", "KILL", "--",
+                 "unshare", "--net", "--mount", "--pid", "--fork", "--kill-child",
                  "--propagation", "private", "--mount-proc", "sh", "-c", self._holder_script()],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True)
 
         def ready() -> SandboxError | bool:
             assert self._holder is not None
