@@ -91,11 +91,9 @@ class LocalCluster:
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="whisperfleet-cluster-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = kubeconfig or self.state_dir / "admin.kubeconfig"
-        self._node_specs = list(nodes if nodes is not None else default_nodes())
-        if real_node:
-            self._node_specs = [replace(n, taints=(*n.taints, STAND_IN_TAINT))
-                                for n in self._node_specs]
         self._real_node_spec = real_node_spec() if real_node else None
+        self._node_specs = [self._fake(n) for n in
+                            (nodes if nodes is not None else default_nodes())]
         self._sandbox: NodeSandbox | None = None
         self._real_node: RealNode | None = None
         self._node_binaries = node_binaries
@@ -276,8 +274,15 @@ class LocalCluster:
             rest.create("/apis/resource.k8s.io/v1/resourceslices",
                         node.resource_slice_manifest())
 
+    def _fake(self, node: NodeSpec) -> NodeSpec:
+        """A fake node as this cluster has it: beside a real node, with the stand-in taint."""
+        if self._real_node_spec is None or STAND_IN_TAINT in node.taints:
+            return node
+        return replace(node, taints=(*node.taints, STAND_IN_TAINT))
+
     def add_node(self, node: NodeSpec) -> None:
         """Add a fake node (Node, its ResourceSlice, the kubelet's knowledge of it)."""
+        node = self._fake(node)
         self._publish_node(self.rest(), node)
         self._node_specs.append(node)
 

@@ -10,11 +10,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.cluster.node_build import PAUSE_VERSION
+
 POD_CIDR = "10.244.0.0/24"  # inside the node's network namespace only
 CNI_BRIDGE = "cni0"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 CDI_DIR = "/var/run/cdi"  # the node's private /run
-PAUSE_IMAGE = "whisperfleet.local/pause:3.10.2"  # made here (node_images), never pulled
+# Made here from the pause binary node_build builds (real_node imports it), never pulled.
+PAUSE_IMAGE = f"whisperfleet.local/pause:{PAUSE_VERSION}"
 
 
 @dataclass(frozen=True)
