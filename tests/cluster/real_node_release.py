@@ -30,17 +30,18 @@ MODEL_CLAIM = "whisper-models"
 RELEASE, RELEASE_NAMESPACE = "whisperfleet", "whisperfleet"
 
 
-def load_images(cluster: LocalCluster, images: dict[str, BuiltImage]) -> dict[str, float]:
-    """Import every image archive into the real node's containerd, side by side; the
-    seconds each took."""
-    def load(image: BuiltImage) -> float:
-        began = time.monotonic()
-        cluster.real_node.import_image(image.archive)
-        return round(time.monotonic() - began, 1)
+def load_image(cluster: LocalCluster, image: BuiltImage) -> float:
+    """Import an image archive into the real node's containerd; the seconds it took."""
+    began = time.monotonic()
+    cluster.real_node.import_image(image.archive)
+    return round(time.monotonic() - began, 1)
 
+
+def load_images(cluster: LocalCluster, images: dict[str, BuiltImage]) -> dict[str, float]:
+    """Import every image archive, side by side; the seconds each took."""
     with ThreadPoolExecutor(max_workers=len(images)) as pool:
-        took = dict(zip(images, pool.map(load, images.values()), strict=True))
-    return took
+        loads = {name: pool.submit(load_image, cluster, image) for name, image in images.items()}
+        return {name: load.result() for name, load in loads.items()}
 
 
 def _repository_and_tag(ref: str) -> dict[str, str]:

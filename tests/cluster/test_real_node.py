@@ -19,6 +19,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,26 +73,43 @@ while True:
 
 
 @pytest.fixture(scope="module")
-def cluster(node_binaries: dict[str, Path], built_images: dict[str, BuiltImage],
-            ) -> Iterator[LocalCluster]:
-    """The cluster with the real node, the images loaded into its containerd."""
+def cluster(node_binaries: dict[str, Path]) -> Iterator[LocalCluster]:
+    """The cluster with the real node."""
     keep = os.environ.get(KEEP_STATE_ENV) == "1"
     with LocalCluster(real_node=True, bin_dir=prebuilt_bin_dir(), node_binaries=node_binaries,
                       keep_state=keep) as local:
-        rnr.load_images(local, built_images)
         yield local
     if keep:
         print(f"\nlocal cluster state kept in {local.state_dir}")
 
 
 @pytest.fixture(scope="module")
-def chart(cluster: LocalCluster, built_images: dict[str, BuiltImage]) -> Release:
+def image_loads(cluster: LocalCluster, built_images: dict[str, BuiltImage],
+                ) -> Iterator[dict[str, Future[float]]]:
+    """The images' imports into the node's containerd, running beside what follows (the
+    runner's takes longest and is needed only once a job runs)."""
+    with ThreadPoolExecutor(max_workers=len(built_images)) as pool:
+        yield {name: pool.submit(rnr.load_image, cluster, image)
+               for name, image in built_images.items()}
+
+
+@pytest.fixture(scope="module")
+def chart(cluster: LocalCluster, built_images: dict[str, BuiltImage],
+          image_loads: dict[str, Future[float]]) -> Release:
     """The chart installed with only the image references set; its operator pod Ready."""
+    image_loads["operator"].result()
     return rnr.install(cluster, built_images)
 
 
 @pytest.fixture
-def job_namespace(namespace: str, cluster: LocalCluster, chart: Release) -> str:
+def runner_image(image_loads: dict[str, Future[float]]) -> None:
+    """The runner image is in the node's containerd."""
+    image_loads["runner"].result()
+
+
+@pytest.fixture
+def job_namespace(namespace: str, cluster: LocalCluster, chart: Release,
+                  runner_image: None) -> str:
     """A restricted namespace with the storage Secret and the model claim."""
     tjs.storage_secret(cluster, namespace)
     rnr.model_claim(cluster, namespace)
@@ -338,6 +356,7 @@ def test_a_drain_mid_run_evicts_the_worker_and_the_job_finishes_after_uncordon(
 
 def test_the_gpu_acceptance_dry_run_passes_inside_the_runner_image(
     cluster: LocalCluster, namespace: str, built_images: dict[str, BuiltImage],
+    runner_image: None,
 ) -> None:
     claim = rnr.model_claim(cluster, namespace)
     restricted = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
