@@ -127,7 +127,7 @@ def find_gpu(device: str, wanted: str) -> GpuInfo | None:
 
 
 def prepare_gpu(info: GpuInfo, model: str) -> Gpu:
-    from whisperfleet_runner import engine, models
+    from whisperfleet_runner.decode import engine, models
     from whisperfleet_runner.gpu import devices
 
     weights_mib = os.path.getsize(Path(models.resolve_model(model)) / "model.bin") // 2**20

@@ -167,7 +167,7 @@ def wer_ref(reference: str, hypothesis: str) -> float:
 
 
 def corpus_model() -> str:
-    from whisperfleet_runner import models
+    from whisperfleet_runner.decode import models
 
     return models.resolve_model("tiny.en")
 

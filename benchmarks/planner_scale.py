@@ -50,7 +50,7 @@ def child(side: str) -> None:
     """One measured side, in this process; prints a JSON line."""
     import s3fs  # both sides import the same modules before measuring
 
-    from whisperfleet_runner.config import OutputOptions, WorkOrder
+    from whisperfleet_runner.contract import OutputOptions, WorkOrder
     from whisperfleet_runner.pod.planner import plan
 
     before = memory_kib()["VmRSS"]

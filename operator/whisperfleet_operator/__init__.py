@@ -3,4 +3,4 @@
 `kopf run -m whisperfleet_operator` imports this package, which registers the handlers.
 """
 
-from . import handlers as handlers
+from whisperfleet_operator import handlers as handlers

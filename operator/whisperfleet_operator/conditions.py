@@ -1,16 +1,16 @@
 """The TranscriptionJob's status vocabulary, declared once, and metav1.Condition upserts.
 
 Phases, condition types and the reasons the operator writes are constants here (the
-runner's failure reasons are `config.Reason`, passed through as they are); Kubernetes' own
+runner's failure reasons are `contract.Reason`, passed through as they are); Kubernetes' own
 names the operator reads from Jobs are here too. No other module spells these strings.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
-Obj = dict[str, Any]
+from whisperfleet_operator.objects import Obj
+
 MAX_MESSAGE = 32768  # the CRD's bound on a condition message
 
 # --- phases (status.phase: for display; conditions are the API) --------------------------

@@ -10,15 +10,17 @@ command-line choice (`--standalone` or `--peering NAME`, set by the chart).
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import kopf
 
-from . import jobs, kube, naming, stuck
-from .progress import ProgressPoller
-from .reconcile import Reconciler, retry_delay
-from .settings import OperatorSettings
+from whisperfleet_operator import kube, naming
+from whisperfleet_operator.changes import ChangeFilter, job_signature
+from whisperfleet_operator.progress import ProgressPoller
+from whisperfleet_operator.reconcile import Reconciler
+from whisperfleet_operator.retries import retry_delay
+from whisperfleet_operator.settings import OperatorSettings
+from whisperfleet_operator.status import stuck
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +61,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
                                   operator_settings.progress_interval_seconds).start()
                    if operator_settings.metrics_port else None)
     memo.reconciler = Reconciler(api, operator_settings, memo.poller)
-    memo.pod_signatures = {}  # pod uid -> why it cannot start (only stuck pods are kept)
-    memo.pod_signatures_lock = threading.Lock()
-    memo.job_signatures = {}  # Job uid -> jobs.job_signature when last reconciled
-    memo.job_signatures_lock = threading.Lock()
+    memo.jobs_seen = ChangeFilter()  # Job uid -> changes.job_signature last reconciled
+    memo.pods_seen = ChangeFilter()  # pod uid -> why it cannot start (stuck pods only)
 
 
 @kopf.on.cleanup()
@@ -110,48 +110,30 @@ def parallelism_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) 
 @kopf.on.event(*JOBS, labels=MANAGED)
 def job_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     # DELETED too: a worker Job deleted by hand must not leave the status Running forever.
-    # After the TranscriptionJob itself went, reconcile finds nothing and returns. Other
-    # events reconcile only when what the status is made of changed (jobs.job_signature).
+    # After the TranscriptionJob itself went, reconcile finds nothing and returns.
     key = str(body.metadata.uid or f"{body.metadata.namespace}/{body.metadata.name}")
-    now = None if event.get("type") == "DELETED" else jobs.job_signature(body)
-    with memo.job_signatures_lock:
-        if now is not None and memo.job_signatures.get(key) == now:
-            return
+    now = None if event.get("type") == "DELETED" else job_signature(body)
+    if not memo.jobs_seen.changed(key, now, always_if_gone=True):
+        return
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == naming.KIND and ref.get("apiVersion", "").startswith(naming.GROUP):
             memo.reconciler.reconcile_or_retry(body.metadata.namespace or "", ref["name"],
                                                ref.get("uid"))
-    with memo.job_signatures_lock:  # after a reconcile that did not raise, as for pods
-        # (API errors that may pass do not raise: the Reconciler retries those itself)
-        if now is None:
-            memo.job_signatures.pop(key, None)
-        else:
-            memo.job_signatures[key] = now
+    memo.jobs_seen.reconciled(key, now)
 
 
 @kopf.on.event(*PODS, labels=MANAGED)
 def pod_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     # Job events say nothing while a pod cannot start (its Job just stays active), so pods
     # are watched, but a reconcile runs only when whether/why a pod is stuck changes —
-    # not on every status update of every worker pod. kopf hands one object's events to
-    # its handler one at a time, so reading and storing a pod's entry cannot interleave.
+    # not on every status update of every worker pod.
     meta = body.metadata
     key = str(meta.uid or f"{meta.namespace}/{meta.name}")
     now = None if event.get("type") == "DELETED" else stuck.signature(body)
-    with memo.pod_signatures_lock:
-        before = memo.pod_signatures.get(key)
-    if before == now:
+    if not memo.pods_seen.changed(key, now, always_if_gone=False):
         return
-    namespace = meta.namespace or ""
     name = stuck.owner_name(body)
     if name:
-        memo.reconciler.reconcile_or_retry(namespace, name,
+        memo.reconciler.reconcile_or_retry(meta.namespace or "", name,
                                            meta.labels.get(naming.LABEL_JOB_UID))
-    # Stored only after a reconcile that did not raise: one another error stopped is
-    # retried by the pod's next event instead of being forgotten (API errors that may pass
-    # do not raise: the Reconciler retries those itself).
-    with memo.pod_signatures_lock:
-        if now is None:
-            memo.pod_signatures.pop(key, None)
-        else:
-            memo.pod_signatures[key] = now
+    memo.pods_seen.reconciled(key, now)

@@ -16,7 +16,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from . import naming
+from whisperfleet_operator import naming
+from whisperfleet_operator.objects import Obj
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +25,6 @@ JOBS = ("batch", "v1", "jobs")
 CLAIM_TEMPLATES = ("resource.k8s.io", "v1", "resourceclaimtemplates")
 TRANSCRIPTION_JOBS = (naming.GROUP, naming.VERSION, "transcriptionjobs")
 TIMEOUT = 30  # seconds per call; a stuck API call must not block a handler thread forever
-Obj = dict[str, Any]
-
 
 class Rejected(Exception):
     """The API server refused an object as invalid (HTTP 400/422): retrying cannot help."""

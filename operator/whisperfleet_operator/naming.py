@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
 
 import kopf
 
-from .spec import TranscriptionJob
+from whisperfleet_operator.objects import Obj
+from whisperfleet_operator.spec import TranscriptionJob
 
 GROUP = "whisperfleet.io"
 VERSION = "v1alpha1"
@@ -75,7 +75,7 @@ def pod_annotations(job: TranscriptionJob) -> dict[str, str]:
     return {ANNOTATION_TJ_NAME: job.name}
 
 
-def owner_reference(job: TranscriptionJob) -> dict[str, Any]:
+def owner_reference(job: TranscriptionJob) -> Obj:
     """Controller owner reference: deleting the TranscriptionJob deletes what it owns."""
     return dict(kopf.build_owner_reference({
         "apiVersion": job.api_version or f"{GROUP}/{VERSION}",
@@ -84,9 +84,9 @@ def owner_reference(job: TranscriptionJob) -> dict[str, Any]:
     }, controller=True, block_owner_deletion=True))
 
 
-def metadata(job: TranscriptionJob, name: str, component: str) -> dict[str, Any]:
+def metadata(job: TranscriptionJob, name: str, component: str) -> Obj:
     """Metadata of an object the TranscriptionJob owns, in its namespace."""
-    meta: dict[str, Any] = {"name": name, "labels": labels_for(job, component),
+    meta: Obj = {"name": name, "labels": labels_for(job, component),
                             "ownerReferences": [owner_reference(job)]}
     if job.namespace:
         meta["namespace"] = job.namespace

@@ -16,18 +16,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from whisperfleet_runner.config import METRIC_AUDIO_SECONDS, METRIC_FILES
-
-from . import kube, naming
-from .conditions import POD_RUNNING, RUNNING, TERMINAL_PHASES
-from .fold import format_duration
+from whisperfleet_operator import kube, naming
+from whisperfleet_operator.conditions import POD_RUNNING, RUNNING, TERMINAL_PHASES
+from whisperfleet_operator.objects import Obj
+from whisperfleet_operator.status.fold import format_duration
+from whisperfleet_runner.contract import METRIC_AUDIO_SECONDS, METRIC_FILES
 
 logger = logging.getLogger(__name__)
-Obj = dict[str, Any]
 FETCH_TIMEOUT = 5.0  # seconds per pod: a slow pod must not hold up the others for long
 FETCH_THREADS = 16  # pods read at once: a few unreachable ones cost one timeout, not many
 Fetch = Callable[[str], str]
@@ -101,6 +99,19 @@ def progress(status: Obj, live: list[Sample], now: datetime) -> Obj:
             "throughput": round(audio / elapsed, 3) if elapsed else 0.0, "eta": eta,
             "summary": f"{100 * done // total}%" if total else "",
             "updateTime": now.strftime(TIME_FORMAT)}
+
+
+def finished_shards_progress(old: Obj, new: Obj, now: datetime, *, polling: bool) -> Obj:
+    """`new` with status.progress from finished shards where it should carry it: always the
+    last word of a finished job; while it runs only when no poller adds running pods' counts
+    (`polling`), and only when the counts changed (an ETA alone is no reason for another
+    status write)."""
+    current = {**old, **new}
+    if current.get("phase") not in TERMINAL_PHASES and (
+            polling or "files" not in current or
+            (old.get("progress") and current.get("files") == old.get("files"))):
+        return new
+    return {**new, "progress": progress(current, [], now)}
 
 
 class ProgressPoller:

@@ -1,36 +1,29 @@
-"""The reconcile state machine: one TranscriptionJob brought a step forward, idempotently.
+"""The reconcile loop: one TranscriptionJob brought a step forward, idempotently.
 
-plan (a planner Job) -> work (one Indexed Job, plus a claim template for DRA) -> report
-(status from the Jobs and their pods). Every step reads the world afresh, so a restart, a
-missed event or a repeated one changes nothing; what it creates carries deterministic names,
-so nothing is created twice. API calls go through `kube`; builders and status are pure.
+`Reconciler.reconcile` reads the job, works out its new status in numbered steps (plan ->
+work -> report; `_advance`), writes the status if it changed and posts the Events of its
+transitions. Every step reads the world afresh, so a restart, a missed event or a repeated
+one changes nothing; what it creates carries deterministic names, so nothing is created
+twice. API calls go through `kube`; builders and status are pure; retries after API errors
+that may pass are `retries`'.
 """
 
 from __future__ import annotations
 
-import contextvars
-import logging
 import threading
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any
 
 import kopf
 
-from . import conditions, events, gpu, jobs, kube, naming, progress, spec, status
-from .settings import OperatorSettings
+from whisperfleet_operator import conditions, kube, naming, progress, spec, status
+from whisperfleet_operator.builders import gpu, jobs
+from whisperfleet_operator.objects import Obj
+from whisperfleet_operator.retries import Key, RetryTimers
+from whisperfleet_operator.settings import OperatorSettings
+from whisperfleet_operator.status import events
 
-logger = logging.getLogger(__name__)
-Obj = dict[str, Any]
-# Seconds before a reconcile an API error stopped runs again; the last repeats until one
-# gets through (the job is then finished, gone, or the API server back).
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-Key = tuple[str, str, str | None]  # namespace, name, uid (None: whichever incarnation)
-
-
-def retry_delay(attempt: int) -> float:
-    """The delay before retry number `attempt` (0 for the first)."""
-    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class Reconciler:
@@ -42,9 +35,7 @@ class Reconciler:
         self.kube, self.settings, self.poller = api, settings, poller
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
-        self._retries: dict[Key, threading.Timer] = {}  # at most one pending per job
-        self._failures: dict[Key, int] = {}  # failed attempts in a row, for the backoff
-        self._closed = False
+        self.retries = RetryTimers()
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -63,7 +54,7 @@ class Reconciler:
                 self._track(namespace, name, meta, old)
                 return  # final; the Jobs' pods may be gone (TTL), so never recount
             clock = datetime.now(timezone.utc)
-            now = clock.strftime("%Y-%m-%dT%H:%M:%SZ")
+            now = clock.strftime(TIME_FORMAT)
             generation = int(meta.get("generation") or 0)
             try:
                 new = self._advance(spec.parse(tj), old, now)
@@ -73,7 +64,8 @@ class Reconciler:
                 new = status.invalid_spec_status(
                     old, generation, f"the API server refused a Job: {exc}", now,
                     reason=conditions.JOB_REJECTED_REASON)
-            new = self._with_progress(old, new, clock)
+            new = progress.finished_shards_progress(old, new, clock,
+                                                    polling=self.poller is not None)
             if any(old.get(key) != value for key, value in new.items()):
                 self.kube.patch(kube.TRANSCRIPTION_JOBS, namespace, name, {"status": new},
                                 status=True)
@@ -83,108 +75,82 @@ class Reconciler:
 
     def reconcile_or_retry(self, namespace: str, name: str, uid: str | None = None) -> None:
         """`reconcile`; when an API error that may pass (`kube.transient`) stops it, the same
-        reconcile runs again after a growing delay, until one gets through. For event
-        handlers: kopf never retries those, and the Job event a finished job's status is
-        written on comes once — a 409 or a 5xx burst on that write would otherwise leave the
-        job Running for good. Other errors propagate."""
-        key = (namespace, name, uid)
+        reconcile runs again later (see retries). For event handlers, which kopf never
+        retries. Other errors propagate."""
+        key: Key = (namespace, name, uid)
         try:
             self.reconcile(namespace, name, uid)
         except Exception as exc:
             if not kube.transient(exc):
                 raise
-            self._retry_later(key, exc)
+            self.retries.later(key, lambda: self.reconcile_or_retry(*key), kube.summary(exc))
             return
-        with self._guard:
-            self._failures.pop(key, None)
-
-    def _retry_later(self, key: Key, exc: BaseException) -> None:
-        with self._guard:
-            if self._closed or key in self._retries:
-                return  # one pending retry reads the world afresh for all failures since
-            attempt = self._failures.get(key, 0)
-            self._failures[key] = attempt + 1
-            delay = retry_delay(attempt)
-            # kopf.event needs the context kopf gives handler threads; a timer's is empty.
-            timer = threading.Timer(delay, contextvars.copy_context().run, (self._retry, key))
-            timer.daemon = True
-            self._retries[key] = timer
-        logger.warning("reconciling %s/%s failed (%s); retrying in %.0f s", key[0], key[1],
-                       kube.summary(exc), delay)
-        timer.start()
-
-    def _retry(self, key: Key) -> None:
-        with self._guard:
-            self._retries.pop(key, None)
-        try:
-            self.reconcile_or_retry(*key)
-        except Exception:  # on a timer thread nobody else would report it
-            logger.exception("reconciling %s/%s failed", key[0], key[1])
+        self.retries.succeeded(key)
 
     def close(self) -> None:
         """Cancel pending retries (the operator is stopping; a restart resumes every job)."""
-        with self._guard:
-            self._closed = True
-            timers, self._retries = list(self._retries.values()), {}
-        for timer in timers:
-            timer.cancel()
+        self.retries.close()
 
     def _track(self, namespace: str, name: str, meta: Obj, current: Obj) -> None:
         if self.poller is not None:
             self.poller.track(namespace, name, str(meta.get("uid") or ""),
                               str(current.get("phase") or ""))
 
-    def _with_progress(self, old: Obj, new: Obj, clock: datetime) -> Obj:
-        """status.progress from finished shards: always the last word of a finished job;
-        while it runs only without a poller (which adds running pods' counts), and only
-        when the counts changed (an ETA alone is no reason for another status write)."""
-        current = {**old, **new}
-        if not status.is_terminal(current) and (
-                self.poller is not None or "files" not in current or
-                (old.get("progress") and current.get("files") == old.get("files"))):
-            return new
-        return {**new, "progress": progress.progress(current, [], clock)}
-
     def _advance(self, job: spec.TranscriptionJob, old: Obj, now: str) -> Obj:
-        k, namespace = self.kube, job.namespace
+        """The job's next status, in steps; each returns early while its work is not done."""
+        # 1. Plan: the planner Job lists the input and balances the shards.
         if not status.is_planned(old):
-            planner_name = naming.planner_job_name(job)
-            planner = k.get(kube.JOBS, namespace, planner_name)
-            if planner is None and not k.create(
-                    kube.JOBS, namespace, jobs.build_planner_job(job, self.settings)):
-                # It exists after all: our own create whose answer was lost (a 5xx after
-                # the API server stored it, then the client's retry) — or not ours.
-                planner = k.get(kube.JOBS, namespace, planner_name)
-            if planner is None:
-                outcome, pods = status.PlannerOutcome("running"), []
-            else:
-                _check_owned(job, planner_name, planner)
-                pods = k.list_pods(namespace, job.uid, naming.COMPONENT_PLANNER)
-                outcome = status.planner_outcome(planner, pods)
-            planned = status.planning_status(job, old, outcome, planner_name, now, pods)
-            if outcome.state != "succeeded":
+            planned, done = self._plan(job, old, now)
+            if not done:
                 return planned
             old = {**old, **planned}
-
+        # 2. Work: the one worker Job (and, for DRA, its claim template) exists...
         worker_name = naming.worker_job_name(job)
-        worker = k.get(kube.JOBS, namespace, worker_name)
+        worker = self.kube.get(kube.JOBS, job.namespace, worker_name)
         if worker is None and old.get("jobName") == worker_name:
             # It existed (the status named it) and is gone: never silently run it all again.
             return status.worker_job_deleted_status(job, old, worker_name, now)
         if worker is None:
-            claim_template = gpu.build_resource_claim_template(job, self.settings)
-            if claim_template is not None:
-                k.create(kube.CLAIM_TEMPLATES, namespace, claim_template)
-            body = jobs.build_worker_job(job, status.plan_from_status(old), self.settings)
-            k.create(kube.JOBS, namespace, body)
-            worker = k.get(kube.JOBS, namespace, worker_name) or body
+            worker = self._create_worker_job(job, old)
         _check_owned(job, worker_name, worker)
-        drift = jobs.worker_job_drift(job, status.operator_holds_suspension(old), worker)
-        if drift:
-            k.patch(kube.JOBS, namespace, worker_name, {"spec": drift})
-            worker = {**worker, "spec": {**(worker.get("spec") or {}), **drift}}
-        pods = k.list_pods(namespace, job.uid, naming.COMPONENT_WORKER)
+        # 3. ... and follows the spec's mutable fields (suspend, parallelism).
+        worker = self._sync_worker_job(job, old, worker)
+        # 4. Report: the Job's state and its pods' shard reports become the status.
+        pods = self.kube.list_pods(job.namespace, job.uid, naming.COMPONENT_WORKER)
         return status.running_status(job, old, worker, pods, now)
+
+    def _plan(self, job: spec.TranscriptionJob, old: Obj, now: str) -> tuple[Obj, bool]:
+        """The planning status, and whether the plan succeeded (the planner Job made once)."""
+        k, name = self.kube, naming.planner_job_name(job)
+        planner = k.get(kube.JOBS, job.namespace, name)
+        if planner is None and not k.create(
+                kube.JOBS, job.namespace, jobs.build_planner_job(job, self.settings)):
+            # It exists after all: our own create whose answer was lost (a 5xx after the
+            # API server stored it, then the client's retry) — or not ours.
+            planner = k.get(kube.JOBS, job.namespace, name)
+        if planner is None:
+            outcome, pods = status.PlannerOutcome("running"), []
+        else:
+            _check_owned(job, name, planner)
+            pods = k.list_pods(job.namespace, job.uid, naming.COMPONENT_PLANNER)
+            outcome = status.planner_outcome(planner, pods)
+        planned = status.planning_status(job, old, outcome, name, now, pods)
+        return planned, outcome.state == "succeeded"
+
+    def _create_worker_job(self, job: spec.TranscriptionJob, old: Obj) -> Obj:
+        claim_template = gpu.build_resource_claim_template(job, self.settings)
+        if claim_template is not None:
+            self.kube.create(kube.CLAIM_TEMPLATES, job.namespace, claim_template)
+        body = jobs.build_worker_job(job, status.plan_from_status(old), self.settings)
+        self.kube.create(kube.JOBS, job.namespace, body)
+        return self.kube.get(kube.JOBS, job.namespace, naming.worker_job_name(job)) or body
+
+    def _sync_worker_job(self, job: spec.TranscriptionJob, old: Obj, worker: Obj) -> Obj:
+        drift = jobs.worker_job_drift(job, status.operator_holds_suspension(old), worker)
+        if not drift:
+            return worker
+        self.kube.patch(kube.JOBS, job.namespace, naming.worker_job_name(job), {"spec": drift})
+        return {**worker, "spec": {**(worker.get("spec") or {}), **drift}}
 
 
 def _check_owned(job: spec.TranscriptionJob, name: str, found: Obj) -> None:

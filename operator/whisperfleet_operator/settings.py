@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from whisperfleet_runner import config
+from whisperfleet_operator.objects import Obj
+from whisperfleet_runner import contract
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 DEFAULT_RUNNER_IMAGE = "ghcr.io/whisperfleet/whisperfleet-runner:0.1.0"
@@ -49,8 +50,8 @@ class OperatorSettings:
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
     model_cache_claim: str = ""  # PVC used when a TranscriptionJob names none; "" = no cache
-    worker_resources: dict[str, Any] = field(default_factory=_default_worker_resources)
-    planner_resources: dict[str, Any] = field(default_factory=_default_planner_resources)
+    worker_resources: Obj = field(default_factory=_default_worker_resources)
+    planner_resources: Obj = field(default_factory=_default_planner_resources)
     worker_service_account: str = ""  # "" = namespace default; its token is never mounted
     run_as_user: int = 1000
     run_as_group: int = 1000
@@ -59,7 +60,7 @@ class OperatorSettings:
     dra_attribute_domain: str = "gpu.nvidia.com"  # NVIDIA DRA driver's attribute domain
     # Worker pods serve Prometheus metrics here; the operator reads them for live progress
     # every progress_interval_seconds (0: metrics off, progress from finished shards only).
-    metrics_port: int = config.DEFAULT_METRICS_PORT
+    metrics_port: int = contract.DEFAULT_METRICS_PORT
     progress_interval_seconds: int = 30
 
     def __post_init__(self) -> None:
@@ -85,7 +86,7 @@ class OperatorSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {}
+        kwargs: Obj = {}
         strings = {
             "WHISPERFLEET_RUNNER_IMAGE": "runner_image",
             "WHISPERFLEET_IMAGE_PULL_POLICY": "image_pull_policy",

@@ -1,7 +1,7 @@
 """A TranscriptionJob, parsed once into frozen dataclasses: what every builder, the status
 code and the work order read, instead of raw dicts with fallback defaults repeated.
 
-Defaults come from the runner's `config` (the CRD's defaults are tested equal to it), so a
+Defaults come from the runner's `contract` (the CRD's defaults are tested equal to it), so a
 field the API server defaulted and one it did not (a CRD installed without defaults, an old
 object) read the same. Admission (schema + CEL) refuses bad specs first; `parse` still
 refuses what slips through with a ValueError naming the field, which ends the job as
@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from whisperfleet_runner import config
+from whisperfleet_operator.objects import Obj
+from whisperfleet_runner import contract
 
-Obj = dict[str, Any]
 DEFAULT_RESOURCE = "nvidia.com/gpu"
 DEFAULT_DATA_MOUNT = "/data"  # the CRD's default for spec.storage.volume.mountPath
 DEFAULT_PARALLELISM = 1
@@ -76,12 +76,12 @@ class TranscriptionJob:
     namespace: str
     uid: str
     input_uri: str
-    output: config.OutputOptions
-    include: tuple[str, ...] = config.DEFAULT_INCLUDE
-    model: config.ModelOptions = field(default_factory=config.ModelOptions)
+    output: contract.OutputOptions
+    include: tuple[str, ...] = contract.DEFAULT_INCLUDE
+    model: contract.ModelOptions = field(default_factory=contract.ModelOptions)
     model_cache_claim: str = ""  # spec.model.cacheVolume.claimName
-    transcription: config.TranscriptionOptions = field(
-        default_factory=config.TranscriptionOptions)
+    transcription: contract.TranscriptionOptions = field(
+        default_factory=contract.TranscriptionOptions)
     storage: StorageSpec = field(default_factory=StorageSpec)
     workers: WorkersSpec = field(default_factory=WorkersSpec)
     shards: int = 0
@@ -113,12 +113,12 @@ def parse(tj: Obj) -> TranscriptionJob:
         raise ValueError("spec.input.uri is required")
     if not output_uri:
         raise ValueError("spec.output.uri is required")
-    formats = tuple(out.get("formats") or config.DEFAULT_FORMATS)
-    _one_of("spec.output.formats", formats, config.FORMATS)
+    formats = tuple(out.get("formats") or contract.DEFAULT_FORMATS)
+    _one_of("spec.output.formats", formats, contract.FORMATS)
     compute_type = str(model.get("computeType") or "auto")
-    _one_of("spec.model.computeType", [compute_type], config.COMPUTE_TYPES)
+    _one_of("spec.model.computeType", [compute_type], contract.COMPUTE_TYPES)
     task = str(tr.get("task") or "transcribe")
-    _one_of("spec.transcription.task", [task], config.TASKS)
+    _one_of("spec.transcription.task", [task], contract.TASKS)
     job = TranscriptionJob(
         name=str(meta["name"]),
         namespace=str(meta.get("namespace") or ""),
@@ -127,20 +127,20 @@ def parse(tj: Obj) -> TranscriptionJob:
         api_version=str(tj.get("apiVersion") or ""),
         kind=str(tj.get("kind") or ""),
         input_uri=input_uri,
-        include=tuple(inp.get("include") or config.DEFAULT_INCLUDE),
-        output=config.OutputOptions(uri=output_uri, formats=formats,
+        include=tuple(inp.get("include") or contract.DEFAULT_INCLUDE),
+        output=contract.OutputOptions(uri=output_uri, formats=formats,
                                     overwrite=bool(out.get("overwrite", False)),
                                     keep_partial=bool(out.get("keepPartial", False))),
-        model=config.ModelOptions(name=str(model.get("name") or config.DEFAULT_MODEL),
+        model=contract.ModelOptions(name=str(model.get("name") or contract.DEFAULT_MODEL),
                                   compute_type=compute_type),
         model_cache_claim=str(_section(model, "cacheVolume", "spec.model.").get("claimName")
                               or ""),
-        transcription=config.TranscriptionOptions(
+        transcription=contract.TranscriptionOptions(
             language=str(tr.get("language") or "") or None,
             task=task,
-            beam_size=_at_least(tr, "beamSize", config.DEFAULT_BEAM_SIZE, 1,
+            beam_size=_at_least(tr, "beamSize", contract.DEFAULT_BEAM_SIZE, 1,
                                 "spec.transcription."),
-            batch_size=_at_least(tr, "batchSize", config.DEFAULT_BATCH_SIZE, 1,
+            batch_size=_at_least(tr, "batchSize", contract.DEFAULT_BATCH_SIZE, 1,
                                  "spec.transcription."),
             vad_filter=bool(tr.get("vadFilter", True)),
             word_timestamps=bool(tr.get("wordTimestamps", False)),

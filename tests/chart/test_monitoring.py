@@ -31,9 +31,10 @@ from tests.chart.rendering import (
 from tests.support import runner_metrics
 from tests.support.paths import REPO
 from tests.support.transcription_jobs import parsed
-from whisperfleet_operator import jobs, naming
+from whisperfleet_operator import naming
+from whisperfleet_operator.builders import jobs
 from whisperfleet_operator.settings import OperatorSettings
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
 pytestmark = pytest.mark.slow  # runs the helm binary
 
@@ -261,7 +262,7 @@ def test_monitors_label_targets_with_the_transcription_job_and_where_it_ran(
 def test_worker_pods_expose_the_port_the_monitors_scrape() -> None:
     """The pod template the operator builds: labels the PodMonitor selects, the annotation
     it relabels, and a container port of the name both monitors scrape."""
-    plan = config.PlanReport(files=4, bytes=10**6, shards=2, manifest_uri="s3://x/m.jsonl")
+    plan = contract.PlanReport(files=4, bytes=10**6, shards=2, manifest_uri="s3://x/m.jsonl")
     pod = jobs.build_worker_job(parsed(), plan, OperatorSettings())["spec"]["template"]
     assert pod["metadata"] == worker_pod_metadata()
     (container,) = pod["spec"]["containers"]

@@ -22,9 +22,14 @@ from pathlib import Path
 
 ISOLATION = "chroot"
 STORAGE_DRIVER = "overlay"
+# Everything of a build but the Dockerfile, its context and tag: part of the images' cache key.
+BUILD_FLAGS = ("--isolation", ISOLATION, "--network", "host", "--pull=never", "--format", "oci",
+               "--layers=false")
 # io.containerd.image.name: `ctr images import` names an image by this annotation; a bare
 # org.opencontainers.image.ref.name is filtered out unless it starts with ctr's --base-name.
 CONTAINERD_NAME = "io.containerd.image.name"
+# What export_oci_archive writes, in the cache key too: bump it when that changes.
+ARCHIVE_LAYOUT = f"oci-layout tar, {CONTAINERD_NAME} on each manifest, v1"
 
 
 class BuildahError(RuntimeError):
@@ -41,6 +46,14 @@ class Buildah:
     @staticmethod
     def available() -> bool:
         return shutil.which("buildah") is not None
+
+    @staticmethod
+    def version() -> str:
+        """`buildah --version`, e.g. "buildah version 1.28.2 (image-spec 1.1.0-rc2, …)"."""
+        if not Buildah.available():
+            return "none"
+        return subprocess.run(["buildah", "--version"], capture_output=True, text=True,
+                              check=False).stdout.strip()
 
     def command(self, *args: str) -> list[str]:
         return ["buildah", "--root", str(self.root), "--runroot", str(self.runroot),
@@ -80,8 +93,7 @@ class Buildah:
     def build(self, context: Path, dockerfile: Path, tag: str, *, secrets: dict[str, Path],
               log: Path) -> None:
         """`docker build -f dockerfile -t tag context`, with the base only from this store."""
-        args = ["bud", "--isolation", ISOLATION, "--network", "host", "--pull=never",
-                "--format", "oci", "--layers=false", "-f", str(dockerfile), "-t", tag]
+        args = ["bud", *BUILD_FLAGS, "-f", str(dockerfile), "-t", tag]
         for name, path in secrets.items():
             args += ["--secret", f"id={name},src={path}"]
         self.run_buildah(*args, str(context), log=log)

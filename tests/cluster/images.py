@@ -12,8 +12,9 @@ OCI image layout tar whose index names the image `ref`, for `ctr -n k8s.io image
 
 The set is cached in `${XDG_CACHE_HOME:-~/.cache}/whisperfleet/images-<key>/`, keyed by the
 Dockerfiles, every file of their build context (.dockerignore applied: the constraints, the
-packages, pyproject.toml, README.md, the example audio), the base recipe and this module's
-build steps; the base alone in `debian-<suite>-<key>/`. Concurrent callers wait on a file lock.
+packages, pyproject.toml, README.md, the example audio), the base recipe, buildah's version
+and build flags, and the archive layout; the base alone in `debian-<suite>-<key>/`.
+Concurrent callers wait on a file lock.
 The buildah store that built a set stays beside its archives, so tests can run the images.
 
 Needs, as root: mmdebstrap and buildah (Debian packages; .ci/run installs them), and the
@@ -45,13 +46,19 @@ if str(REPO) not in sys.path:
 
 from tests.cluster import build, debian_base  # noqa: E402
 from tests.cluster.build_context import context_files  # noqa: E402
-from tests.cluster.buildah import Buildah, BuildahError  # noqa: E402
+from tests.cluster.buildah import (  # noqa: E402
+    ARCHIVE_LAYOUT,
+    BUILD_FLAGS,
+    Buildah,
+    BuildahError,
+)
 
 DOCKERFILES = {
     "operator": Path("operator/Dockerfile"),
     "runner": Path("job_runner/Dockerfile"),
 }
 RESULT = "images.json"  # written last: a set without it is incomplete
+REF_FORMAT = "localhost/whisperfleet-{name}:{key}"  # never pulled: no registry serves localhost/
 # The pip secrets the Dockerfiles' install step mounts (RUN --mount=type=secret): this
 # machine reaches PyPI through a TLS proxy that its own CA bundle trusts, so pip in the
 # build trusts that bundle too. Nothing of it stays in an image.
@@ -85,9 +92,9 @@ def cache_key() -> str:
         digest.update(rel.encode() + b"\0" + (REPO / rel).read_bytes() + b"\0")
     for path in DOCKERFILES.values():  # inside the context's exclusions, so hashed here
         digest.update(str(path).encode() + b"\0" + (REPO / path).read_bytes())
-    digest.update(debian_base.recipe_key().encode())
-    digest.update(Path(__file__).read_bytes())
-    digest.update((HERE / "buildah.py").read_bytes())
+    recipe = [debian_base.recipe_key(), BUILD_FLAGS, ARCHIVE_LAYOUT, PIP_CONF, REF_FORMAT,
+              Buildah.version()]
+    digest.update(json.dumps(recipe).encode())
     return digest.hexdigest()[:12]
 
 
@@ -164,7 +171,6 @@ def _build_set(directory: Path) -> dict[str, BuiltImage]:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     store = builder(directory)
-    store.import_rootfs(base, debian_base.IMAGE_NAME, debian_base.CONFIG)
     secrets_dir = Path(tempfile.mkdtemp(prefix="secrets-", dir=directory))
     (secrets_dir / "pip.conf").write_text(PIP_CONF)
     shutil.copyfile(_host_ca_bundle(), secrets_dir / "pip-ca.crt")
@@ -173,8 +179,9 @@ def _build_set(directory: Path) -> dict[str, BuiltImage]:
     images: dict[str, BuiltImage] = {}
     sizes: dict[str, dict[str, object]] = {}
     try:
+        store.import_rootfs(base, debian_base.IMAGE_NAME, debian_base.CONFIG)
         for name, dockerfile in DOCKERFILES.items():
-            ref = f"localhost/whisperfleet-{name}:{key}"
+            ref = REF_FORMAT.format(name=name, key=key)
             began = time.monotonic()
             _log(f"building {name} ({dockerfile}) ...")
             store.build(REPO, REPO / dockerfile, ref, secrets=secrets,

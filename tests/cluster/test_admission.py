@@ -40,10 +40,11 @@ from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.transcription_jobs import tj_path
 from tests.cluster.whisperfleet_release import CRD_NAME, Release
 from tests.support.paths import REPO
-from whisperfleet_operator import jobs, spec
+from whisperfleet_operator import spec
+from whisperfleet_operator.builders import jobs
+from whisperfleet_operator.builders.workorder import work_order_for
 from whisperfleet_operator.settings import OperatorSettings
-from whisperfleet_operator.workorder import work_order_for
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
 pytestmark = [pytest.mark.slow]
 Obj = dict[str, Any]
@@ -174,14 +175,14 @@ def test_the_server_defaults_a_minimal_job_to_the_runner_config(
     answer = admission.create(tjs, tj("minimal"))
     assert answer.accepted, answer
     stored = answer.body["spec"]
-    options, model = config.TranscriptionOptions(), config.ModelOptions()
-    assert stored["input"]["include"] == list(config.DEFAULT_INCLUDE)
-    assert stored["output"]["formats"] == list(config.DEFAULT_FORMATS)
-    assert stored["output"]["overwrite"] is config.OutputOptions(uri="x").overwrite
-    assert stored["model"] == {"name": config.DEFAULT_MODEL, "computeType": model.compute_type}
+    options, model = contract.TranscriptionOptions(), contract.ModelOptions()
+    assert stored["input"]["include"] == list(contract.DEFAULT_INCLUDE)
+    assert stored["output"]["formats"] == list(contract.DEFAULT_FORMATS)
+    assert stored["output"]["overwrite"] is contract.OutputOptions(uri="x").overwrite
+    assert stored["model"] == {"name": contract.DEFAULT_MODEL, "computeType": model.compute_type}
     assert stored["transcription"] == {
         "language": options.language or "", "task": options.task,
-        "beamSize": config.DEFAULT_BEAM_SIZE, "batchSize": config.DEFAULT_BATCH_SIZE,
+        "beamSize": contract.DEFAULT_BEAM_SIZE, "batchSize": contract.DEFAULT_BATCH_SIZE,
         "vadFilter": options.vad_filter, "wordTimestamps": options.word_timestamps,
         "packShortClips": options.pack_short_clips,
         "initialPrompt": options.initial_prompt or ""}
@@ -201,10 +202,10 @@ def test_a_server_defaulted_minimal_job_becomes_the_default_work_order(
     stored = answer.body
     parsed = spec.parse(stored)
     order = work_order_for(parsed)
-    assert order.include == config.DEFAULT_INCLUDE
-    assert order.output == config.OutputOptions(uri="s3://media/out/")
-    assert order.model == config.ModelOptions()
-    assert order.transcription == config.TranscriptionOptions()
+    assert order.include == contract.DEFAULT_INCLUDE
+    assert order.output == contract.OutputOptions(uri="s3://media/out/")
+    assert order.model == contract.ModelOptions()
+    assert order.transcription == contract.TranscriptionOptions()
     assert order.shards == 0
     # The operator's own defaults read the same as the server's (an undefaulted object: a
     # CRD installed without defaults, or an object older than a default).
@@ -391,11 +392,11 @@ def test_the_mount_path_may_not_shadow_any_path_the_pods_use(
     # Taken from the pods the operator builds, so a new mount there cannot be forgotten here.
     answer = admission.create(tjs, tj(model={"cacheVolume": {"claimName": "models"}}))
     assert answer.accepted, answer
-    worker = jobs.build_worker_job(spec.parse(answer.body), config.PlanReport(shards=1),
+    worker = jobs.build_worker_job(spec.parse(answer.body), contract.PlanReport(shards=1),
                                    OperatorSettings())
     [container] = worker["spec"]["template"]["spec"]["containers"]
     used = {m["mountPath"] for m in container["volumeMounts"]}
-    used |= {str(Path(config.TERMINATION_MESSAGE_PATH).parent), config.MODEL_CACHE_MOUNT}
+    used |= {str(Path(contract.TERMINATION_MESSAGE_PATH).parent), contract.MODEL_CACHE_MOUNT}
     assert {"/tmp", "/home/whisperfleet", "/models", "/dev"} <= used
     cases = [Refusal({"storage.volume": {"claimName": "m", "mountPath": path}},
                      "spec.storage.volume.mountPath", "spec.storage.volume.mountPath must not be")
@@ -613,7 +614,7 @@ def test_an_operator_status_is_valid_and_bounded(admission: Admission, tjs: str)
     assert answer.accepted, answer
     assert answer.body["status"] == status
     # Whatever fits a shard's termination message fits the status.
-    longest = "x" * config.TERMINATION_MESSAGE_LIMIT
+    longest = "x" * contract.TERMINATION_MESSAGE_LIMIT
     status["failures"] = [{"uri": longest, "reason": longest}]
     assert replace_status(admission, path, status).accepted
     too_many = {**status, "failures": status["failures"] * 21}
@@ -631,14 +632,14 @@ def test_statuses_the_operator_writes_are_accepted(admission: Admission, tjs: st
     stored = admission.created(tjs, tj("operator-status"))
     job = spec.parse(stored)
     now = "2024-11-02T10:00:00Z"
-    plan = config.PlanReport(files=4, bytes=10, shards=3, manifest_uri="s3://media/out/m.jsonl")
+    plan = contract.PlanReport(files=4, bytes=10, shards=3, manifest_uri="s3://media/out/m.jsonl")
     planned = st.planning_status(job, {}, st.PlannerOutcome("succeeded", plan), "t-plan", now)
     long_key = "s3://media/in/" + "k" * 3000 + ".mp3"
-    reports = [config.ShardReport(
+    reports = [contract.ShardReport(
         shard=i, total=2, succeeded=1, failed=1, audio_seconds=4000.0, pod=f"t-work-{i}",
-        node="n1", gpus=[config.GpuIdentity(uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3",
+        node="n1", gpus=[contract.GpuIdentity(uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3",
                                             memory_mib=81559, device_index=0)],
-        failures=[config.FileFailure(uri=long_key, reason="undecodable audio")],
+        failures=[contract.FileFailure(uri=long_key, reason="undecodable audio")],
     ).to_json() for i in range(2)]
     # A report far beyond what a termination message holds, every text oversized.
     huge = json.loads(reports[0])

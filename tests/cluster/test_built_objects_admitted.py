@@ -26,9 +26,10 @@ from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.transcription_jobs import tj_path
 from tests.cluster.whisperfleet_release import Release
 from tests.support.paths import REPO
-from whisperfleet_operator import gpu, jobs, naming, spec
+from whisperfleet_operator import naming, spec
+from whisperfleet_operator.builders import gpu, jobs
 from whisperfleet_operator.settings import OperatorSettings
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
 pytestmark = [pytest.mark.slow]
 Obj = dict[str, Any]
@@ -175,7 +176,7 @@ def pod_of(job: Obj, index: int | None) -> Obj:
 
 def built_objects(stored: Obj, settings: OperatorSettings) -> list[Obj]:
     job = spec.parse(stored)
-    plan = config.PlanReport(files=10, bytes=10**9, shards=job.shards or 3)
+    plan = contract.PlanReport(files=10, bytes=10**9, shards=job.shards or 3)
     planner = jobs.build_planner_job(job, settings)
     worker = jobs.build_worker_job(job, plan, settings)
     claim = gpu.build_resource_claim_template(job, settings)
@@ -224,7 +225,7 @@ def test_the_api_server_would_refuse_a_job_that_breaks_its_rules(
     """The check above can fail: a worker Job the server refuses is reported, by field."""
     answer = admission.create(tj_path(namespace), tj("bad-index"))
     assert answer.accepted, answer
-    worker = jobs.build_worker_job(spec.parse(answer.body), config.PlanReport(shards=2),
+    worker = jobs.build_worker_job(spec.parse(answer.body), contract.PlanReport(shards=2),
                                    OperatorSettings())
     worker["spec"]["maxFailedIndexes"] = 5  # more than completions
     refused = admission.create(resource_path(worker, namespace), worker)
@@ -331,7 +332,7 @@ def test_worker_options_the_job_would_refuse_are_refused_at_admission(
         assert answer.status == 422 and "spec.workers." in answer.message, answer
         return
     # Before calling it a gap: the server does refuse what the operator would build.
-    worker = jobs.build_worker_job(spec.parse(answer.body), config.PlanReport(shards=2),
+    worker = jobs.build_worker_job(spec.parse(answer.body), contract.PlanReport(shards=2),
                                    OperatorSettings())
     built = worker if kind == "Job" else pod_of(worker, 1)
     refused = admission.create(resource_path(built, namespace), built)

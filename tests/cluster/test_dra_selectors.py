@@ -14,7 +14,7 @@ from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.manifests import restricted_pod
 from tests.cluster.waiting import eventually
 from tests.support.transcription_jobs import parsed
-from whisperfleet_operator import gpu
+from whisperfleet_operator.builders import gpu
 from whisperfleet_operator.settings import OperatorSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -66,6 +66,16 @@ def test_images_run_as_uid_1000_with_nothing_of_the_build_left(
 
 
 @pytest.mark.parametrize("name", sorted(images.DOCKERFILES))
+def test_images_are_as_slim_as_debians_slim_base(
+        name: str, built_images: dict[str, images.BuiltImage]) -> None:
+    # What debian:*-slim leaves out of every package, and apt's indexes and downloads.
+    script = ("find /usr/share/doc -type f ! -name copyright; "
+              "find /usr/share/man /usr/share/locale -type f; "
+              "find /var/lib/apt/lists /var/cache/apt -type f -size +0 2>/dev/null; true")
+    assert run(built_images[name], "sh", "-c", script).split() == []
+
+
+@pytest.mark.parametrize("name", sorted(images.DOCKERFILES))
 def test_images_install_exactly_the_pinned_versions_on_debians_python(
         name: str, built_images: dict[str, images.BuiltImage]) -> None:
     built = built_images[name]

@@ -16,8 +16,8 @@ from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.waiting import eventually
 from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.paths import AUDIO
-from whisperfleet_runner import config
-from whisperfleet_runner.ledger import merge, parse_records
+from whisperfleet_runner import contract
+from whisperfleet_runner.pipeline.ledger import merge, parse_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 # key under in/ -> fixture: one bad medium, a name with a space and unicode.
@@ -57,11 +57,11 @@ def test_a_job_runs_on_the_matching_gpus_and_ends_partially_succeeded(
     # What the user finds in the bucket: every good file's transcripts, the manifest and a
     # ledger line per file.
     out = tjs.objects(cluster, bucket, "out/")
-    transcripts = {k for k in out if not k.startswith(f"out/{config.STATE_DIR}/")}
+    transcripts = {k for k in out if not k.startswith(f"out/{contract.STATE_DIR}/")}
     stems = [k.rsplit(".", 1)[0] for k in UPLOADS if not k.startswith("bad/")]
     assert transcripts == {f"out/{s}.{fmt}" for s in stems for fmt in ("json", "txt")}
     assert "hello" in json.loads(out["out/hello.json"])["text"].lower()
-    state = f"out/{config.STATE_DIR}/{uid}/"
+    state = f"out/{contract.STATE_DIR}/{uid}/"
     assert len(out[f"{state}manifest.jsonl"].decode().splitlines()) == 4
     ledger = merge(r for k, v in out.items() if k.startswith(f"{state}ledger/")
                    for r in parse_records(v.decode(), k))
@@ -95,7 +95,7 @@ def test_two_gpus_per_worker_both_work_on_the_h100_node(
     assert len(set(uuids)) == 2 and [g["deviceIndex"] for g in worker["gpus"]] == [0, 1]
     # Each GPU did files: the ledger names both.
     uid = final["metadata"]["uid"]
-    out = tjs.objects(cluster, bucket, f"out/{config.STATE_DIR}/{uid}/ledger/")
+    out = tjs.objects(cluster, bucket, f"out/{contract.STATE_DIR}/{uid}/ledger/")
     records = [r for k, v in out.items() for r in parse_records(v.decode(), k)]
     by_gpu = Counter(r.gpu for r in records if r.status == "succeeded")
     assert set(by_gpu) == set(uuids) and sum(by_gpu.values()) == 8, by_gpu

@@ -10,7 +10,7 @@ import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.rest import ApiException
 
-from whisperfleet_operator import kube, reconcile
+from whisperfleet_operator import kube, retries
 from whisperfleet_operator.reconcile import Reconciler
 from whisperfleet_operator.settings import OperatorSettings
 
@@ -56,7 +56,7 @@ class Flaky(Reconciler):
 def test_a_reconcile_stopped_by_transient_errors_runs_again_until_it_succeeds(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reconcile, "RETRY_DELAYS", (0.01, 0.02))
+    monkeypatch.setattr(retries, "RETRY_DELAYS", (0.01, 0.02))
     flaky = Flaky([kube.Conflict("modified"), ApiException(status=503), ApiException(429)])
     flaky.reconcile_or_retry("ns", "talks", "u-1")  # does not raise: retried on its own
     assert flaky.done.wait(timeout=10), flaky.calls
@@ -67,14 +67,14 @@ def test_other_errors_propagate_and_schedule_nothing() -> None:
     flaky = Flaky([ApiException(status=403, reason="Forbidden")])
     with pytest.raises(ApiException):
         flaky.reconcile_or_retry("ns", "talks", "u-1")
-    assert not flaky._retries and flaky.calls == 1
+    assert not flaky.retries._timers and flaky.calls == 1
 
 
 def test_close_cancels_pending_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reconcile, "RETRY_DELAYS", (30.0,))
+    monkeypatch.setattr(retries, "RETRY_DELAYS", (30.0,))
     flaky = Flaky([ApiException(status=500)])
     flaky.reconcile_or_retry("ns", "talks", "u-1")
-    (timer,) = flaky._retries.values()
+    (timer,) = flaky.retries._timers.values()
     flaky.close()
     timer.join(timeout=10)
     assert not timer.is_alive() and flaky.calls == 1

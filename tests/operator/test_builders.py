@@ -14,10 +14,11 @@ import kubernetes_validate
 import pytest
 
 from tests.support.transcription_jobs import parsed, tj_object
-from whisperfleet_operator import jobs, naming, spec, workorder
+from whisperfleet_operator import naming, spec
+from whisperfleet_operator.builders import jobs, workorder
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_operator.spec import TranscriptionJob
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
 K8S = kubernetes_validate.latest_version()  # the newest schemas it ships (>= 1.35)
 SECRET_VALUE = "wJalrXUtnFEMI-not-a-real-key"
@@ -41,7 +42,7 @@ def env_of(job: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(job)["env"]}
 
 
-PLAN = config.PlanReport(files=40, bytes=10**9, shards=12, manifest_uri="s3://x/m.jsonl")
+PLAN = contract.PlanReport(files=40, bytes=10**9, shards=12, manifest_uri="s3://x/m.jsonl")
 SETTINGS = OperatorSettings()
 
 
@@ -92,11 +93,11 @@ def test_work_order_defaults_from_config() -> None:
     order = workorder.work_order_for(make_tj())
     assert order.job_uid == "6f1c9d2e-1111-4a4a-9b9b-0123456789ab"
     assert order.device == "cuda"
-    assert order.include == config.DEFAULT_INCLUDE
-    assert order.output.formats == config.DEFAULT_FORMATS
-    assert order.model.name == config.DEFAULT_MODEL and order.model.cache_dir is None
+    assert order.include == contract.DEFAULT_INCLUDE
+    assert order.output.formats == contract.DEFAULT_FORMATS
+    assert order.model.name == contract.DEFAULT_MODEL and order.model.cache_dir is None
     assert order.transcription.language is None and order.transcription.initial_prompt is None
-    assert order.transcription.beam_size == config.DEFAULT_BEAM_SIZE
+    assert order.transcription.beam_size == contract.DEFAULT_BEAM_SIZE
     assert order.shards == 0
 
 
@@ -113,15 +114,15 @@ def test_work_order_maps_every_spec_field() -> None:
     )
     order = workorder.work_order_for(tj)
     assert (order.input_uri, order.include) == ("gs://b/in/", ("*.flac",))
-    assert order.output == config.OutputOptions("gs://b/out/", ("json", "tsv"), True, True)
-    assert order.model == config.ModelOptions("tiny.en", "int8", config.MODEL_CACHE_MOUNT)
+    assert order.output == contract.OutputOptions("gs://b/out/", ("json", "tsv"), True, True)
+    assert order.model == contract.ModelOptions("tiny.en", "int8", contract.MODEL_CACHE_MOUNT)
     t = order.transcription
     assert (t.language, t.task, t.beam_size, t.batch_size) == ("de", "translate", 2, 1)
     assert (t.vad_filter, t.word_timestamps, t.initial_prompt) == (False, True, "Hallo")
     assert t.pack_short_clips is False
     assert order.shards == 7
     # What the pod receives round-trips through the contract unchanged.
-    assert config.WorkOrder.from_json(order.to_json()) == order
+    assert contract.WorkOrder.from_json(order.to_json()) == order
 
 
 @pytest.mark.parametrize(
@@ -160,18 +161,18 @@ def test_planner_job() -> None:
     assert not [k for k in asked if k.startswith("nvidia.com/")]  # the planner needs no GPU
     assert "resourceClaims" not in spec["template"]["spec"]
     env = env_of(job)
-    order = config.WorkOrder.from_json(env[config.ENV_WORK_ORDER])
+    order = contract.WorkOrder.from_json(env[contract.ENV_WORK_ORDER])
     assert order == workorder.work_order_for(tj)
     assert env["AWS_ENDPOINT_URL"] == "http://minio.minio:9000"
     assert env["AWS_DEFAULT_REGION"] == env["AWS_REGION"] == "eu-west-1"
     assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert c["terminationMessagePath"] == config.TERMINATION_MESSAGE_PATH
+    assert c["terminationMessagePath"] == contract.TERMINATION_MESSAGE_PATH
     pod = spec["template"]["spec"]
     assert "tolerations" not in pod and "affinity" not in pod  # runs on any node
     # A missing bucket or bad spec fails the planner at once instead of retrying.
     fail_job = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
-    assert set(fail_job[0]["onExitCodes"]["values"]) == {config.EXIT_USAGE, config.EXIT_STORAGE}
+    assert set(fail_job[0]["onExitCodes"]["values"]) == {contract.EXIT_USAGE, contract.EXIT_STORAGE}
 
 
 def test_storage_env_without_endpoint_region_or_secret() -> None:
@@ -209,7 +210,7 @@ def test_worker_job_shape() -> None:
     assert c["env"][0]["name"] == "CUDA_DEVICE_ORDER"
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    order = config.WorkOrder.from_json(env[config.ENV_WORK_ORDER])
+    order = contract.WorkOrder.from_json(env[contract.ENV_WORK_ORDER])
     assert order.shards == PLAN.shards and order.device == "cuda"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
@@ -221,9 +222,9 @@ def test_pod_failure_policy() -> None:
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     by_code = {code: r["action"] for r in rules if "onExitCodes" in r
                for code in r["onExitCodes"]["values"]}
-    assert by_code[config.EXIT_BAD_INPUT] == "FailIndex"  # bad media: no retry of the shard
-    assert by_code[config.EXIT_USAGE] == "FailJob"  # a bad work order fails everywhere
-    assert config.EXIT_NO_GPU not in by_code  # counted: a replacement may get a good GPU
+    assert by_code[contract.EXIT_BAD_INPUT] == "FailIndex"  # bad media: no retry of the shard
+    assert by_code[contract.EXIT_USAGE] == "FailJob"  # a bad work order fails everywhere
+    assert contract.EXIT_NO_GPU not in by_code  # counted: a replacement may get a good GPU
     assert all(r["onExitCodes"]["containerName"] == "runner" for r in rules[1:])
 
 
@@ -310,11 +311,11 @@ def test_model_cache_volume_is_mounted_read_only() -> None:
     (vol,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert vol["persistentVolumeClaim"] == {"claimName": "whisper-models", "readOnly": True}
     (mount,) = [m for m in container(job)["volumeMounts"] if m["name"] == vol["name"]]
-    assert mount == {"name": vol["name"], "mountPath": config.MODEL_CACHE_MOUNT, "readOnly": True}
+    assert mount == {"name": vol["name"], "mountPath": contract.MODEL_CACHE_MOUNT, "readOnly": True}
     env = env_of(job)
-    assert env[config.ENV_MODEL_CACHE] == config.MODEL_CACHE_MOUNT
-    order = config.WorkOrder.from_json(env[config.ENV_WORK_ORDER])
-    assert order.model.cache_dir == config.MODEL_CACHE_MOUNT
+    assert env[contract.ENV_MODEL_CACHE] == contract.MODEL_CACHE_MOUNT
+    order = contract.WorkOrder.from_json(env[contract.ENV_WORK_ORDER])
+    assert order.model.cache_dir == contract.MODEL_CACHE_MOUNT
     # The planner needs no models.
     planner = jobs.build_planner_job(tj, SETTINGS)
     assert all("persistentVolumeClaim" not in v for v in planner["spec"]["template"]["spec"]
@@ -344,7 +345,7 @@ def test_data_volume_is_mounted_writable_in_planner_and_workers() -> None:
         names = [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]]
         paths = [m["mountPath"] for m in container(job)["volumeMounts"]]
         assert len(names) == len(set(names)) and len(paths) == len(set(paths))
-        order = config.WorkOrder.from_json(env_of(job)[config.ENV_WORK_ORDER])
+        order = contract.WorkOrder.from_json(env_of(job)[contract.ENV_WORK_ORDER])
         assert (order.input_uri, order.output.uri) == ("file:///data/audio/", "file:///data/out/")
 
 
@@ -403,7 +404,7 @@ def test_operator_default_model_cache_and_none() -> None:
               for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
     assert claims == ["shared-models"]
     bare = jobs.build_worker_job(make_tj(), PLAN, SETTINGS)
-    assert config.ENV_MODEL_CACHE not in env_of(bare)
+    assert contract.ENV_MODEL_CACHE not in env_of(bare)
     assert all("persistentVolumeClaim" not in v
                for v in bare["spec"]["template"]["spec"]["volumes"])
 
@@ -452,7 +453,7 @@ def test_pass_through_of_worker_scheduling_and_image_options() -> None:
 
 def test_worker_job_refuses_empty_plan_and_bad_numbers() -> None:
     with pytest.raises(ValueError, match="0 shards"):
-        jobs.build_worker_job(make_tj(), config.PlanReport(shards=0), SETTINGS)
+        jobs.build_worker_job(make_tj(), contract.PlanReport(shards=0), SETTINGS)
     with pytest.raises(ValueError, match="parallelism"):
         jobs.build_worker_job(make_tj(workers={"parallelism": 0}), PLAN, SETTINGS)
     with pytest.raises(ValueError, match="perShard"):

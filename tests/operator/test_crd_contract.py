@@ -1,6 +1,6 @@
 """The TranscriptionJob CRD as a contract, read from its YAML: its names, a structural and
 bounded schema, documented fields, rule messages that name their field, and defaults and
-enums in step with the runner's config.
+enums in step with the runner's contract.
 
 What the API server does with it (admission, defaults, refusals, the CEL cost budget, kubectl
 columns and scaling) is tested on the real API server: tests/cluster/test_admission.py.
@@ -18,7 +18,7 @@ import yaml
 
 from tests.support.crd_schema import walk
 from tests.support.paths import CRD, REPO
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
 EXAMPLE_FILES = sorted((REPO / "examples").glob("*.yaml"))
 
@@ -131,7 +131,7 @@ def test_printer_columns_and_scale_paths_point_at_schema_fields(
     assert resolve(schema, scale["statusReplicasPath"])["type"] == "integer"
 
 
-# --- in step with whisperfleet_runner.config --------------------------------------------------
+# --- in step with whisperfleet_runner.contract --------------------------------------------------
 
 
 def test_defaults_and_enums_match_the_runner_config(schema: dict[str, Any]) -> None:
@@ -140,23 +140,23 @@ def test_defaults_and_enums_match_the_runner_config(schema: dict[str, Any]) -> N
     def at(dotted: str) -> dict[str, Any]:
         return resolve(spec, dotted)
 
-    assert at("input.include")["default"] == list(config.DEFAULT_INCLUDE)
-    assert at("output.formats")["default"] == list(config.DEFAULT_FORMATS)
-    assert at("output.formats")["items"]["enum"] == list(config.FORMATS)
-    assert at("output.formats")["maxItems"] == len(config.FORMATS)
-    assert at("output.overwrite")["default"] is config.OutputOptions(uri="x").overwrite
-    assert at("output.keepPartial")["default"] is config.OutputOptions(uri="x").keep_partial
-    assert at("model.name")["default"] == config.DEFAULT_MODEL
-    assert at("model.computeType")["default"] == config.ModelOptions().compute_type
+    assert at("input.include")["default"] == list(contract.DEFAULT_INCLUDE)
+    assert at("output.formats")["default"] == list(contract.DEFAULT_FORMATS)
+    assert at("output.formats")["items"]["enum"] == list(contract.FORMATS)
+    assert at("output.formats")["maxItems"] == len(contract.FORMATS)
+    assert at("output.overwrite")["default"] is contract.OutputOptions(uri="x").overwrite
+    assert at("output.keepPartial")["default"] is contract.OutputOptions(uri="x").keep_partial
+    assert at("model.name")["default"] == contract.DEFAULT_MODEL
+    assert at("model.computeType")["default"] == contract.ModelOptions().compute_type
     # The CRD allows a subset of what the runner understands.
     assert at("model.computeType")["enum"] == [
         "auto", "float16", "int8_float16", "int8", "float32", "bfloat16"]
-    assert set(at("model.computeType")["enum"]) <= set(config.COMPUTE_TYPES)
-    options = config.TranscriptionOptions()
-    assert at("transcription.task")["enum"] == list(config.TASKS)
+    assert set(at("model.computeType")["enum"]) <= set(contract.COMPUTE_TYPES)
+    options = contract.TranscriptionOptions()
+    assert at("transcription.task")["enum"] == list(contract.TASKS)
     assert at("transcription.task")["default"] == options.task
-    assert at("transcription.beamSize")["default"] == config.DEFAULT_BEAM_SIZE
-    assert at("transcription.batchSize")["default"] == config.DEFAULT_BATCH_SIZE
+    assert at("transcription.beamSize")["default"] == contract.DEFAULT_BEAM_SIZE
+    assert at("transcription.batchSize")["default"] == contract.DEFAULT_BATCH_SIZE
     assert at("transcription.vadFilter")["default"] is options.vad_filter
     assert at("transcription.wordTimestamps")["default"] is options.word_timestamps
     assert at("transcription.packShortClips")["default"] is options.pack_short_clips

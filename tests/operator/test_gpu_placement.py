@@ -17,12 +17,13 @@ import kubernetes_validate
 import pytest
 
 from tests.support.transcription_jobs import parsed
-from whisperfleet_operator import gpu, jobs, naming, spec
+from whisperfleet_operator import naming, spec
+from whisperfleet_operator.builders import gpu, jobs
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_operator.spec import TranscriptionJob
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
-PLAN = config.PlanReport(files=8, bytes=10**8, shards=4)
+PLAN = contract.PlanReport(files=8, bytes=10**8, shards=4)
 SETTINGS = OperatorSettings()
 
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from tests.support.transcription_jobs import parsed
-from whisperfleet_operator import events, fold
 from whisperfleet_operator import status as st
+from whisperfleet_operator.conditions import set_condition
 from whisperfleet_operator.spec import TranscriptionJob
-from whisperfleet_runner.config import FileFailure, GpuIdentity, PlanReport, ShardReport
+from whisperfleet_operator.status import events, fold
+from whisperfleet_runner.contract import FileFailure, GpuIdentity, PlanReport, ShardReport
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"
 Obj = dict[str, Any]
@@ -61,19 +62,19 @@ def test_index_sets_follow_kubernetes_notation() -> None:
 
 
 def test_condition_transition_time_moves_only_when_status_flips() -> None:
-    first = st.set_condition([], "Running", True, "ShardsRunning", "1 of 2", 1, NOW)
-    same = st.set_condition(first, "Running", True, "ShardsRunning", "2 of 2", 2, LATER)
+    first = set_condition([], "Running", True, "ShardsRunning", "1 of 2", 1, NOW)
+    same = set_condition(first, "Running", True, "ShardsRunning", "2 of 2", 2, LATER)
     assert same[0]["lastTransitionTime"] == NOW and same[0]["message"] == "2 of 2"
     assert same[0]["observedGeneration"] == 2
-    flipped = st.set_condition(same, "Running", False, "Succeeded", "done", 2, LATER)
+    flipped = set_condition(same, "Running", False, "Succeeded", "done", 2, LATER)
     assert flipped[0]["lastTransitionTime"] == LATER and len(flipped) == 1
 
 
 def test_condition_reasons_are_valid_for_the_api() -> None:
     # metav1.Condition reasons must match ^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$
-    out = st.set_condition([], "Failed", True, "bucket not-found!", "m", 1, NOW)
+    out = set_condition([], "Failed", True, "bucket not-found!", "m", 1, NOW)
     assert out[0]["reason"] == "bucketnotfound"
-    assert st.set_condition([], "Failed", True, "", "m", 1, NOW)[0]["reason"] == "Failed"
+    assert set_condition([], "Failed", True, "", "m", 1, NOW)[0]["reason"] == "Failed"
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -224,7 +225,7 @@ def test_invalid_spec_fails_naming_the_field() -> None:
 
 
 def test_reports_survive_any_termination_message() -> None:
-    from whisperfleet_operator import reports
+    from whisperfleet_operator.status import reports
 
     for junk in ("", "null", "42", "[]", '"text"', "[" * 3000, "{}x", '{"shard": -1}',
                  '{"succeeded": "3"}', '{"gpus": [{"uuid": 1}]}', "Traceback: MemoryError"):

@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 from prometheus_client import generate_latest
 
 from whisperfleet_operator.progress import Sample, parse_metrics, progress
-from whisperfleet_runner.config import FAILED, SKIPPED, SUCCEEDED
-from whisperfleet_runner.ledger import LedgerRecord
-from whisperfleet_runner.metrics import RunMetrics
+from whisperfleet_runner.contract import FAILED, SKIPPED, SUCCEEDED
+from whisperfleet_runner.fleet.metrics import RunMetrics
+from whisperfleet_runner.pipeline.ledger import LedgerRecord
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
 STARTED = "2026-12-01T11:00:00Z"  # an hour before NOW

@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 
 from tests.support.transcription_jobs import parsed
-from whisperfleet_operator import events, jobs, naming, stuck
+from whisperfleet_operator import naming
 from whisperfleet_operator import status as st
+from whisperfleet_operator.builders import jobs
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_operator.spec import TranscriptionJob
-from whisperfleet_runner.config import PlanReport
+from whisperfleet_operator.status import events, stuck
+from whisperfleet_runner.contract import PlanReport
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 SECRET_MSG = 'secret "s3-credentials" not found'

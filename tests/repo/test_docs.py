@@ -41,6 +41,14 @@ def test_each_stage_has_one_owning_module_that_exists() -> None:
         assert (REPO / module).is_file(), f"{stage}: {module} does not exist"
 
 
+def test_every_file_the_change_table_names_exists() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    table = text[text.index("## To change X, edit Y"):]
+    paths = re.findall(r"`((?:job_runner|operator|crds|tests|docs)/[^`]+?)`", table)
+    assert len(paths) >= 10
+    assert [p for p in paths if not (REPO / p).exists()] == []
+
+
 def test_the_readme_points_at_the_docs_and_nothing_outside_the_repository() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for target in ("docs/architecture.md", "docs/transcriptionjob.md", "kubectl explain tj.spec"):

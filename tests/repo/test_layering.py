@@ -1,8 +1,9 @@
-"""Imports flow one way: cli -> local | pod -> core -> storage | gpu -> the contract.
+"""Imports flow one way, stage by stage: cli -> local | pod -> fleet -> pipeline -> decode ->
+media -> storage | gpu -> contract.
 
-A module may import its own layer and the layers below, never above, and never a sibling
+A module may import its own package and the layers below, never above, and never a sibling
 package of its layer (local and pod stay apart, so do storage and gpu). The operator may
-import only the runner's contract (`config`): nothing that pulls in faster-whisper.
+import only the runner's contract (`contract`): nothing that pulls in faster-whisper.
 Imports inside functions count too: a lazy import is still a dependency.
 """
 
@@ -15,29 +16,20 @@ from tests.support.paths import REPO
 
 RUNNER = REPO / "job_runner" / "whisperfleet_runner"
 OPERATOR = REPO / "operator" / "whisperfleet_operator"
-CONTRACT = {"config", "transcript"}
-CORE = {"audio", "audio_header", "damage", "models", "engine", "packing", "packed_decode",
-        "formats", "ledger", "batch", "overlap", "scheduler", "worker", "metrics",
-        "accounting", "inprocess", "speech_chunks", "encoder", "chunk_decode", "chunk_batcher",
-        "prepare", "outbox", "lazy_engine"}
-# layer number and, for packages, the package: a module may import lower layers, its own
-# package, and core modules of its own layer.
-LAYERS = {"contract": 0, "storage": 1, "gpu": 1, "core": 2, "local": 3, "pod": 3, "cli": 4}
+# The runner's packages, lowest first: a package may import those of a lower layer.
+LAYERS = {"contract": 0, "storage": 1, "gpu": 1, "media": 2, "decode": 3, "pipeline": 4,
+          "fleet": 5, "local": 6, "pod": 6, "cli": 7}
 
 
 def unit_of(module: str) -> str:
-    """`whisperfleet_runner.gpu.nvml` -> "gpu"; `…engine` -> "core"; `…config` -> "contract"."""
+    """`whisperfleet_runner.gpu.nvml` -> "gpu"; `whisperfleet_runner` -> "package"."""
     parts = module.split(".")[1:]
     if not parts or parts == ["__init__"]:
         return "package"
-    head = parts[0]
-    if head in CONTRACT:
-        return "contract"
-    if head in CORE:
-        return "core"
-    if head in LAYERS:
-        return head
-    raise AssertionError(f"{module}: not placed in a layer (add it to tests/repo/test_layering)")
+    if parts[0] in LAYERS:
+        return parts[0]
+    raise AssertionError(f"{module}: not in a layer's package (see LAYERS in "
+                         "tests/repo/test_layering.py)")
 
 
 def allowed(importer: str, imported: str) -> bool:
@@ -82,17 +74,20 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def test_the_rule_refuses_upward_and_sideways_imports() -> None:
-    assert allowed("whisperfleet_runner.cli.transcribe", "whisperfleet_runner.scheduler")
+    assert allowed("whisperfleet_runner.cli.transcribe", "whisperfleet_runner.fleet.scheduler")
     assert allowed("whisperfleet_runner.pod.shard", "whisperfleet_runner.gpu.devices")
-    assert allowed("whisperfleet_runner.batch", "whisperfleet_runner.storage.keys")
+    assert allowed("whisperfleet_runner.pipeline.run", "whisperfleet_runner.storage.keys")
+    assert allowed("whisperfleet_runner.decode.engine", "whisperfleet_runner.media.audio")
+    assert not allowed("whisperfleet_runner.media.audio", "whisperfleet_runner.decode.engine")
+    assert not allowed("whisperfleet_runner.decode.engine", "whisperfleet_runner.pipeline.run")
     assert allowed("whisperfleet_runner.gpu.devices", "whisperfleet_runner.gpu.nvml")
-    assert not allowed("whisperfleet_runner.batch", "whisperfleet_runner.pod.shard")
+    assert not allowed("whisperfleet_runner.pipeline.run", "whisperfleet_runner.pod.shard")
     assert not allowed("whisperfleet_runner.pod.shard", "whisperfleet_runner.local.inputs")
     assert not allowed("whisperfleet_runner.storage.errors", "whisperfleet_runner.gpu.nvml")
-    assert not allowed("whisperfleet_runner.config", "whisperfleet_runner.storage")
-    assert not allowed("whisperfleet_runner.engine", "whisperfleet_runner.cli.options")
-    jobs = imports_of(OPERATOR / "jobs.py", OPERATOR)
-    assert "whisperfleet_runner.config" in jobs and "whisperfleet_operator.gpu" in jobs
+    assert not allowed("whisperfleet_runner.contract.options", "whisperfleet_runner.storage")
+    assert not allowed("whisperfleet_runner.decode.engine", "whisperfleet_runner.cli.options")
+    jobs = imports_of(OPERATOR / "builders" / "jobs.py", OPERATOR)
+    assert "whisperfleet_runner.contract" in jobs and "whisperfleet_operator.builders.gpu" in jobs
 
 
 def test_runner_imports_flow_downward() -> None:
@@ -113,6 +108,31 @@ def test_the_operator_imports_only_the_runners_contract() -> None:
     for path in sorted(OPERATOR.rglob("*.py")):
         for imported in imports_of(path, OPERATOR):
             if imported.startswith("whisperfleet_runner") and imported not in (
-                    "whisperfleet_runner", "whisperfleet_runner.config"):
+                    "whisperfleet_runner", "whisperfleet_runner.contract") and not \
+                    imported.startswith("whisperfleet_runner.contract."):
                 problems.append(f"{module_name(path, OPERATOR)} imports {imported}")
+    assert problems == []
+
+
+# The operator's own layers: vocabulary, then the pure builders and status (apart from each
+# other), then the API edge and what runs beside the handlers, then the reconciler, then kopf.
+OPERATOR_LAYERS = {"objects": 0, "conditions": 1, "settings": 1, "spec": 1, "naming": 2,
+                   "builders": 3, "status": 3, "kube": 4, "changes": 4, "retries": 4,
+                   "progress": 5, "reconcile": 6, "handlers": 7}
+
+
+def test_operator_imports_flow_from_handlers_to_pure_code() -> None:
+    problems = []
+    for path in sorted(OPERATOR.rglob("*.py")):
+        importer = module_name(path, OPERATOR).split(".")
+        if importer[1:] in ([], ["__init__"]):
+            continue
+        source = importer[1]
+        for imported in imports_of(path, OPERATOR):
+            parts = imported.split(".")
+            if parts[0] != "whisperfleet_operator" or len(parts) < 2:
+                continue
+            target = parts[1]
+            if target != source and OPERATOR_LAYERS[target] >= OPERATOR_LAYERS[source]:
+                problems.append(f"{'.'.join(importer)} imports {imported}")
     assert problems == []

@@ -34,7 +34,7 @@ def test_both_import_packages_are_installed() -> None:
 
 def test_operator_never_imports_faster_whisper() -> None:
     code = (
-        "import sys, whisperfleet_operator, whisperfleet_runner.config\n"
+        "import sys, whisperfleet_operator, whisperfleet_runner.contract\n"
         "import pkgutil, importlib\n"
         "for m in pkgutil.iter_modules(whisperfleet_operator.__path__):\n"
         "    importlib.import_module('whisperfleet_operator.' + m.name)\n"

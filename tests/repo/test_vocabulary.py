@@ -1,4 +1,4 @@
-"""Names that cross a boundary are spelled once: failure reasons in the runner's `config`
+"""Names that cross a boundary are spelled once: failure reasons in the runner's `contract.reasons`
 (`Reason`), phases, condition types and condition reasons in the operator's `conditions`.
 Anywhere else in production code such a string must come from those constants."""
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tests.support.paths import REPO
 from whisperfleet_operator import conditions
-from whisperfleet_runner.config import Reason
+from whisperfleet_runner.contract import Reason
 
-HOMES = {REPO / "job_runner/whisperfleet_runner/config.py",
+HOMES = {REPO / "job_runner/whisperfleet_runner/contract/reasons.py",
          REPO / "operator/whisperfleet_operator/conditions.py"}
 # Other parties' vocabularies that happen to share a word with ours, where they are read.
 FOREIGN = {
@@ -19,13 +19,13 @@ FOREIGN = {
     ("job_runner/whisperfleet_runner/storage/errors.py", "AccessDenied"),
     ("job_runner/whisperfleet_runner/storage/errors.py", "NotFound"),
     # The kubelet's waiting reasons, mapped to ours there.
-    ("operator/whisperfleet_operator/stuck.py", "CreateContainerConfigError"),
-    ("operator/whisperfleet_operator/stuck.py", "CreateContainerError"),
-    ("operator/whisperfleet_operator/stuck.py", "ImagePullBackOff"),
-    ("operator/whisperfleet_operator/stuck.py", "ErrImageNeverPull"),
-    ("operator/whisperfleet_operator/stuck.py", "InvalidImageName"),
+    ("operator/whisperfleet_operator/status/stuck.py", "CreateContainerConfigError"),
+    ("operator/whisperfleet_operator/status/stuck.py", "CreateContainerError"),
+    ("operator/whisperfleet_operator/status/stuck.py", "ImagePullBackOff"),
+    ("operator/whisperfleet_operator/status/stuck.py", "ErrImageNeverPull"),
+    ("operator/whisperfleet_operator/status/stuck.py", "InvalidImageName"),
     # The Job API's podReplacementPolicy value, not a phase.
-    ("operator/whisperfleet_operator/jobs.py", "Failed"),
+    ("operator/whisperfleet_operator/builders/jobs.py", "Failed"),
     # A class exported by name (__all__), not a reason.
     ("job_runner/whisperfleet_runner/storage/__init__.py", "StorageError"),
 }

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 from whisperfleet_runner.gpu import choice as gpu_choice
 from whisperfleet_runner.gpu import devices
 from whisperfleet_runner.gpu.devices import GpuNotVisibleError, NoGpuError
@@ -82,7 +82,7 @@ def test_mig_instance_allocation(fake_nvml) -> None:
     assert uuids(sel) == ["MIG-bbbb-2222"] and sel.device_index == [0]
     assert sel.cuda_visible_devices == "MIG-bbbb-2222"
     (identity,) = sel.identities()
-    assert identity == config.GpuIdentity(
+    assert identity == contract.GpuIdentity(
         uuid="MIG-bbbb-2222", name="NVIDIA A100-SXM4-40GB MIG 2g.20gb", memory_mib=19968,
         device_index=0, pci_bus_id="00000000:07:00.0", compute_capability="8.0",
         mig_profile="2g.20gb",
@@ -121,7 +121,7 @@ def test_nothing_allocated_with_cuda_fails_and_with_auto_runs_on_cpu(
     fake_nvml([gpu(0)])  # even though NVML (leak) sees a GPU
     with pytest.raises(NoGpuError, match="allocates no GPU") as info:
         devices.select_allocated("cuda", {"NVIDIA_VISIBLE_DEVICES": value})
-    assert info.value.exit_code == config.EXIT_NO_GPU == 3
+    assert info.value.exit_code == contract.EXIT_NO_GPU == 3
     sel = devices.select_allocated("auto", {"NVIDIA_VISIBLE_DEVICES": value})
     assert (sel.device, sel.device_index, sel.gpus) == ("cpu", [], [])
     assert len(sel.warnings) == 1 and "running on CPU" in sel.warnings[0]
@@ -211,7 +211,7 @@ def test_an_allocated_gpu_nvml_cannot_see_is_named(fake_nvml) -> None:
         with pytest.raises(GpuNotVisibleError, match="GPU-dead-beef") as info:
             devices.select_allocated(device, env)
         assert uuid(0) in str(info.value)  # and what NVML does see
-        assert info.value.exit_code == config.EXIT_NO_GPU
+        assert info.value.exit_code == contract.EXIT_NO_GPU
 
 
 def test_allocated_gpu_without_a_driver_says_why(fake_nvml) -> None:
@@ -389,6 +389,6 @@ def test_to_identity(fake_nvml) -> None:
     fake_nvml([gpu(0, free=1000, cc="8.9")])
     (info,) = gpu_choice.choose_local().gpus
     identity = devices.to_identity(info, 3)
-    assert identity == config.GpuIdentity(
+    assert identity == contract.GpuIdentity(
         uuid=uuid(0), name="NVIDIA A100-SXM4-40GB", memory_mib=40960, device_index=3,
         pci_bus_id="00000000:07:00.0", compute_capability="8.9", mig_profile="")

@@ -11,7 +11,7 @@ import pytest
 from faster_whisper import decode_audio
 
 from tests.support import damaged_media as dm
-from whisperfleet_runner.audio import SAMPLE_RATE, BadMediaError, decode, duration
+from whisperfleet_runner.media.audio import SAMPLE_RATE, BadMediaError, decode, duration
 
 
 def read(path: Path) -> bytes:

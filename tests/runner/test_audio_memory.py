@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from whisperfleet_runner.audio import SAMPLE_RATE
+from whisperfleet_runner.media.audio import SAMPLE_RATE
 
 pytestmark = pytest.mark.slow  # an hour of audio, encoded and decoded twice
 
@@ -29,7 +29,8 @@ MB = 1 << 20
 
 CHILD = """
 import json, sys
-from whisperfleet_runner import audio, storage
+from whisperfleet_runner import storage
+from whisperfleet_runner.media import audio
 
 path, how = sys.argv[1], sys.argv[2]
 

@@ -20,14 +20,14 @@ from faster_whisper import decode_audio
 
 from tests.support import damaged_media as dm
 from whisperfleet_runner import storage
-from whisperfleet_runner.audio import (
+from whisperfleet_runner.contract import Reason
+from whisperfleet_runner.media.audio import (
     SAMPLE_RATE,
     BadMediaError,
     decode_media,
     duration,
     open_stream,
 )
-from whisperfleet_runner.config import Reason
 from whisperfleet_runner.storage.ranged import RangedReader
 
 # (name, container, codec, sample rate, channels, seconds): each is longer than one group of

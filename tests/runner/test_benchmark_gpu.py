@@ -21,7 +21,8 @@ import pytest
 
 from benchmarks import bench
 from tests.support.paths import REPO
-from whisperfleet_runner import config, engine
+from whisperfleet_runner import contract
+from whisperfleet_runner.decode import engine
 from whisperfleet_runner.gpu import devices
 
 FakeNvml = Callable[[list[dict[str, Any]] | None], dict[str, str]]
@@ -44,7 +45,7 @@ def gpu(info: dict[str, Any] = H100, memory_batch: int = 64, on_cpu: bool = Fals
 
 
 def test_the_default_batch_is_the_runners() -> None:
-    assert bench.DEFAULT_BATCH == config.DEFAULT_BATCH_SIZE
+    assert bench.DEFAULT_BATCH == contract.DEFAULT_BATCH_SIZE
 
 
 def test_without_a_gpu_the_commands_are_todays_cpu_run() -> None:
@@ -83,7 +84,7 @@ def test_gpu_mode_pins_every_side_to_one_gpu_with_its_comparisons_settings(kind:
         assert cmd[cmd.index("--compute-type") + 1] == (
             "int8_float16" if side.name == "int8_float16" else "float16")
         assert int(cmd[cmd.index("--batch-size") + 1]) == (
-            96 if side.name == "memory_batch" else config.DEFAULT_BATCH_SIZE)
+            96 if side.name == "memory_batch" else contract.DEFAULT_BATCH_SIZE)
     ratios = {r.name: (r.faster, r.slower) for r in bench.ratios(kind, list(sides.values()))}
     assert ratios == {
         f"runner_vs_bare_{'loop' if packing else 'batched'}": ("whisperfleet", "bare"),
@@ -127,7 +128,7 @@ def test_the_memory_batch_follows_the_gpus_free_memory(
     monkeypatch.delenv(devices.ENV_GPU_ON_CPU, raising=False)
     big = bench.prepare_gpu(bench.find_gpu("auto", "0"), str(tiny_model_path))
     small = bench.prepare_gpu(bench.find_gpu("auto", "1"), str(tiny_model_path))
-    assert big.memory_batch > config.DEFAULT_BATCH_SIZE > small.memory_batch >= 1
+    assert big.memory_batch > contract.DEFAULT_BATCH_SIZE > small.memory_batch >= 1
     weights = (tiny_model_path / "model.bin").stat().st_size // 2**20
     assert small.memory_batch == engine.batch_size_for_memory(1 << 16, 1034, weights)
     assert not big.on_cpu

@@ -62,7 +62,7 @@ def test_this_machine_is_not_overcounted() -> None:
 def test_the_local_cpu_worker_uses_the_cpus_this_process_may_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from whisperfleet_runner import scheduler
+    from whisperfleet_runner.fleet import scheduler
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {3})
     monkeypatch.setattr(os, "cpu_count", lambda: 64)

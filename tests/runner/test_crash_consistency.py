@@ -30,9 +30,9 @@ import pytest
 
 from tests.support.kill_points import KillPoint, run_until, started
 from tests.support.paths import WHISPERFLEET
-from whisperfleet_runner import config, storage
-from whisperfleet_runner.config import OutputOptions, ShardReport, WorkOrder
-from whisperfleet_runner.ledger import (
+from whisperfleet_runner import contract, storage
+from whisperfleet_runner.contract import OutputOptions, ShardReport, WorkOrder
+from whisperfleet_runner.pipeline.ledger import (
     FAILED,
     SKIPPED,
     SUCCEEDED,
@@ -68,7 +68,7 @@ class Outputs:
         if self.s3 is None:  # os.walk: cheap enough to look every millisecond
             keys = []
             for folder, dirs, names in os.walk(self.uri):
-                dirs[:] = [d for d in dirs if d != config.STATE_DIR]
+                dirs[:] = [d for d in dirs if d != contract.STATE_DIR]
                 rel = os.path.relpath(folder, self.uri)
                 keys += [os.path.normpath(os.path.join(rel, n)) for n in names
                          if not n.startswith(".")]
@@ -76,7 +76,7 @@ class Outputs:
         bucket, _, prefix = self.uri.removeprefix("s3://").partition("/")
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return [o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])
-                if not o["Key"][len(prefix):].startswith(config.STATE_DIR + "/")]
+                if not o["Key"][len(prefix):].startswith(contract.STATE_DIR + "/")]
 
     def count(self) -> int:
         return len(self._keys())
@@ -159,7 +159,7 @@ def crash_and_finish(name: str, command: Command, outputs: Outputs, logs: Path
         if outcome.killed:
             seen.append((points.pop(0).describe(), len(complete), len(partial)))
         else:  # it ended first (only the last point can be that late): kill a start-up
-            assert outcome.returncode in (config.EXIT_SOME_FAILED, config.EXIT_BAD_INPUT), (
+            assert outcome.returncode in (contract.EXIT_SOME_FAILED, contract.EXIT_BAD_INPUT), (
                 (logs / f"{name}-{attempt}.log").read_text())
             points[0] = KillPoint(rng.uniform(0.3, 2.0))
     before, _ = sets(outputs)
@@ -204,7 +204,7 @@ def test_killed_transcribe_runs_leave_whole_sets_and_a_rerun_skips_only_those(
                                           Outputs(out, s3 if where == "s3" else None),
                                           tmp_path / "logs")
     assert any(partial for _, _, partial in seen), seen  # some kill cut a set in two
-    assert code == config.EXIT_SOME_FAILED, (tmp_path / "logs" / f"{name}-last.log").read_text()
+    assert code == contract.EXIT_SOME_FAILED, (tmp_path / "logs" / f"{name}-last.log").read_text()
     files = json.loads(summary.read_text())["files"]
     expected = {"total": len(CLIPS) + 1, "succeeded": len(CLIPS) - len(before),
                 "skipped": len(before), "failed": 1, "not_attempted": 0}
@@ -243,7 +243,7 @@ def test_killed_shards_leave_whole_sets_and_a_ledger_counting_each_file_once(
     # Killed attempts flush no ledger (a flush is due every 10 files): the sets they wrote
     # were found by asking the store, and skipped.
     assert before, seen
-    assert code == config.EXIT_BAD_INPUT, (tmp_path / "logs" / f"{name}-last.log").read_text()
+    assert code == contract.EXIT_BAD_INPUT, (tmp_path / "logs" / f"{name}-last.log").read_text()
     last = ShardReport.from_json(report.read_text())  # only the last attempt wrote one
     assert (last.total, last.succeeded, last.skipped, last.failed) == (
         len(CLIPS) + 1, len(CLIPS) - len(before), len(before), 1), seen

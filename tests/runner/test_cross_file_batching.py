@@ -16,12 +16,13 @@ import jiwer
 import pytest
 from faster_whisper import BatchedInferencePipeline, decode_audio
 
-from whisperfleet_runner import audio, chunk_decode
-from whisperfleet_runner.batch import run_files
-from whisperfleet_runner.config import ModelOptions, OutputOptions, WorkOrder
-from whisperfleet_runner.engine import Engine, get_engine
-from whisperfleet_runner.ledger import LedgerRecord
-from whisperfleet_runner.speech_chunks import speech_chunks
+from whisperfleet_runner.contract import ModelOptions, OutputOptions, WorkOrder
+from whisperfleet_runner.decode import chunk_decode
+from whisperfleet_runner.decode.engine import WhisperEngine, get_engine
+from whisperfleet_runner.media import audio
+from whisperfleet_runner.media.speech_chunks import speech_chunks
+from whisperfleet_runner.pipeline.ledger import LedgerRecord
+from whisperfleet_runner.pipeline.run import run_files
 from whisperfleet_runner.storage import InputFile
 
 pytestmark = [pytest.mark.slow,
@@ -31,7 +32,7 @@ TINY = ModelOptions(name="tiny.en", compute_type="int8")
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
+def engine() -> WhisperEngine:
     return get_engine(TINY, device="cpu", compute_type="int8")
 
 
@@ -59,7 +60,7 @@ def options(out: Path, batch_size: int = 8) -> Any:
 class Spy:
     """The real engine, recording which files' chunks each model call held."""
 
-    def __init__(self, real: Engine) -> None:
+    def __init__(self, real: WhisperEngine) -> None:
         self.real = real
         self.calls: list[list[str]] = []
         self.fail_key = ""
@@ -84,7 +85,7 @@ def transcript(out: Path, name: str) -> dict[str, Any]:
 
 
 def test_each_file_gets_the_transcript_faster_whisper_gives_it_alone(
-    engine: Engine, talks: Path, tmp_path: Path
+    engine: WhisperEngine, talks: Path, tmp_path: Path
 ) -> None:
     spy = Spy(engine)
     report = run_files(inputs(talks), options(tmp_path), lambda: spy, device="cpu")
@@ -108,7 +109,7 @@ def test_each_file_gets_the_transcript_faster_whisper_gives_it_alone(
 
 
 def test_a_file_is_published_as_soon_as_its_last_chunk_is_done(
-    engine: Engine, talks: Path, tmp_path: Path
+    engine: WhisperEngine, talks: Path, tmp_path: Path
 ) -> None:
     spy = Spy(engine)
     seen: list[tuple[str, int]] = []  # (file, model calls made when its record came)
@@ -125,7 +126,7 @@ def test_a_file_is_published_as_soon_as_its_last_chunk_is_done(
 
 
 def test_a_chunk_that_fails_fails_only_its_file(
-    engine: Engine, talks: Path, tmp_path: Path
+    engine: WhisperEngine, talks: Path, tmp_path: Path
 ) -> None:
     spy = Spy(engine)
     names = [p.name for p in sorted(talks.glob("*.wav"))]
@@ -140,7 +141,7 @@ def test_a_chunk_that_fails_fails_only_its_file(
 
 
 def test_a_long_file_damaged_past_its_first_batches_fails_and_loses_nothing_else(
-    engine: Engine, talks: Path, tmp_path: Path
+    engine: WhisperEngine, talks: Path, tmp_path: Path
 ) -> None:
     from tests.support import damaged_media
 

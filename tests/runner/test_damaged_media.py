@@ -17,8 +17,8 @@ import pytest
 from faster_whisper import decode_audio
 
 from tests.support import damaged_media as dm
-from whisperfleet_runner.audio import BadMediaError, Decoded, decode, decode_media, duration
-from whisperfleet_runner.damage import clock, mpeg_frame_size
+from whisperfleet_runner.media.audio import BadMediaError, Decoded, decode, decode_media, duration
+from whisperfleet_runner.media.damage import clock, mpeg_frame_size
 
 SR = dm.RATE
 GARBAGE = 3000  # bytes written over the middle of a file
@@ -185,6 +185,25 @@ def test_junk_before_the_id3_tag_loses_nothing(audio_dir: Path, keep: bool) -> N
     assert not decoded.partial
     # The tag is skipped as junk, so its Info frame decodes as 72 ms of silence in front.
     assert duration(decoded.samples) == pytest.approx(duration(decode(good, "x")), abs=0.1)
+
+
+@pytest.mark.parametrize("kind", ["hello", "vbr"])
+def test_an_mp3_cut_short_with_junk_before_its_id3_tag_is_truncated(
+    audio_dir: Path, clean: dict[str, bytes], kind: str
+) -> None:
+    # FFmpeg skips the tag as junk and only estimates the length; the Info/Xing header of
+    # the first frame still says how long the recording was.
+    good = ((audio_dir / "hello.mp3").read_bytes() if kind == "hello"
+            else dm.id3_tag() + clean["vbr.mp3"])
+    frames = dm.frame_map(good)
+    cut = dm.junk(700) + good[: frames[len(frames) // 4].pos]
+    reason = fails(cut, "talk.mp3")
+    assert re.fullmatch(r"truncated or corrupt audio \(decoded \d\.\d\d s of the "
+                        r"\d+\.\d\d s its header declares\)", reason), reason
+    whole = duration(decode(good, "talk.mp3"))
+    declared = float(reason.split(" of the ")[1].split(" s ")[0])
+    assert declared == pytest.approx(whole, abs=0.15)
+    assert kept(cut, "talk.mp3").damage == reason
 
 
 @pytest.mark.parametrize("keep", [False, True])

@@ -18,8 +18,8 @@ import pytest
 
 from tests.support import damaged_media as dm
 from tests.support.paths import WHISPERFLEET
-from whisperfleet_runner import config
-from whisperfleet_runner.ledger import FAILED, SUCCEEDED, read_ledger
+from whisperfleet_runner import contract
+from whisperfleet_runner.pipeline.ledger import FAILED, SUCCEEDED, read_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_transcribe_fails_damaged_media_then_keeps_it_with_keep_partial(
     args = [str(inputs), "-o", str(out), "--model", str(tiny_model_path), "--summary-json",
             str(summary)]
     strict = cli("transcribe", *args)
-    assert strict.returncode == config.EXIT_SOME_FAILED, strict.stderr
+    assert strict.returncode == contract.EXIT_SOME_FAILED, strict.stderr
     data = summary_of(summary)
     assert {k: data["files"][k] for k in ("succeeded", "partial", "failed")} == {
         "succeeded": 2, "partial": 0, "failed": 1}
@@ -70,7 +70,7 @@ def test_transcribe_fails_damaged_media_then_keeps_it_with_keep_partial(
     assert "partial" not in json.loads((out / "mislabeled.json").read_text(encoding="utf-8"))
 
     kept = cli("transcribe", *args, "--keep-partial")
-    assert kept.returncode == config.EXIT_OK, kept.stderr
+    assert kept.returncode == contract.EXIT_OK, kept.stderr
     data = summary_of(summary)
     assert {k: data["files"][k] for k in ("succeeded", "partial", "skipped", "failed")} == {
         "succeeded": 1, "partial": 1, "skipped": 2, "failed": 0}
@@ -92,32 +92,32 @@ def test_pod_commands_record_damaged_media_in_ledger_and_report(
     tmp_path: Path, inputs: Path, tiny_model_path: Path, keep: bool
 ) -> None:
     out = tmp_path / "out"
-    order = config.WorkOrder(job_uid="uid-damage", input_uri=str(inputs), shards=1,
-                             output=config.OutputOptions(uri=str(out), keep_partial=keep),
+    order = contract.WorkOrder(job_uid="uid-damage", input_uri=str(inputs), shards=1,
+                             output=contract.OutputOptions(uri=str(out), keep_partial=keep),
                              device="cpu")
     order.model.name = str(tiny_model_path)
     (tmp_path / "order.json").write_text(order.to_json())
     planned = cli("plan", "--work-order", str(tmp_path / "order.json"),
                   "--termination-log", str(tmp_path / "plan.log"))
     assert planned.returncode == 0, planned.stderr
-    env = {**os.environ, config.ENV_WORK_ORDER: order.to_json(),
-           config.ENV_COMPLETION_INDEX: "0", "POD_NAME": "tj-0-abcde"}
+    env = {**os.environ, contract.ENV_WORK_ORDER: order.to_json(),
+           contract.ENV_COMPLETION_INDEX: "0", "POD_NAME": "tj-0-abcde"}
     pod = cli("run-shard", "--termination-log", str(tmp_path / "shard.log"), env=env)
-    report = config.ShardReport.from_json((tmp_path / "shard.log").read_text())
+    report = contract.ShardReport.from_json((tmp_path / "shard.log").read_text())
     records = {r.key: r for r in read_ledger(order.ledger_uri)}
     talk = records["talk.mp3"]
     assert talk.reason.removeprefix("bad media: ").startswith("damaged audio: ")
     assert not records["mislabeled.wav"].partial and records["mislabeled.wav"].status == SUCCEEDED
     if keep:
-        assert pod.returncode == config.EXIT_OK, pod.stderr
+        assert pod.returncode == contract.EXIT_OK, pod.stderr
         assert (report.succeeded, report.partial, report.failed) == (3, 1, 0)
         assert [f.uri for f in report.partial_files] == [talk.uri]
         assert (talk.status, talk.partial, talk.code) == (SUCCEEDED, True, "")
         assert json.loads((out / "talk.json").read_text(encoding="utf-8"))["partial"] is True
     else:
-        assert pod.returncode == config.EXIT_BAD_INPUT, pod.stderr  # no retry can fix it
+        assert pod.returncode == contract.EXIT_BAD_INPUT, pod.stderr  # no retry can fix it
         assert (report.succeeded, report.partial, report.failed, report.bad_input) == (2, 0, 1,
                                                                                       1)
         assert (talk.status, talk.partial, talk.code) == (FAILED, False,
-                                                          config.Reason.BAD_MEDIA.value)
+                                                          contract.Reason.BAD_MEDIA.value)
         assert not list(out.glob("talk.*"))

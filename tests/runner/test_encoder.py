@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from faster_whisper import WhisperModel
 
-from whisperfleet_runner import encoder
+from whisperfleet_runner.decode import encoder
 
 WINDOWS = 8  # the default batch size
 
@@ -22,7 +22,7 @@ CHILD = """
 import json, sys
 import numpy as np
 from faster_whisper import WhisperModel
-from whisperfleet_runner import encoder
+from whisperfleet_runner.decode import encoder
 
 model_path, how, windows = sys.argv[1], sys.argv[2], int(sys.argv[3])
 whisper = WhisperModel(model_path, device="cpu", compute_type="int8", cpu_threads=1)

@@ -15,17 +15,19 @@ import numpy as np
 import pytest
 from faster_whisper import WhisperModel
 
-from whisperfleet_runner import audio, encoder
-from whisperfleet_runner.chunk_decode import Item
-from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
-from whisperfleet_runner.engine import (
-    Engine,
+from whisperfleet_runner.contract import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.decode import encoder
+from whisperfleet_runner.decode.chunk_batcher import transcribe_file
+from whisperfleet_runner.decode.chunk_decode import Item
+from whisperfleet_runner.decode.engine import (
     OutOfMemoryError,
+    WhisperEngine,
     batch_size_for_memory,
     get_engine,
     is_out_of_memory,
 )
-from whisperfleet_runner.speech_chunks import speech_chunks
+from whisperfleet_runner.media import audio
+from whisperfleet_runner.media.speech_chunks import speech_chunks
 
 pytestmark = pytest.mark.slow
 TINY = ModelOptions(name="tiny.en", compute_type="int8")
@@ -34,7 +36,7 @@ CUDA_OOM = "CUDA failed with error out of memory"
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
+def engine() -> WhisperEngine:
     return get_engine(TINY, device="cpu", compute_type="int8")
 
 
@@ -44,9 +46,10 @@ def load(audio_dir: Path, name: str) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["hello.wav", "hello.mp3"])
 @pytest.mark.parametrize("batch_size", [8, 1], ids=["batched", "sequential"])
-def test_transcribes_speech(engine: Engine, audio_dir: Path, name: str, batch_size: int) -> None:
+def test_transcribes_speech(engine: WhisperEngine, audio_dir: Path, name: str,
+                            batch_size: int) -> None:
     options = TranscriptionOptions(batch_size=batch_size)
-    result = engine.transcribe(load(audio_dir, name), f"file:///{name}", options)
+    result = transcribe_file(engine, load(audio_dir, name), f"file:///{name}", options)
     text = result.text.lower()
     assert "hello" in text and "world" in text
     assert result.language == "en"
@@ -60,9 +63,9 @@ def test_transcribes_speech(engine: Engine, audio_dir: Path, name: str, batch_si
 
 @pytest.mark.parametrize("batch_size", [8, 1], ids=["batched", "sequential"])
 def test_silence_gives_an_empty_transcript(
-    engine: Engine, audio_dir: Path, batch_size: int
+    engine: WhisperEngine, audio_dir: Path, batch_size: int
 ) -> None:
-    result = engine.transcribe(
+    result = transcribe_file(engine,
         load(audio_dir, "silence.wav"), "silence.wav", TranscriptionOptions(batch_size=batch_size)
     )
     assert result.segments == []
@@ -70,9 +73,9 @@ def test_silence_gives_an_empty_transcript(
     assert result.duration == pytest.approx(12.0)
 
 
-def test_word_timestamps(engine: Engine, audio_dir: Path) -> None:
+def test_word_timestamps(engine: WhisperEngine, audio_dir: Path) -> None:
     options = TranscriptionOptions(word_timestamps=True, language="en")
-    result = engine.transcribe(load(audio_dir, "hello.wav"), "hello.wav", options)
+    result = transcribe_file(engine, load(audio_dir, "hello.wav"), "hello.wav", options)
     words = [w for s in result.segments for w in s.words or []]
     assert words[0].word.strip().lower().startswith("hello")
     assert all(a.start <= b.start for a, b in itertools.pairwise(words))
@@ -80,13 +83,13 @@ def test_word_timestamps(engine: Engine, audio_dir: Path) -> None:
 
 
 def test_batched_without_vad_handles_audio_longer_than_a_window(
-    engine: Engine, audio_dir: Path
+    engine: WhisperEngine, audio_dir: Path
 ) -> None:
     # faster-whisper 1.2.1 alone raises "No clip timestamps found" here.
     hello = load(audio_dir, "hello.wav")
     gap = np.zeros(audio.SAMPLE_RATE, np.float32)
     long = np.concatenate([hello, gap] * 8)  # ~40 s
-    result = engine.transcribe(long, "long.wav", TranscriptionOptions(vad_filter=False))
+    result = transcribe_file(engine, long, "long.wav", TranscriptionOptions(vad_filter=False))
     assert result.duration > 30
     assert result.text.lower().count("hello") >= 6
     assert result.segments[-1].end > 30
@@ -124,7 +127,7 @@ def _oom_above(calls: list[int], limit: int) -> Any:
     return encode
 
 
-def _items(engine: Engine, samples: np.ndarray, count: int) -> list[Item]:
+def _items(engine: WhisperEngine, samples: np.ndarray, count: int) -> list[Item]:
     """`count` copies of the file's one chunk, each as a file of its own."""
     [chunk] = list(speech_chunks([samples], vad=True))
     features = engine.chunk_decoder().features(chunk)
@@ -134,11 +137,11 @@ def _items(engine: Engine, samples: np.ndarray, count: int) -> list[Item]:
 def test_out_of_memory_halves_the_batch_and_retries_the_chunks(
     audio_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fresh = Engine(TINY, device="cpu", compute_type="int8")  # its batch cap must start unset
+    fresh = WhisperEngine(TINY, device="cpu", compute_type="int8")  # its batch cap must start unset
     calls: list[int] = []
     monkeypatch.setattr(encoder, "encode", _oom_above(calls, limit=2))
     items = _items(fresh, load(audio_dir, "hello.wav"), 8)
-    with caplog.at_level(logging.WARNING, logger="whisperfleet_runner.engine"):
+    with caplog.at_level(logging.WARNING, logger="whisperfleet_runner.decode.engine"):
         results = fresh.decode_chunks(items, TranscriptionOptions(batch_size=8), "batch")
     assert calls == [8, 4, 2, 2, 2, 2]
     assert len(results) == 8
@@ -154,17 +157,17 @@ def test_out_of_memory_halves_the_batch_and_retries_the_chunks(
 def test_out_of_memory_at_batch_size_one_is_a_clear_error(
     audio_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fresh = Engine(TINY, device="cpu", compute_type="int8")
+    fresh = WhisperEngine(TINY, device="cpu", compute_type="int8")
     calls: list[int] = []
     monkeypatch.setattr(encoder, "encode", _oom_above(calls, limit=0))
     with pytest.raises(OutOfMemoryError, match=r"hello\.wav: CUDA out of memory on cpu even at "
                                                 r"batch size 1 .*smaller model"):
-        fresh.transcribe(load(audio_dir, "hello.wav"), "hello.wav", TranscriptionOptions())
+        transcribe_file(fresh, load(audio_dir, "hello.wav"), "hello.wav", TranscriptionOptions())
     assert calls == [1, 1, 1, 1]  # one chunk: 8, 4, 2 and 1 asked, one window each time
 
 
 def test_sequential_out_of_memory_is_not_retried(
-    engine: Engine, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
+    engine: WhisperEngine, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attempts: list[int] = []
 
@@ -174,19 +177,20 @@ def test_sequential_out_of_memory_is_not_retried(
 
     monkeypatch.setattr(WhisperModel, "transcribe", oom)
     with pytest.raises(OutOfMemoryError):
-        engine.transcribe(load(audio_dir, "hello.wav"), "h.wav", TranscriptionOptions(batch_size=1))
+        transcribe_file(engine, load(audio_dir, "hello.wav"), "h.wav",
+                        TranscriptionOptions(batch_size=1))
     assert attempts == [1]
 
 
 def test_other_runtime_errors_pass_through(
-    engine: Engine, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
+    engine: WhisperEngine, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(self: WhisperModel, features: Any) -> Any:
         raise RuntimeError("some other CTranslate2 failure")
 
     monkeypatch.setattr(WhisperModel, "encode", broken)
     with pytest.raises(RuntimeError, match="some other CTranslate2 failure"):
-        engine.transcribe(load(audio_dir, "hello.wav"), "h.wav", TranscriptionOptions())
+        transcribe_file(engine, load(audio_dir, "hello.wav"), "h.wav", TranscriptionOptions())
     assert engine.batch_cap is None
 
 
@@ -207,9 +211,9 @@ def test_batch_size_is_bounded_by_free_gpu_memory(
 
 
 def test_english_only_model_ignores_a_language_with_a_warning(
-    engine: Engine, caplog: pytest.LogCaptureFixture
+    engine: WhisperEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="whisperfleet_runner.engine"):
+    with caplog.at_level(logging.WARNING, logger="whisperfleet_runner.decode.engine"):
         assert engine.unsupported(TranscriptionOptions(language="de")) is None
     assert any("English-only" in r.getMessage() for r in caplog.records)
     assert engine.unsupported(TranscriptionOptions(language=None)) is None

@@ -32,9 +32,9 @@ from tests.support.flaky_store import (
     stem,
 )
 from tests.support.paths import WHISPERFLEET
-from whisperfleet_runner import config
-from whisperfleet_runner.config import OutputOptions, PlanReport, Reason, ShardReport, WorkOrder
-from whisperfleet_runner.ledger import SUCCEEDED, merge, read_ledger
+from whisperfleet_runner import contract
+from whisperfleet_runner.contract import OutputOptions, PlanReport, Reason, ShardReport, WorkOrder
+from whisperfleet_runner.pipeline.ledger import SUCCEEDED, merge, read_ledger
 from whisperfleet_runner.pod.manifest import read_manifest
 from whisperfleet_runner.storage import StorageError, fs, iter_lines
 
@@ -158,7 +158,7 @@ def test_a_store_that_disappears_mid_run_then_comes_back(store: Store, tmp_path:
         store, store.transcribe_args(out, summary), {**store.env, "AWS_MAX_ATTEMPTS": "3"},
         out, tmp_path / "lost.log")
     printed = (tmp_path / "lost.log").read_text()
-    assert code == config.EXIT_STORAGE == Reason.UNREACHABLE.exit_code, printed
+    assert code == contract.EXIT_STORAGE == Reason.UNREACHABLE.exit_code, printed
 
     # The summary lists every file not done, each with a storage reason.
     data = json.loads(summary.read_text())
@@ -166,7 +166,7 @@ def test_a_store_that_disappears_mid_run_then_comes_back(store: Store, tmp_path:
     reported = {stem(k) for k in SOURCES if k not in failed}  # done, as the run knows it
     assert data["files"]["total"] == len(SOURCES) and failed <= set(SOURCES)
     assert (data["files"]["succeeded"], data["files"]["failed"]) == (len(reported), len(failed))
-    assert failed and all(Reason(f["code"]).exit_code == config.EXIT_STORAGE
+    assert failed and all(Reason(f["code"]).exit_code == contract.EXIT_STORAGE
                           for f in data["failures"])
     assert any(w["error_reason"] == Reason.UNREACHABLE.value for w in data["workers"])
     assert "re-run" in printed
@@ -206,7 +206,7 @@ def test_shard_pods_ride_out_injected_faults(store: Store, tmp_path: Path,
     order.transcription.pack_short_clips = False  # as the clean run: transcripts comparable
     with start_proxy(store.endpoint, Faults(seed=11, **FAULTS)) as proxy:
         env = {**store.env, "AWS_ENDPOINT_URL": proxy.endpoint,
-               config.ENV_WORK_ORDER: order.to_json()}
+               contract.ENV_WORK_ORDER: order.to_json()}
         planned = subprocess.run([str(WHISPERFLEET), "plan", "--termination-log",
                                   str(tmp_path / "plan.log")], env=env, capture_output=True,
                                  text=True, timeout=300)
@@ -218,7 +218,7 @@ def test_shard_pods_ride_out_injected_faults(store: Store, tmp_path: Path,
             log = tmp_path / f"shard{index}.log"
             pod = subprocess.run(
                 [str(WHISPERFLEET), "run-shard", "--termination-log", str(log)],
-                env={**env, config.ENV_COMPLETION_INDEX: str(index), "POD_NAME": f"p-{index}"},
+                env={**env, contract.ENV_COMPLETION_INDEX: str(index), "POD_NAME": f"p-{index}"},
                 capture_output=True, text=True, timeout=540)
             assert pod.returncode == 0, pod.stderr
             reports.append(ShardReport.from_json(log.read_text()))
@@ -252,8 +252,9 @@ def test_a_shard_pod_whose_store_disappears_exits_43_and_its_retry_finishes(
                       device="cpu")
     order.model.name = str(store.model)
     order.transcription.pack_short_clips = False
-    env = {**store.env, config.ENV_WORK_ORDER: order.to_json(), config.ENV_COMPLETION_INDEX: "0",
-           "AWS_MAX_ATTEMPTS": "3"}  # as above: against a store that is gone, fewer waits
+    # As above: against a store that is gone, fewer waits.
+    env = {**store.env, contract.ENV_WORK_ORDER: order.to_json(),
+           contract.ENV_COMPLETION_INDEX: "0", "AWS_MAX_ATTEMPTS": "3"}
     planned = subprocess.run([str(WHISPERFLEET), "plan", "--termination-log",
                               str(tmp_path / "plan.log")], env=env, capture_output=True,
                              text=True, timeout=300)
@@ -263,7 +264,7 @@ def test_a_shard_pod_whose_store_disappears_exits_43_and_its_retry_finishes(
         return [str(WHISPERFLEET), "run-shard", "--termination-log", str(tmp_path / log)]
 
     code, _, _, port = lose_store_midway(store, pod("first.log"), env, out, tmp_path / "1.txt")
-    assert code == config.EXIT_STORAGE, (tmp_path / "1.txt").read_text()  # Job retries it
+    assert code == contract.EXIT_STORAGE, (tmp_path / "1.txt").read_text()  # Job retries it
     report = ShardReport.from_json((tmp_path / "first.log").read_text())
     assert report.error_reason == Reason.UNREACHABLE.value and "re-run" in report.error_message
     assert report.total == len(SOURCES) and 0 < report.succeeded < len(SOURCES)

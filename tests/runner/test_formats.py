@@ -10,9 +10,9 @@ import pytest
 import srt
 import webvtt
 
-from whisperfleet_runner.config import FORMATS
-from whisperfleet_runner.formats import RENDERERS, render, render_all
-from whisperfleet_runner.transcript import Segment, Transcript, Word
+from whisperfleet_runner.contract import FORMATS
+from whisperfleet_runner.contract.transcript import Segment, Transcript, Word
+from whisperfleet_runner.pipeline.formats import RENDERERS, render, render_all
 
 
 def _transcript(segments: list[Segment]) -> Transcript:

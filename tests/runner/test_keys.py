@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from whisperfleet_runner.config import DEFAULT_INCLUDE
+from whisperfleet_runner.contract import DEFAULT_INCLUDE
 from whisperfleet_runner.storage.keys import (
     UnsafeKeyError,
     in_state_dir,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from whisperfleet_runner.ledger import (
+from whisperfleet_runner.pipeline.ledger import (
     FAILED,
     SKIPPED,
     SUCCEEDED,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from whisperfleet_runner.config import DEFAULT_INCLUDE
+from whisperfleet_runner.contract import DEFAULT_INCLUDE
 from whisperfleet_runner.local.inputs import InputError, gather, glob_regex
 
 

@@ -13,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import runner_metrics
 from tests.support.paths import AUDIO
-from whisperfleet_runner import metrics
-from whisperfleet_runner.config import OutputOptions, WorkOrder
+from whisperfleet_runner.contract import OutputOptions, WorkOrder
+from whisperfleet_runner.fleet import metrics
 from whisperfleet_runner.gpu import devices
-from whisperfleet_runner.ledger import LedgerRecord
+from whisperfleet_runner.pipeline.ledger import LedgerRecord
 from whisperfleet_runner.pod.planner import plan
 from whisperfleet_runner.pod.shard import run_shard
 

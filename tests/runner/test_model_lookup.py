@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from whisperfleet_runner import config
-from whisperfleet_runner.models import ModelNotFoundError, resolve_model
+from whisperfleet_runner import contract
+from whisperfleet_runner.decode.models import ModelNotFoundError, resolve_model
 
 
 def stage(model_dir: Path, tiny_model_path: Path) -> Path:
@@ -25,7 +25,7 @@ def stage(model_dir: Path, tiny_model_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_env_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(config.ENV_MODEL_CACHE, raising=False)
+    monkeypatch.delenv(contract.ENV_MODEL_CACHE, raising=False)
 
 
 def test_local_ct2_directory_is_used_as_is(tiny_model_path: Path, tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_local_ct2_directory_is_used_as_is(tiny_model_path: Path, tmp_path: Path
 
 
 def test_directory_without_model_bin_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "contract.json").write_text("{}")
     with pytest.raises(ModelNotFoundError, match=r"holds no model\.bin"):
         resolve_model(str(tmp_path))
 
@@ -57,7 +57,7 @@ def test_env_cache_is_searched_after_the_given_cache(
 ) -> None:
     env_cache = tmp_path / "pvc"
     in_env = stage(env_cache / "large-v3", tiny_model_path)
-    monkeypatch.setenv(config.ENV_MODEL_CACHE, str(env_cache))
+    monkeypatch.setenv(contract.ENV_MODEL_CACHE, str(env_cache))
     assert resolve_model("large-v3") == str(in_env.resolve())
     given = stage(tmp_path / "given" / "large-v3", tiny_model_path)
     assert resolve_model("large-v3", str(tmp_path / "given")) == str(given.resolve())
@@ -87,12 +87,12 @@ def test_offline_and_missing_names_what_to_do(tmp_path: Path) -> None:
     message = str(err.value)
     assert f"{tmp_path}/large-v3/model.bin" in message
     assert "copy a CTranslate2 model directory to <cache>/large-v3/" in message
-    assert config.ENV_MODEL_CACHE in message
+    assert contract.ENV_MODEL_CACHE in message
     assert "unset HF_HUB_OFFLINE" in message
 
 
 def test_offline_without_any_cache_says_how_to_give_one() -> None:
-    expected = rf"no cache dir given; set {config.ENV_MODEL_CACHE}"
+    expected = rf"no cache dir given; set {contract.ENV_MODEL_CACHE}"
     with pytest.raises(ModelNotFoundError, match=expected):
         resolve_model("medium.en", offline=True)
 

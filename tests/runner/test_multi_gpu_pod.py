@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from tests.support.paths import WHISPERFLEET
-from whisperfleet_runner import config
-from whisperfleet_runner.config import OutputOptions, ShardReport, WorkOrder
+from whisperfleet_runner import contract
+from whisperfleet_runner.contract import OutputOptions, ShardReport, WorkOrder
 from whisperfleet_runner.gpu import devices
-from whisperfleet_runner.ledger import merge, read_ledger
+from whisperfleet_runner.pipeline.ledger import merge, read_ledger
 from whisperfleet_runner.pod.planner import plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -32,7 +32,7 @@ SOURCES = ["hello.wav", "nested/numbers.wav", "with space é.wav", "nested/deepe
 OOM_HOOK = """
 import os
 if os.environ.get("OOM_ON_GPU"):
-    from whisperfleet_runner import encoder
+    from whisperfleet_runner.decode import encoder
     real = encoder.encode
     def encode(whisper, features):
         # A worker binds itself to its GPU after start-up: decide at call time. The
@@ -72,7 +72,7 @@ def planned(tmp_path: Path, audio_dir: Path, model: Path, files: int) -> WorkOrd
 def pod_env(fake_nvml: Any, devices_: list[dict[str, Any]], order: WorkOrder,
             **extra: str) -> dict[str, str]:
     env = fake_nvml(devices_)
-    env.update({config.ENV_WORK_ORDER: order.to_json(), config.ENV_COMPLETION_INDEX: "0",
+    env.update({contract.ENV_WORK_ORDER: order.to_json(), contract.ENV_COMPLETION_INDEX: "0",
                 "NVIDIA_VISIBLE_DEVICES": ",".join(d["uuid"] for d in devices_),
                 devices.ENV_GPU_ON_CPU: "1", "POD_NAME": "multi-0", **extra})
     return env
@@ -150,10 +150,10 @@ def test_a_gpu_lost_mid_run_fails_only_its_files_and_a_retry_does_them(
         assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
         time.sleep(0.05)  # polling the log for the condition, not waiting a fixed time
     flag.touch()  # GPU 1 falls off the bus after it has done a file
-    assert proc.wait(timeout=300) == config.EXIT_SOME_FAILED, "".join(lines)[-3000:]
+    assert proc.wait(timeout=300) == contract.EXIT_SOME_FAILED, "".join(lines)[-3000:]
     reader.join(timeout=10)
     first = ShardReport.from_json(log.read_text())
-    lost = [f for f in first.failures if f.code == config.Reason.GPU_LOST]
+    lost = [f for f in first.failures if f.code == contract.Reason.GPU_LOST]
     assert lost and len(lost) == first.failed, first.failures  # nothing else failed
     records = merge(read_ledger(order.ledger_uri))
     assert {records[f.uri].gpu for f in lost} == {gpus(2)[1]["uuid"]}

@@ -44,7 +44,7 @@ subprocess.Popen.__init__ = refuse
 # Every model lookup (the first step of any load, ahead or in a worker) adds a line.
 MODEL_LOOKUPS = """
 import os
-from whisperfleet_runner import models
+from whisperfleet_runner.decode import models
 
 real = models.resolve_model
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from whisperfleet_runner.overlap import Inline, Prefetcher, Publisher
+from whisperfleet_runner.pipeline.overlap import Inline, Prefetcher, Publisher
 
 DEADLINE = 10.0
 

@@ -18,12 +18,18 @@ import numpy as np
 import pytest
 
 from tests.support.paths import REPO
-from whisperfleet_runner import audio, encoder, packed_decode, packing
-from whisperfleet_runner.batch import run_files
-from whisperfleet_runner.config import ModelOptions, OutputOptions, TranscriptionOptions, WorkOrder
-from whisperfleet_runner.engine import Engine, get_engine
+from whisperfleet_runner.contract import (
+    ModelOptions,
+    OutputOptions,
+    TranscriptionOptions,
+    WorkOrder,
+)
+from whisperfleet_runner.contract.transcript import Segment
+from whisperfleet_runner.decode import encoder, packed_decode, packing
+from whisperfleet_runner.decode.engine import WhisperEngine, get_engine
+from whisperfleet_runner.media import audio
+from whisperfleet_runner.pipeline.run import run_files
 from whisperfleet_runner.storage import InputFile
-from whisperfleet_runner.transcript import Segment
 
 TINY = ModelOptions(name="tiny.en", compute_type="int8")
 SPEECH = ["tests/fixtures/audio/hello.wav", "tests/fixtures/audio/nested/numbers.wav",
@@ -48,7 +54,7 @@ def load(path: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
+def engine() -> WhisperEngine:
     return get_engine(TINY, device="cpu", compute_type="int8")
 
 
@@ -77,7 +83,7 @@ def test_a_clip_decoded_as_no_words_or_a_loop_is_decoded_again_alone() -> None:
 
 
 @pytest.mark.slow
-def test_packed_transcripts_match_per_file_and_never_mix(engine: Engine) -> None:
+def test_packed_transcripts_match_per_file_and_never_mix(engine: WhisperEngine) -> None:
     clips = [packing.Clip(p, load(p)) for p in SPEECH]
     silence = load("tests/fixtures/audio/silence.wav")[: 8 * 16000]
     clips.insert(2, packing.Clip("silence.wav", silence))
@@ -107,7 +113,7 @@ def test_packed_transcripts_match_per_file_and_never_mix(engine: Engine) -> None
 
 
 def test_a_clip_alone_in_its_window_costs_one_encoder_pass(
-        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        engine: WhisperEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     # A one-clip run's fixed cost: no second pass to encode the silence that hides
     # neighbours, when there are none; the words are those of the per-file path.
     windows: list[int] = []
@@ -119,7 +125,7 @@ def test_a_clip_alone_in_its_window_costs_one_encoder_pass(
 
     monkeypatch.setattr(encoder, "encode", counted)
     clip = packing.Clip(SPEECH[4], load(SPEECH[4]))
-    fresh = Engine(TINY, device="cpu", compute_type="int8")  # no silence encoded yet
+    fresh = WhisperEngine(TINY, device="cpu", compute_type="int8")  # no silence encoded yet
     [packed] = packing.transcribe_packed(fresh, [clip], TranscriptionOptions())
     assert windows == [1]
     alone = engine.transcribe(clip.audio, clip.source, TranscriptionOptions(batch_size=1))
@@ -150,7 +156,7 @@ def distinct_clips() -> list[packing.Clip]:
 
 
 @pytest.fixture(scope="module")
-def references(engine: Engine, distinct_clips: list[packing.Clip]) -> dict[str, set[str]]:
+def references(engine: WhisperEngine, distinct_clips: list[packing.Clip]) -> dict[str, set[str]]:
     """Each clip's words when transcribed alone (faster-whisper's per-file path)."""
     return {c.source: set(words(engine.transcribe(c.audio, c.source,
                                                   TranscriptionOptions(batch_size=1)).text))
@@ -172,7 +178,7 @@ def assert_own_words(packed: list[Any], refs: dict[str, set[str]]) -> None:
 
 @pytest.mark.slow
 def test_distinct_clips_packed_together_each_keep_only_their_words(
-    engine: Engine, distinct_clips: list[packing.Clip], references: dict[str, set[str]]
+    engine: WhisperEngine, distinct_clips: list[packing.Clip], references: dict[str, set[str]]
 ) -> None:
     packed = packing.transcribe_packed(engine, distinct_clips, TranscriptionOptions())
     assert [t.source for t in packed] == [c.source for c in distinct_clips]
@@ -184,7 +190,7 @@ def test_distinct_clips_packed_together_each_keep_only_their_words(
 
 @pytest.mark.slow
 def test_the_same_clips_in_any_order_give_the_same_transcripts(
-    engine: Engine, distinct_clips: list[packing.Clip], references: dict[str, set[str]]
+    engine: WhisperEngine, distinct_clips: list[packing.Clip], references: dict[str, set[str]]
 ) -> None:
     # A re-run of the same job must reproduce its transcripts: the window layout is a
     # function of the set of clips, not of the order they arrived in.
@@ -209,7 +215,7 @@ def wer(reference: str, hypothesis: str) -> float:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the corpus needs espeak-ng")
 def test_neighbours_change_a_packed_clip_less_than_the_model_errs_alone(
-    engine: Engine, tmp_path_factory: pytest.TempPathFactory
+    engine: WhisperEngine, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """What a packed clip says can depend on what it was packed with; CPU kernels differ
     between machines, so no single clip's text is asserted. Over 16 clips and 3 random
@@ -281,12 +287,17 @@ def inputs(audio_dir: Path) -> list[InputFile]:
 
 
 class Spy:
-    """The real engine, counting packed calls; optionally failing them."""
+    """The real engine, counting packed calls; optionally failing them. It offers clip
+    packing but no chunk decoding: the other files go one by one (sequential mode)."""
 
-    def __init__(self, real: Engine, fail: bool = False) -> None:
+    def __init__(self, real: WhisperEngine, fail: bool = False) -> None:
         self.real, self.fail, self.packed_calls = real, fail, 0
         self.options, self.compute_type = real.options, real.compute_type
         self.device_label, self.multilingual = real.device_label, real.multilingual
+        self.batch_size, self.oom_halvings = 1, 0
+
+    def unsupported(self, options: TranscriptionOptions) -> str | None:
+        return self.real.unsupported(options)
 
     def transcribe(self, *args: Any) -> Any:
         return self.real.transcribe(*args)
@@ -297,11 +308,14 @@ class Spy:
             raise RuntimeError("injected failure of the packed batch")
         return self.real.transcribe_windows(*args)
 
+    def warm_packing(self) -> None:
+        self.real.warm_packing()
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fail", [False, True], ids=["packed", "packed-call-fails"])
 def test_shard_packs_short_files_and_a_bad_file_poisons_nothing(
-    engine: Engine, tmp_path: Path, audio_dir: Path, fail: bool
+    engine: WhisperEngine, tmp_path: Path, audio_dir: Path, fail: bool
 ) -> None:
     spy = Spy(engine, fail=fail)
     report = run_files(inputs(audio_dir), order_for(tmp_path).options, lambda: spy, device="cpu")
@@ -315,7 +329,7 @@ def test_shard_packs_short_files_and_a_bad_file_poisons_nothing(
 
 
 @pytest.mark.slow
-def test_switch_turns_packing_off(engine: Engine, tmp_path: Path, audio_dir: Path) -> None:
+def test_switch_turns_packing_off(engine: WhisperEngine, tmp_path: Path, audio_dir: Path) -> None:
     spy = Spy(engine)
     order = order_for(tmp_path, pack_short_clips=False)
     report = run_files(inputs(audio_dir), order.options, lambda: spy, device="cpu")

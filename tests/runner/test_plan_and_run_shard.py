@@ -12,10 +12,10 @@ import boto3
 import pytest
 
 from tests.support.paths import FAKES, WHISPERFLEET
-from whisperfleet_runner import config
-from whisperfleet_runner.batch import run_files
-from whisperfleet_runner.config import OutputOptions, ShardReport, WorkOrder
-from whisperfleet_runner.ledger import FAILED, SUCCEEDED, merge, read_ledger
+from whisperfleet_runner import contract
+from whisperfleet_runner.contract import OutputOptions, ShardReport, WorkOrder
+from whisperfleet_runner.pipeline.ledger import FAILED, SUCCEEDED, merge, read_ledger
+from whisperfleet_runner.pipeline.run import run_files
 from whisperfleet_runner.pod.planner import plan, read_manifest
 from whisperfleet_runner.pod.shard import run_shard
 from whisperfleet_runner.storage import InputFile
@@ -63,20 +63,20 @@ def test_local_job_plans_runs_and_reruns(tmp_path: Path, audio_dir: Path,
     planned = cli(["plan", "--work-order", str(tmp_path / "order.json"),
                    "--termination-log", str(tmp_path / "plan.log")])
     assert planned.returncode == 0, planned.stderr
-    report = config.PlanReport.from_json((tmp_path / "plan.log").read_text())
+    report = contract.PlanReport.from_json((tmp_path / "plan.log").read_text())
     assert (report.files, report.shards, report.error_reason) == (9, 2, "")
     assert json.loads(planned.stdout) == json.loads((tmp_path / "plan.log").read_text())
     assert len(read_manifest(order.manifest_uri)) == 9
 
     # Shard 0 as a pod would run it: the index from the Indexed Job's env, order from env.
-    env = {**os.environ, config.ENV_WORK_ORDER: order.to_json(),
-           config.ENV_COMPLETION_INDEX: "0", "POD_NAME": "tj-0-abcde", "NODE_NAME": "node-a"}
+    env = {**os.environ, contract.ENV_WORK_ORDER: order.to_json(),
+           contract.ENV_COMPLETION_INDEX: "0", "POD_NAME": "tj-0-abcde", "NODE_NAME": "node-a"}
     pod = cli(["run-shard", "--termination-log", str(tmp_path / "shard0.log")], env)
     message = (tmp_path / "shard0.log").read_bytes()
-    assert len(message) <= config.TERMINATION_MESSAGE_LIMIT
+    assert len(message) <= contract.TERMINATION_MESSAGE_LIMIT
     first = ShardReport.from_json(message.decode())
     assert (first.pod, first.node, first.device) == ("tj-0-abcde", "node-a", "cpu")
-    assert pod.returncode == (config.EXIT_BAD_INPUT if first.failed else 0), pod.stderr
+    assert pod.returncode == (contract.EXIT_BAD_INPUT if first.failed else 0), pod.stderr
     second = run_shard(order, 1, {"POD_NAME": "tj-1-fghij"})
     reports = [first, second]
 
@@ -87,7 +87,7 @@ def test_local_job_plans_runs_and_reruns(tmp_path: Path, audio_dir: Path,
     for key, words in BAD.items():
         assert words in reasons[key], reasons[key]
     for key in GOOD:
-        for fmt in config.DEFAULT_FORMATS:
+        for fmt in contract.DEFAULT_FORMATS:
             assert (out / f"{stem(key)}.{fmt}").is_file(), (key, fmt)
     for key in ("bad/empty", "bad/truncated", "bad/notes"):
         assert not list(out.glob(f"{key}.*"))
@@ -138,7 +138,7 @@ def test_model_that_cannot_load_is_a_shard_error(tmp_path: Path, audio_dir: Path
     result = cli(["run-shard", "--input", str(audio_dir / "hello.wav"), "--output",
                   str(tmp_path / "out"), "--device", "cpu", "--model", str(tmp_path / "nope"),
                   "--termination-log", str(tmp_path / "t.log")])
-    assert result.returncode == config.EXIT_USAGE, result.stderr
+    assert result.returncode == contract.EXIT_USAGE, result.stderr
     report = ShardReport.from_json((tmp_path / "t.log").read_text())
     assert report.error_reason == "ModelNotFound"
     assert report.total == 1 and report.succeeded == 0  # the shard's file is still to do
@@ -150,7 +150,7 @@ def test_no_gpu_exit_code(tmp_path: Path, audio_dir: Path) -> None:
     env = {**os.environ, "NVIDIA_VISIBLE_DEVICES": "void"}
     result = cli(["run-shard", "--input", str(audio_dir / "hello.wav"), "--output",
                   str(tmp_path / "out"), "--device", "cuda"], env)
-    assert result.returncode == config.EXIT_NO_GPU
+    assert result.returncode == contract.EXIT_NO_GPU
     report = ShardReport.from_json(result.stdout)
     assert report.error_reason == "NoGPU"
     assert "void" in report.error_message
@@ -168,7 +168,7 @@ def test_allocated_gpu_is_reported_without_loading_a_model(tmp_path: Path, audio
     result = cli(["run-shard", "--input", str(audio_dir / "bad"), "--output",
                   str(tmp_path / "out"), "--device", "cuda"], env)
     report = ShardReport.from_json(result.stdout)
-    assert result.returncode == config.EXIT_BAD_INPUT, result.stderr
+    assert result.returncode == contract.EXIT_BAD_INPUT, result.stderr
     assert [(g.uuid, g.device_index) for g in report.gpus] == [(gpus[1]["uuid"], 0)]
     assert report.device == "cuda:0" and report.failed == 3
 
@@ -180,9 +180,9 @@ def test_termination_message_stays_under_the_limit(tmp_path: Path) -> None:
         (folder / f"{i:02d}-{'x' * 180}.wav").write_bytes(b"")
     result = cli(["run-shard", "--input", str(folder), "--output", str(tmp_path / "out"),
                   "--device", "cpu", "--termination-log", str(tmp_path / "t.log")])
-    assert result.returncode == config.EXIT_BAD_INPUT, result.stderr
+    assert result.returncode == contract.EXIT_BAD_INPUT, result.stderr
     message = (tmp_path / "t.log").read_bytes()
-    assert len(message) <= config.TERMINATION_MESSAGE_LIMIT
+    assert len(message) <= contract.TERMINATION_MESSAGE_LIMIT
     report = ShardReport.from_json(message.decode())
     assert (report.total, report.failed) == (60, 60)
     assert 0 < len(report.failures) < 60
@@ -210,7 +210,7 @@ def test_s3_job_with_hostile_key(s3_env: dict[str, str], s3_bucket: str, audio_d
     (tmp_path / "order.json").write_text(order.to_json())
     result = cli(["run-shard", "--work-order", str(tmp_path / "order.json"), "--index", "0",
                   "--termination-log", str(tmp_path / "t.log")], s3_env)
-    assert result.returncode == config.EXIT_BAD_INPUT, result.stderr
+    assert result.returncode == contract.EXIT_BAD_INPUT, result.stderr
     report = ShardReport.from_json((tmp_path / "t.log").read_text())
     assert (report.succeeded, report.failed, report.bad_input) == (5, 5, 5)
     evil = [f.reason for f in report.failures if f.uri.endswith("evil/../../x.wav")]
@@ -219,7 +219,7 @@ def test_s3_job_with_hostile_key(s3_env: dict[str, str], s3_bucket: str, audio_d
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     written = {k for k in keys if not k.startswith("in/")}
     assert all(k.startswith("out/") for k in written), written  # nothing escaped out/
-    assert {f"out/{stem(k)}.{fmt}" for k in GOOD for fmt in config.DEFAULT_FORMATS} <= written
+    assert {f"out/{stem(k)}.{fmt}" for k in GOOD for fmt in contract.DEFAULT_FORMATS} <= written
     assert not any(k.startswith("out/x.") or "bad/" in k for k in written)
     ledger = [k for k in written if "/ledger/" in k]
     assert len(ledger) == 1

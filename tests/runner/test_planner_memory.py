@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.config import OutputOptions, WorkOrder
+from whisperfleet_runner.contract import OutputOptions, WorkOrder
 from whisperfleet_runner.pod import partitions, planner
 from whisperfleet_runner.pod.manifest import read_manifest
 from whisperfleet_runner.pod.planner import build_manifest

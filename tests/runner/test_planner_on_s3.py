@@ -13,8 +13,8 @@ import boto3
 import pytest
 
 from tests.support.paths import WHISPERFLEET
-from whisperfleet_runner import config
-from whisperfleet_runner.config import OutputOptions, PlanReport, WorkOrder
+from whisperfleet_runner import contract
+from whisperfleet_runner.contract import OutputOptions, PlanReport, WorkOrder
 from whisperfleet_runner.pod.planner import plan, read_manifest
 
 
@@ -31,7 +31,7 @@ def put(bucket: str, key: str, size: int) -> None:
 
 def run_plan(order: WorkOrder, tmp_path: Path, env: dict[str, str], *args: str
              ) -> tuple[subprocess.CompletedProcess, PlanReport]:
-    env = {**env, config.ENV_WORK_ORDER: order.to_json()}
+    env = {**env, contract.ENV_WORK_ORDER: order.to_json()}
     log = tmp_path / "plan.log"
     result = subprocess.run([WHISPERFLEET, "plan", "--termination-log", str(log), *args],
                             capture_output=True, text=True, timeout=120, env=env)
@@ -72,7 +72,7 @@ def test_shards_never_exceed_files_and_respect_the_order(s3_env: dict[str, str],
 def test_missing_bucket(s3_env: dict[str, str], tmp_path: Path) -> None:
     order = order_for("wf-no-such-bucket-here")
     result, report = run_plan(order, tmp_path, s3_env)
-    assert result.returncode == config.EXIT_STORAGE
+    assert result.returncode == contract.EXIT_STORAGE
     assert report.error_reason == "BucketNotFound"
     assert "wf-no-such-bucket-here" in report.error_message
     assert report.files == 0
@@ -83,7 +83,7 @@ def test_no_matching_files_names_uri_and_globs(s3_env: dict[str, str], s3_bucket
     put(s3_bucket, "in/talk.wav", 10)
     order = order_for(s3_bucket, include=("*.flac", "*.opus"))
     result, report = run_plan(order, tmp_path, s3_env)
-    assert result.returncode == config.EXIT_USAGE
+    assert result.returncode == contract.EXIT_USAGE
     assert report.error_reason == "NoMatchingFiles"
     assert f"s3://{s3_bucket}/in/" in report.error_message
     assert "*.flac" in report.error_message and "*.opus" in report.error_message
@@ -114,7 +114,7 @@ def test_wrong_credentials_never_leak_the_secret(s3_env: dict[str, str], s3_buck
     secret = "wJalrXUtnFEMI-wrong-secret-MUST-NOT-APPEAR"
     env = {**s3_env, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG0", "AWS_SECRET_ACCESS_KEY": secret}
     result, report = run_plan(order_for(s3_bucket), tmp_path, env)
-    assert result.returncode == config.EXIT_STORAGE
+    assert result.returncode == contract.EXIT_STORAGE
     assert report.error_reason in ("InvalidCredentials", "AccessDenied"), report
     assert f"s3://{s3_bucket}/in/" in report.error_message
     for text in (result.stdout, result.stderr, (tmp_path / "plan.log").read_text()):

@@ -19,8 +19,8 @@ import pytest
 from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.moto_process import MotoProcess, kinds, moto_process, put_many
 from whisperfleet_runner import storage
-from whisperfleet_runner.config import DEFAULT_FORMATS, OutputOptions, WorkOrder
-from whisperfleet_runner.ledger import SKIPPED, merge, read_ledger
+from whisperfleet_runner.contract import DEFAULT_FORMATS, OutputOptions, WorkOrder
+from whisperfleet_runner.pipeline.ledger import SKIPPED, merge, read_ledger
 from whisperfleet_runner.pod.planner import plan
 from whisperfleet_runner.pod.shard import run_shard
 

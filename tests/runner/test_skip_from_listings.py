@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.batch import run_files
-from whisperfleet_runner.config import DEFAULT_FORMATS, OutputOptions, WorkOrder
-from whisperfleet_runner.ledger import LedgerRecord, LedgerWriter
+from whisperfleet_runner.contract import DEFAULT_FORMATS, OutputOptions, WorkOrder
+from whisperfleet_runner.pipeline.ledger import LedgerRecord, LedgerWriter
+from whisperfleet_runner.pipeline.run import run_files
 from whisperfleet_runner.pod.manifest import ManifestEntry, parse_manifest, shard_inputs
 from whisperfleet_runner.pod.planner import assign, plan, read_manifest
 from whisperfleet_runner.storage import InputFile

@@ -14,11 +14,11 @@ import jiwer
 import numpy as np
 import pytest
 
-from whisperfleet_runner.audio import SAMPLE_RATE
-from whisperfleet_runner.chunk_batcher import ChunkBatcher
-from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
-from whisperfleet_runner.engine import get_engine
-from whisperfleet_runner.speech_chunks import CHUNK_SECONDS, chunk_windows, cut_windows
+from whisperfleet_runner.contract import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.decode.chunk_batcher import ChunkBatcher
+from whisperfleet_runner.decode.engine import get_engine
+from whisperfleet_runner.media.audio import SAMPLE_RATE
+from whisperfleet_runner.media.speech_chunks import CHUNK_SECONDS, chunk_windows, cut_windows
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("espeak-ng") is None,

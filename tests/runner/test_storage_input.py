@@ -17,8 +17,8 @@ import pytest
 
 from tests.support import damaged_media as dm
 from whisperfleet_runner import storage
-from whisperfleet_runner.audio import decode_media, open_stream
-from whisperfleet_runner.config import Reason
+from whisperfleet_runner.contract import Reason
+from whisperfleet_runner.media.audio import decode_media, open_stream
 from whisperfleet_runner.storage import fs as storage_fs
 from whisperfleet_runner.storage.ranged import RangedReader
 

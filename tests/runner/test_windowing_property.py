@@ -16,8 +16,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from whisperfleet_runner.audio import SAMPLE_RATE
-from whisperfleet_runner.speech_chunks import (
+from whisperfleet_runner.media.audio import SAMPLE_RATE
+from whisperfleet_runner.media.speech_chunks import (
     CHUNK_SECONDS,
     Span,
     chunk_windows,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from whisperfleet_runner.config import (
+from whisperfleet_runner.contract import (
     FileFailure,
     OutputOptions,
     PlanReport,

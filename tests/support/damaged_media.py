@@ -68,6 +68,14 @@ def mp3_vbr(samples: np.ndarray) -> bytes:
     return encode(samples, "mp3", "libmp3lame", codec_options=_VBR)
 
 
+def id3_tag(text: str = "a talk") -> bytes:
+    """A minimal ID3v2.3 tag holding a title."""
+    frame = b"TIT2" + (len(text) + 1).to_bytes(4, "big") + b"\x00\x00\x00" + text.encode()
+    size = len(frame)
+    syncsafe = bytes([(size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F])
+    return b"ID3\x03\x00\x00" + syncsafe + frame
+
+
 def opus(samples: np.ndarray, fmt: str) -> bytes:
     """Opus (48 kHz only) in `fmt`: ogg or webm."""
     return encode(np.repeat(samples, 3), fmt, "libopus", rate=48000)

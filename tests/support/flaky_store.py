@@ -22,7 +22,7 @@ import webvtt
 from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.fault_proxy import FaultProxy, start_proxy
 from tests.support.paths import AUDIO, REPO, WHISPERFLEET
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
 EXAMPLES = REPO / "examples" / "audio"
 _CLIPS = {"hello.wav": AUDIO / "hello.wav", "nested/numbers.wav": AUDIO / "nested/numbers.wav",
@@ -32,7 +32,7 @@ _CLIPS = {"hello.wav": AUDIO / "hello.wav", "nested/numbers.wav": AUDIO / "neste
 # 16 short files: two sets of seven clips, silence and an mp3 (relative key -> fixture).
 SOURCES = {**{f"{s}/{k}": p for s in ("a", "b") for k, p in _CLIPS.items()},
            "c/silence.wav": AUDIO / "silence.wav", "c/hello.mp3": AUDIO / "hello.mp3"}
-FORMATS = config.DEFAULT_FORMATS  # json, txt, srt, vtt
+FORMATS = contract.DEFAULT_FORMATS  # json, txt, srt, vtt
 # Every kind of fault, often enough to meet each of them; stalls cost a read timeout each.
 FAULTS = {"slowdown": 0.1, "internal": 0.05, "cut": 0.15, "stall": 0.3, "limit": {"stall": 2}}
 T = TypeVar("T")
@@ -63,7 +63,7 @@ class Store:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=f"{prefix}/")
         found = {o["Key"][len(prefix) + 1:]: o for page in pages for o in page.get("Contents", [])}
-        return {k: o for k, o in found.items() if not k.startswith(config.STATE_DIR)}
+        return {k: o for k, o in found.items() if not k.startswith(contract.STATE_DIR)}
 
     def outputs(self, prefix: str) -> dict[str, bytes]:
         client = self.client

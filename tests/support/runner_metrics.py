@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from whisperfleet_runner.config import FAILED, SKIPPED, SUCCEEDED
+from whisperfleet_runner.contract import FAILED, SKIPPED, SUCCEEDED
 
 # The container port the runner serves /metrics on, in worker pods (default number 9471).
 PORT_NAME = "metrics"

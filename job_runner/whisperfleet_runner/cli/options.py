@@ -1,4 +1,4 @@
-"""Click options shared by the commands that transcribe, defined once and mapped to config.
+"""Click options shared by the commands that transcribe, defined once and mapped to contract.
 
 The option names mirror the TranscriptionJob spec; each group reaches the command as one
 config dataclass, so a command never re-states a default or a choice list.
@@ -13,18 +13,18 @@ from typing import Any, TypeVar
 
 import click
 
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
-    unknown = [f for f in chosen if f not in config.FORMATS]
+    unknown = [f for f in chosen if f not in contract.FORMATS]
     if unknown or not chosen:
         raise click.BadParameter(
             f"unknown format(s) {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(config.FORMATS)} (comma-separated)"
+            f"choose from {', '.join(contract.FORMATS)} (comma-separated)"
         )
     return chosen
 
@@ -33,7 +33,7 @@ def _includes(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ..
               ) -> tuple[str, ...]:
     # Accept both `--include '*.wav' --include '*.mp3'` and `--include '*.wav,*.mp3'`.
     patterns = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
-    return patterns or config.DEFAULT_INCLUDE
+    return patterns or contract.DEFAULT_INCLUDE
 
 
 def _language(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -51,13 +51,13 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
 
 
 _MODEL_OPTIONS = [
-    click.option("--model", default=config.DEFAULT_MODEL, show_default=True,
+    click.option("--model", default=contract.DEFAULT_MODEL, show_default=True,
                  help="Size name (large-v3, tiny.en…), Hugging Face repo id, or a local "
                       "CTranslate2 model directory."),
     click.option("--model-cache", type=click.Path(file_okay=False), default=None,
                  help=f"Folder of pre-staged models (<cache>/<name>/model.bin); also "
-                      f"${config.ENV_MODEL_CACHE}."),
-    click.option("--compute-type", type=click.Choice(config.COMPUTE_TYPES), default="auto",
+                      f"${contract.ENV_MODEL_CACHE}."),
+    click.option("--compute-type", type=click.Choice(contract.COMPUTE_TYPES), default="auto",
                  show_default=True,
                  help="auto: float16 on GPUs with compute capability >= 7.0, int8 on CPU."),
 ]
@@ -65,11 +65,11 @@ _MODEL_OPTIONS = [
 _TRANSCRIPTION_OPTIONS = [
     click.option("--language", default=None, callback=_language,
                  help="Language code (en, de…); default: detect per file."),
-    click.option("--task", type=click.Choice(config.TASKS), default="transcribe",
+    click.option("--task", type=click.Choice(contract.TASKS), default="transcribe",
                  show_default=True),
-    click.option("--beam-size", type=click.IntRange(min=1), default=config.DEFAULT_BEAM_SIZE,
+    click.option("--beam-size", type=click.IntRange(min=1), default=contract.DEFAULT_BEAM_SIZE,
                  show_default=True),
-    click.option("--batch-size", type=click.IntRange(min=1), default=config.DEFAULT_BATCH_SIZE,
+    click.option("--batch-size", type=click.IntRange(min=1), default=contract.DEFAULT_BATCH_SIZE,
                  show_default=True, help="Batched inference size; 1 = sequential decoding."),
     click.option("--vad/--no-vad", "vad_filter", default=True, show_default=True,
                  help="Skip silence with the Silero VAD filter."),
@@ -82,8 +82,8 @@ _TRANSCRIPTION_OPTIONS = [
 ]
 
 _OUTPUT_OPTIONS = [
-    click.option("--formats", default=",".join(config.DEFAULT_FORMATS), callback=_formats,
-                 show_default=True, help=f"Comma-separated, from {', '.join(config.FORMATS)}."),
+    click.option("--formats", default=",".join(contract.DEFAULT_FORMATS), callback=_formats,
+                 show_default=True, help=f"Comma-separated, from {', '.join(contract.FORMATS)}."),
     click.option("--overwrite", is_flag=True, default=False,
                  help="Redo files whose outputs all exist (default: skip them)."),
     click.option("--keep-partial", is_flag=True, default=False,
@@ -151,14 +151,14 @@ def _param_name(decorator: Callable[[F], F]) -> str:
     return str(probe.__click_params__[-1].name)  # type: ignore[attr-defined]
 
 
-def _model(model: str, model_cache: str | None, compute_type: str) -> config.ModelOptions:
-    return config.ModelOptions(name=model, compute_type=compute_type, cache_dir=model_cache)
+def _model(model: str, model_cache: str | None, compute_type: str) -> contract.ModelOptions:
+    return contract.ModelOptions(name=model, compute_type=compute_type, cache_dir=model_cache)
 
 
 def _transcription(language: str | None, task: str, beam_size: int, batch_size: int,
                    vad_filter: bool, word_timestamps: bool, initial_prompt: str | None,
-                   pack_short_clips: bool) -> config.TranscriptionOptions:
-    return config.TranscriptionOptions(
+                   pack_short_clips: bool) -> contract.TranscriptionOptions:
+    return contract.TranscriptionOptions(
         language=language, task=task, beam_size=beam_size, batch_size=batch_size,
         vad_filter=vad_filter, word_timestamps=word_timestamps,
         initial_prompt=initial_prompt or None, pack_short_clips=pack_short_clips,

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def configure_pod_logging() -> None:
         handler.addFilter(ScrubbingFilter())
 
 
-def load_work_order(path: str | None, *, required: bool = True) -> config.WorkOrder | None:
+def load_work_order(path: str | None, *, required: bool = True) -> contract.WorkOrder | None:
     """The WorkOrder from `path`, else from env ENV_WORK_ORDER; UsageError when unusable."""
     if path:
         try:
@@ -39,15 +39,15 @@ def load_work_order(path: str | None, *, required: bool = True) -> config.WorkOr
         except OSError as exc:
             raise click.UsageError(f"cannot read work order {path}: {exc.strerror}") from exc
     else:
-        text, source = os.environ.get(config.ENV_WORK_ORDER, ""), f"${config.ENV_WORK_ORDER}"
+        text, source = os.environ.get(contract.ENV_WORK_ORDER, ""), f"${contract.ENV_WORK_ORDER}"
     if not text.strip():
         if not required:
             return None
         raise click.UsageError(
-            f"no work order: set {config.ENV_WORK_ORDER} to its JSON or pass --work-order FILE"
+            f"no work order: set {contract.ENV_WORK_ORDER} to its JSON or pass --work-order FILE"
         )
     try:
-        return config.WorkOrder.from_json(text)
+        return contract.WorkOrder.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
         raise click.UsageError(f"work order in {source} is invalid: {exc}") from exc
 
@@ -56,7 +56,7 @@ def default_termination_log() -> str | None:
     """Where the pod's terminationMessagePath is: $WHISPERFLEET_TERMINATION_LOG (the operator
     sets it to the same path as the container's terminationMessagePath), else the Kubernetes
     default. The kubelet creates that file; write there only when it exists."""
-    path = os.environ.get(config.ENV_TERMINATION_LOG) or config.TERMINATION_MESSAGE_PATH
+    path = os.environ.get(contract.ENV_TERMINATION_LOG) or contract.TERMINATION_MESSAGE_PATH
     return path if os.path.isfile(path) and os.access(path, os.W_OK) else None
 
 
@@ -77,8 +77,8 @@ termination_log_option = click.option(
     "--termination-log",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help=f"Where to write the report (default ${config.ENV_TERMINATION_LOG}, else "
-    f"{config.TERMINATION_MESSAGE_PATH}, when that file exists; the report is printed to "
+    help=f"Where to write the report (default ${contract.ENV_TERMINATION_LOG}, else "
+    f"{contract.TERMINATION_MESSAGE_PATH}, when that file exists; the report is printed to "
     "stdout in any case).",
 )
 work_order_option = click.option(
@@ -86,7 +86,7 @@ work_order_option = click.option(
     "work_order_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help=f"WorkOrder JSON file (default: env {config.ENV_WORK_ORDER}).",
+    help=f"WorkOrder JSON file (default: env {contract.ENV_WORK_ORDER}).",
 )
 
 

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 from whisperfleet_runner.cli.pod_io import (
     configure_pod_logging,
     emit_report,
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @click.command("run-shard")
 @work_order_option
 @click.option("--index", type=click.IntRange(min=0), default=None,
-              help=f"Shard to run (default: env {config.ENV_COMPLETION_INDEX}).")
+              help=f"Shard to run (default: env {contract.ENV_COMPLETION_INDEX}).")
 @click.option("--input", "inputs", multiple=True, metavar="URI",
               help="Run these inputs directly instead of a manifest shard (repeatable).")
 @click.option("--output", metavar="URI", default=None, help="Output prefix for --input runs.")
@@ -55,7 +55,7 @@ def run_shard_command(
     if inputs:
         order = _direct_order(work_order_path, inputs, output, model, device, formats, overwrite)
         report = _run_direct(order, inputs, index or 0)
-        no_gpu = report.error_reason == config.Reason.NO_GPU
+        no_gpu = report.error_reason == contract.Reason.NO_GPU
         if no_gpu and device is None and order.device == "cuda":
             report.error_message += "; --input runs use --device cuda unless told otherwise: " \
                                     "pass --device cpu (or auto) to run on the CPU"
@@ -81,16 +81,16 @@ def run_shard_command(
 def _shard_index(index: int | None) -> int:
     if index is not None:
         return index
-    raw = os.environ.get(config.ENV_COMPLETION_INDEX, "")
+    raw = os.environ.get(contract.ENV_COMPLETION_INDEX, "")
     try:
         value = int(raw)
     except ValueError:
         raise click.UsageError(
-            f"no shard index: pass --index or set {config.ENV_COMPLETION_INDEX} "
+            f"no shard index: pass --index or set {contract.ENV_COMPLETION_INDEX} "
             f"(got {raw!r})"
         ) from None
     if value < 0:
-        raise click.UsageError(f"{config.ENV_COMPLETION_INDEX} must be >= 0, got {value}")
+        raise click.UsageError(f"{contract.ENV_COMPLETION_INDEX} must be >= 0, got {value}")
     return value
 
 
@@ -102,13 +102,13 @@ def _direct_order(
     device: str | None,
     formats: str | None,
     overwrite: bool,
-) -> config.WorkOrder:
+) -> contract.WorkOrder:
     order = load_work_order(work_order_path, required=False)
     if order is None:
         if not output:
             raise click.UsageError("--input needs --output (or a work order naming the output)")
-        order = config.WorkOrder(job_uid="direct", input_uri=inputs[0],
-                                 output=config.OutputOptions(uri=output))
+        order = contract.WorkOrder(job_uid="direct", input_uri=inputs[0],
+                                 output=contract.OutputOptions(uri=output))
     if output:
         order.output.uri = output
     order.input_uri = inputs[0]
@@ -118,11 +118,11 @@ def _direct_order(
         order.device = device
     if formats:
         chosen = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
-        unknown = [f for f in chosen if f not in config.FORMATS]
+        unknown = [f for f in chosen if f not in contract.FORMATS]
         if unknown or not chosen:
             raise click.UsageError(
                 f"unknown format(s) {', '.join(unknown) or '(none)'}; "
-                f"choose from {', '.join(config.FORMATS)}"
+                f"choose from {', '.join(contract.FORMATS)}"
             )
         order.output.formats = chosen
     if overwrite:
@@ -130,8 +130,8 @@ def _direct_order(
     return order
 
 
-def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
-                ) -> config.ShardReport:
+def _run_direct(order: contract.WorkOrder, inputs: tuple[str, ...], index: int
+                ) -> contract.ShardReport:
     from whisperfleet_runner import storage
     from whisperfleet_runner.pod import shard as pod_shard
 
@@ -143,7 +143,7 @@ def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
         except storage.StorageError as exc:
             return _error(index, exc.reason, str(exc))
     if not files:
-        return _error(index, config.Reason.NO_MATCHING_FILES,
+        return _error(index, contract.Reason.NO_MATCHING_FILES,
                       f"no files under {', '.join(inputs)} match {', '.join(order.include)}")
     files.sort(key=lambda f: -f.size)  # longest first: the tail of the run is short files
     if not order.output.overwrite:  # one listing of the output decides every skip
@@ -154,8 +154,8 @@ def _run_direct(order: config.WorkOrder, inputs: tuple[str, ...], index: int
     return pod_shard.run_on_allocated(order, files, os.environ, shard=index)
 
 
-def _error(index: int, reason: config.Reason, message: str) -> config.ShardReport:
+def _error(index: int, reason: contract.Reason, message: str) -> contract.ShardReport:
     log.error("%s: %s", reason, message)
-    return config.ShardReport(shard=index, node=os.environ.get("NODE_NAME", ""),
+    return contract.ShardReport(shard=index, node=os.environ.get("NODE_NAME", ""),
                               pod=os.environ.get("POD_NAME", ""),
                               error_reason=reason.value, error_message=message)

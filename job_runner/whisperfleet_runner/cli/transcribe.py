@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 from whisperfleet_runner.cli import options
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
-def _fail(message: str, code: int = config.EXIT_USAGE) -> None:
+def _fail(message: str, code: int = contract.EXIT_USAGE) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
 
@@ -86,8 +86,8 @@ def _summary_path(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=0,
               metavar="PORT", help="Serve Prometheus metrics on this port while running "
                                    "(all interfaces; default 0: off).")
-def transcribe_command(inputs: tuple[str, ...], output: str, model: config.ModelOptions,
-                       transcription: config.TranscriptionOptions,
+def transcribe_command(inputs: tuple[str, ...], output: str, model: contract.ModelOptions,
+                       transcription: contract.TranscriptionOptions,
                        output_choice: options.OutputChoice, device_choice: options.DeviceChoice,
                        quiet: bool, verbose: bool, summary_json: str | None,
                        metrics_port: int) -> None:
@@ -98,15 +98,16 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
     Ctrl-C or a failure finishes the rest.
     """
     _configure_logging(quiet, verbose)
-    from whisperfleet_runner import scheduler, storage
+    from whisperfleet_runner import storage
+    from whisperfleet_runner.fleet import scheduler
     from whisperfleet_runner.gpu import choice as gpu_choice
     from whisperfleet_runner.gpu import devices
     from whisperfleet_runner.local import inputs as gathering
     from whisperfleet_runner.storage import run_lock
 
     output = _output_uri(output)
-    job = config.JobOptions(
-        config.OutputOptions(output, output_choice.formats, output_choice.overwrite,
+    job = contract.JobOptions(
+        contract.OutputOptions(output, output_choice.formats, output_choice.overwrite,
                              output_choice.keep_partial),
         model, transcription)
     try:
@@ -142,7 +143,7 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
                                    files=len(gathered.files))
     metrics = None
     if metrics_port:
-        from whisperfleet_runner.metrics import RunMetrics
+        from whisperfleet_runner.fleet.metrics import RunMetrics
 
         metrics = RunMetrics(gpus=[g.uuid for g in choice.gpus])
         metrics.plan(len(gathered.files))
@@ -163,19 +164,19 @@ def transcribe_command(inputs: tuple[str, ...], output: str, model: config.Model
         _report(summary, choice, quiet, summary_json)
     except OSError as exc:  # the summary file only: the transcripts are written
         click.echo(f"Error: cannot write --summary-json {summary_json}: {exc.strerror}", err=True)
-        code = code or config.EXIT_USAGE
+        code = code or contract.EXIT_USAGE
     sys.exit(code)
 
 
-def _preload(specs: list[Any], model: config.ModelOptions, files: list[Any],
-             transcription: config.TranscriptionOptions) -> Any:
+def _preload(specs: list[Any], model: contract.ModelOptions, files: list[Any],
+             transcription: contract.TranscriptionOptions) -> Any:
     """With one device the run works in this process: its model starts loading now, on a
     thread, beside the display's start and the first reads, instead of after them. Not
     when the listings showed every file done: a re-run of a finished batch loads nothing.
     With several GPUs each spawned worker loads its own."""
     if len(specs) != 1 or all(f.done is True for f in files):
         return None
-    from whisperfleet_runner.inprocess import ModelPreload
+    from whisperfleet_runner.fleet.inprocess import ModelPreload
 
     # Packing isolates clips that share a window: never needed by a lone file.
     several = sum(f.done is not True for f in files) > 1
@@ -211,12 +212,12 @@ def local_progress(quiet: bool) -> Any:
 
 def exit_code(summary: Any) -> int:
     if summary.interrupted:
-        return config.EXIT_INTERRUPTED
+        return contract.EXIT_INTERRUPTED
     if summary.storage_lost:  # the run stopped unfinished; the code says why, as pods do
-        return config.Reason(summary.storage_lost).exit_code
+        return contract.Reason(summary.storage_lost).exit_code
     if summary.nothing_usable:
-        return config.EXIT_USAGE
-    return config.EXIT_SOME_FAILED if summary.failed else config.EXIT_OK
+        return contract.EXIT_USAGE
+    return contract.EXIT_SOME_FAILED if summary.failed else contract.EXIT_OK
 
 
 def _report(summary: Any, choice: Any, quiet: bool, summary_json: str | None) -> None:

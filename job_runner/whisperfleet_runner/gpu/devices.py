@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whisperfleet_runner import config
+from whisperfleet_runner import contract
 from whisperfleet_runner.gpu import nvml
 from whisperfleet_runner.gpu.nvml import GpuInfo
 
@@ -37,7 +37,7 @@ INDEX_PATTERN = re.compile(r"^(\d+)(?::(\d+))?$")  # "2" or the MIG address "2:1
 class NoGpuError(RuntimeError):
     """A GPU was required but none is usable; the process should exit with `exit_code`."""
 
-    exit_code = config.EXIT_NO_GPU
+    exit_code = contract.EXIT_NO_GPU
 
     def __init__(self, message: str, choice: Any = None) -> None:
         super().__init__(message)
@@ -67,7 +67,7 @@ class DeviceSelection:
         """Export env_updates() into `environ` (os.environ); must precede CUDA initialisation."""
         (os.environ if environ is None else environ).update(self.env_updates())
 
-    def identities(self) -> list[config.GpuIdentity]:
+    def identities(self) -> list[contract.GpuIdentity]:
         return [to_identity(g, i) for g, i in zip(self.gpus, self.device_index, strict=True)]
 
     @property
@@ -319,9 +319,9 @@ def bind_environment(gpus: Sequence[GpuInfo]) -> dict[str, str]:
 
 def resolve_compute_type(requested: str, device: str, compute_capability: str | None) -> str:
     """`auto` → float16 on cc ≥ 7.0 (Tensor Cores), int8_float32 below or unknown, int8 on CPU."""
-    if requested not in config.COMPUTE_TYPES:
+    if requested not in contract.COMPUTE_TYPES:
         raise ValueError(
-            f"unknown compute type {requested!r}; choose one of {', '.join(config.COMPUTE_TYPES)}"
+            f"unknown compute type {requested!r}; choose one of {', '.join(contract.COMPUTE_TYPES)}"
         )
     if requested != "auto":
         return requested
@@ -336,8 +336,8 @@ def _cc_tuple(cc: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
-def to_identity(gpu: GpuInfo, device_index: int) -> config.GpuIdentity:
-    return config.GpuIdentity(
+def to_identity(gpu: GpuInfo, device_index: int) -> contract.GpuIdentity:
+    return contract.GpuIdentity(
         uuid=gpu.uuid,
         name=gpu.name,
         memory_mib=gpu.memory_total_mib,

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from whisperfleet_runner.config import ModelOptions, TranscriptionOptions
+from whisperfleet_runner.contract import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.gpu import devices, nvml
 
 RATE = 16000
@@ -139,13 +139,13 @@ def check_compute_types(results: Results, dry_run: bool) -> None:
 
 # --- 3. memory ------------------------------------------------------------------------------
 def check_memory(results: Results, dry_run: bool) -> None:
-    from whisperfleet_runner import engine as engines
+    from whisperfleet_runner.decode import engine as engines
 
     gpu = None if dry_run else next(g for g in nvml.list_gpus() if not g.is_mig)
     placement = devices.place_model(gpu, "auto", os.environ)
     # Its own engine, not the process-wide one: the halving it learns must not slow the
     # throughput checks.
-    engine = engines.Engine(MODEL, placement.device, placement.device_index,
+    engine = engines.WhisperEngine(MODEL, placement.device, placement.device_index,
                             placement.compute_type, placement.cpu_threads,
                             placement.free_memory_mib)
     if gpu is not None:
@@ -174,7 +174,7 @@ def check_memory(results: Results, dry_run: bool) -> None:
 
 
 def _simulate_one_oom(engine: Any) -> Callable[[], None]:
-    from whisperfleet_runner.packed_decode import PackedDecoder
+    from whisperfleet_runner.decode.packed_decode import PackedDecoder
 
     real = PackedDecoder.decode
     state = {"raised": False}
@@ -194,7 +194,7 @@ def speech_clips(folder: str, count: int) -> list[np.ndarray]:
     """`count` clips of 2-4 s cut from the speech in `folder` (repeated as needed)."""
     from pathlib import Path
 
-    from whisperfleet_runner import audio
+    from whisperfleet_runner.media import audio
 
     pieces = []
     for path in sorted(Path(folder).glob("*.wav")):
@@ -209,8 +209,8 @@ def speech_clips(folder: str, count: int) -> list[np.ndarray]:
 def check_throughput(results: Results, model_path: str, folder: str, dry_run: bool) -> None:
     from faster_whisper import WhisperModel
 
-    from whisperfleet_runner import engine as engines
-    from whisperfleet_runner import packing
+    from whisperfleet_runner.decode import engine as engines
+    from whisperfleet_runner.decode import packing
 
     device, name = ("cpu", "CPU") if dry_run else ("cuda", nvml.list_gpus()[0].name)
     clips = speech_clips(folder, 6 if dry_run else 60)
@@ -255,7 +255,7 @@ def main() -> None:
     if args.probe_order:
         print(json.dumps(probe_order(args.probe_order, args.dry_run_cpu)))
         return
-    from whisperfleet_runner.models import resolve_model
+    from whisperfleet_runner.decode.models import resolve_model
 
     results = Results()
     if not args.dry_run_cpu:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.config import FileFailure
+from whisperfleet_runner.contract import FileFailure
 from whisperfleet_runner.storage import keys
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from whisperfleet_runner.accounting import RunSummary
-from whisperfleet_runner.ledger import SKIPPED, LedgerRecord
+from whisperfleet_runner.fleet.accounting import RunSummary
+from whisperfleet_runner.pipeline.ledger import SKIPPED, LedgerRecord
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.config import WorkOrder
-from whisperfleet_runner.ledger import SUCCEEDED, ledger_object_uri, parse_records
+from whisperfleet_runner.contract import WorkOrder
+from whisperfleet_runner.pipeline.ledger import SUCCEEDED, ledger_object_uri, parse_records
 
 log = logging.getLogger(__name__)
 _string = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept as is

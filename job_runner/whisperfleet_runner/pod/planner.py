@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.config import PlanReport, Reason, WorkOrder
+from whisperfleet_runner.contract import PlanReport, Reason, WorkOrder
 from whisperfleet_runner.pod import partitions
 from whisperfleet_runner.pod.manifest import (
     ManifestEntry,

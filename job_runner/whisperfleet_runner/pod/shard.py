@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from whisperfleet_runner import storage
-from whisperfleet_runner.batch import run_files
-from whisperfleet_runner.config import MAX_REPORTED_FAILURES, Reason, ShardReport, WorkOrder
+from whisperfleet_runner.contract import MAX_REPORTED_FAILURES, Reason, ShardReport, WorkOrder
+from whisperfleet_runner.fleet.metrics import RunMetrics
 from whisperfleet_runner.gpu.devices import DeviceSelection
-from whisperfleet_runner.ledger import LedgerRecord, LedgerWriter, attempt_name
-from whisperfleet_runner.metrics import RunMetrics
+from whisperfleet_runner.pipeline.ledger import LedgerRecord, LedgerWriter, attempt_name
+from whisperfleet_runner.pipeline.run import run_files
+
+if TYPE_CHECKING:
+    from whisperfleet_runner.decode.protocols import Engine
+    from whisperfleet_runner.fleet.accounting import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,7 @@ def _run_here(order: WorkOrder, files: list[storage.InputFile], selection: Devic
               environ: MutableMapping[str, str], shard: int, ledger: LedgerWriter | None,
               metrics: RunMetrics | None) -> ShardReport:
     """One device (a GPU or the CPU): the loop runs in this process, no worker to spawn."""
-    from whisperfleet_runner import engine
+    from whisperfleet_runner.decode import engine
     from whisperfleet_runner.gpu import devices, nvml
 
     gpu = selection.gpus[0] if selection.gpus else None
@@ -116,9 +120,10 @@ def _run_here(order: WorkOrder, files: list[storage.InputFile], selection: Devic
             nvml.check_healthy(gpu.uuid)
 
     label = device_label(selection.device, selection.device_index)
-    pod_log, loaded = _PodLog(shard), []
+    pod_log = _PodLog(shard)
+    loaded: list[Engine] = []
 
-    def load() -> Any:
+    def load() -> Engine:
         loaded[:] = [engine.load(order.model, placement)]
         return loaded[0]
 
@@ -142,7 +147,7 @@ def _run_on_each_gpu(order: WorkOrder, files: list[storage.InputFile],
                      ledger: LedgerWriter | None, metrics: RunMetrics | None) -> ShardReport:
     """Several GPUs: one worker process per GPU over one queue, as the local CLI does, so
     every GPU works; the ledger and the report are this process's."""
-    from whisperfleet_runner import scheduler
+    from whisperfleet_runner.fleet import scheduler
 
     labeled = [(f"cuda:{i}", g) for i, g in zip(selection.device_index, selection.gpus,
                                                   strict=True)]
@@ -182,7 +187,7 @@ class _PodLog:
     def __init__(self, shard: int) -> None:
         self.shard, self.done = shard, 0
 
-    def started(self, summary: Any, files: int, total_bytes: int) -> None:
+    def started(self, summary: RunSummary, files: int, total_bytes: int) -> None:
         pass
 
     def file_started(self, worker: int, uri: str) -> None:

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from whisperfleet_runner.config import STATE_DIR, Reason
+from whisperfleet_runner.contract import STATE_DIR, Reason
 from whisperfleet_runner.storage.done import common_start, iter_outputs, mark_done
 from whisperfleet_runner.storage.errors import StorageError, store_lost, wrap_error
 from whisperfleet_runner.storage.fs import filesystem as _filesystem

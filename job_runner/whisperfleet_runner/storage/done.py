@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
-from whisperfleet_runner.config import STATE_DIR, Reason
+from whisperfleet_runner.contract import STATE_DIR, Reason
 from whisperfleet_runner.storage.errors import StorageError
 from whisperfleet_runner.storage.fs import filesystem, is_local
 from whisperfleet_runner.storage.keys import (

@@ -11,11 +11,11 @@ import os
 import re
 from collections.abc import Iterator
 
-from whisperfleet_runner.config import Reason
+from whisperfleet_runner.contract import Reason
 
 
 class StorageError(Exception):
-    """Storage unusable for a URI. `reason` is one of config.Reason's storage reasons; the
+    """Storage unusable for a URI. `reason` is one of contract.Reason's storage reasons; the
     message names the URI and what to do, and never holds credentials."""
 
     def __init__(self, reason: Reason, message: str) -> None:

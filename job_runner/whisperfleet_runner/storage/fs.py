@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
-from whisperfleet_runner.config import Reason
+from whisperfleet_runner.contract import Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.keys import protocol
 
@@ -42,9 +42,8 @@ _ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "FSSPEC_")
 RETRY_MODE = "standard"
 MAX_ATTEMPTS = 8  # in all, the first try included (what AWS_MAX_ATTEMPTS counts too)
 RETRY_MODES = ("legacy", "standard", "adaptive")  # what botocore accepts
-# Connecting takes milliseconds on a healthy network; 10 s rides out lost SYNs (resent after
-# 1 s and 3 s). S3 and MinIO send their first byte within a second or so; a connection
-# silent for 20 s is stalled and is retried (botocore's own default waits 60 s).
+# A connection silent for these long is stalled and is retried (benchmarks/README.md,
+# "Measurements behind design choices").
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 20
 # s3fs repeats a whole call after botocore gave up on a timeout, a throttle or a body that

@@ -15,7 +15,7 @@ import posixpath
 import re
 from collections.abc import Callable, Sequence
 
-from whisperfleet_runner.config import STATE_DIR
+from whisperfleet_runner.contract import STATE_DIR
 
 # `publish` writes local files as `.<name>.tmp-<hex>` before renaming them into place.
 TMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8,}$")

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from whisperfleet_runner.config import DEFAULT_INCLUDE, STATE_DIR, Reason
+from whisperfleet_runner.contract import DEFAULT_INCLUDE, STATE_DIR, Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.fs import filesystem, is_local, is_s3, s3_pages
 from whisperfleet_runner.storage.keys import in_state_dir, is_temporary, local_path, matcher

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, cast
 
-from whisperfleet_runner.config import Reason
+from whisperfleet_runner.contract import Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.fs import filesystem, is_local
 from whisperfleet_runner.storage.keys import local_path

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from whisperfleet_runner.config import STATE_DIR, Reason
+from whisperfleet_runner.contract import STATE_DIR, Reason
 from whisperfleet_runner.storage.errors import StorageError, wrap_error
 from whisperfleet_runner.storage.fs import filesystem, is_local, is_s3
 from whisperfleet_runner.storage.keys import local_path
