@@ -35,8 +35,8 @@ from tests.cluster.node_gpus import REAL_NODE_NAME
 from tests.cluster.waiting import eventually
 from tests.cluster.whisperfleet_release import Release
 from tests.support.paths import AUDIO, CHART
-from whisperfleet_runner import config
-from whisperfleet_runner.ledger import parse_records
+from whisperfleet_runner import contract
+from whisperfleet_runner.pipeline.ledger import parse_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 Obj = dict[str, Any]
@@ -171,7 +171,7 @@ def ledger(cluster: LocalCluster, bucket: str, uid: str) -> dict[str, Counter[st
     """status -> how often each file was recorded with it, over every attempt of every
     shard. (A pod that is killed loses the lines it had not flushed yet; a pod stopped
     by SIGTERM flushes them.)"""
-    prefix = f"out/{config.STATE_DIR}/{uid}/ledger/"
+    prefix = f"out/{contract.STATE_DIR}/{uid}/ledger/"
     records = [r for key, value in tjs.objects(cluster, bucket, prefix).items()
                for r in parse_records(value.decode(), key)]
     found: dict[str, Counter[str]] = {}
@@ -195,7 +195,7 @@ def assert_every_file_once(cluster: LocalCluster, bucket: str, final: Obj, count
     assert set(succeeded) | set(skipped) == {f"s3://{bucket}/{key}" for key in clips(count)}
     assert done_before <= set(skipped) if done_before else not skipped, (done_before, records)
     outputs = {k for k in tjs.objects(cluster, bucket, "out/")
-               if not k.startswith(f"out/{config.STATE_DIR}/")}
+               if not k.startswith(f"out/{contract.STATE_DIR}/")}
     assert outputs == {f"out/clip{n:02d}.{fmt}" for n in range(count) for fmt in ("json", "txt")}
 
 
@@ -372,11 +372,11 @@ def test_the_gpu_acceptance_dry_run_passes_inside_the_runner_image(
                 "command": ["python", "-m", "whisperfleet_runner.local.acceptance",
                             "--dry-run-cpu"],
                 "env": [{"name": "HF_HUB_OFFLINE", "value": "1"},
-                        {"name": config.ENV_MODEL_CACHE, "value": config.MODEL_CACHE_MOUNT}],
+                        {"name": contract.ENV_MODEL_CACHE, "value": contract.MODEL_CACHE_MOUNT}],
                 "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
                               "limits": {"memory": "3Gi", "nvidia.com/gpu": "2"}},
                 "securityContext": restricted,
-                "volumeMounts": [{"name": "models", "mountPath": config.MODEL_CACHE_MOUNT,
+                "volumeMounts": [{"name": "models", "mountPath": contract.MODEL_CACHE_MOUNT,
                                   "readOnly": True},
                                  {"name": "tmp", "mountPath": "/tmp"},
                                  {"name": "home", "mountPath": "/home/whisperfleet"}]}],
