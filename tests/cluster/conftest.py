@@ -5,8 +5,10 @@ from tests.cluster.fixtures import (
     cluster,
     job_namespace,
     namespace,
+    node_binaries,
     operator,
     release,
 )
 
-__all__ = ["built_images", "cluster", "job_namespace", "namespace", "operator", "release"]
+__all__ = ["built_images", "cluster", "job_namespace", "namespace", "node_binaries",
+           "operator", "release"]

@@ -4,15 +4,22 @@ Owns their command lines (which flags, and why), their start order and readiness
 restarting the API server in place, and stopping all of them. Every component logs to
 `<state_dir>/logs/<name>.log`; the admin kubeconfig (a `system:masters` token, CA embedded)
 is written where the caller asks.
+
+With a real node (`RealNodeAccess`), the API server listens on the host's address of the
+link to the node's network namespace instead of loopback (pods reach it there, through the
+`kubernetes` Service), authorizes kubelets with the Node authorizer, shows kubelets a client
+certificate, and the controllers that a Deployment and projected service-account tokens
+need run too.
 """
 
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.cluster.kubeconfigs import write_token_kubeconfig
-from tests.cluster.pki import Pki, write_pki
+from tests.cluster.pki import Pki, add_token, issue, write_pki
 from tests.cluster.processes import ServerProcess, free_port
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
@@ -34,6 +41,27 @@ CONTROLLERS = (
     "persistentvolume-protection-controller",
     "persistentvolumeclaim-protection-controller",
 )
+# Only with a real node: the chart's Deployment becomes a pod there, and every pod with a
+# service-account token (the operator's) mounts the kube-root-ca.crt ConfigMap beside it.
+# Left out otherwise: the stand-in kubelet would run the operator's pod as a second operator.
+REAL_NODE_CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "root-ca-certificate-publisher-controller",
+)
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"  # the API server's name to kubelets
+
+
+@dataclass(frozen=True)
+class RealNodeAccess:
+    """Where a real node reaches the API server, and who its components are."""
+
+    address: str  # the host's end of the link to the node's network namespace
+    node_name: str
+
+    @property
+    def kubelet_user(self) -> str:
+        return f"system:node:{self.node_name}"  # the Node authorizer's naming
 
 
 # The API server's audit log records what service accounts (the operator; nothing else here
@@ -57,13 +85,24 @@ rules:
 class ControlPlane:
     """Starts and stops the four control-plane servers; see the module docstring."""
 
-    def __init__(self, bin_dir: Path, state_dir: Path, kubeconfig: Path) -> None:
+    def __init__(self, bin_dir: Path, state_dir: Path, kubeconfig: Path,
+                 real_node: RealNodeAccess | None = None) -> None:
         self.bin_dir = bin_dir
         self.state_dir = state_dir
         self.kubeconfig = kubeconfig
-        self.pki: Pki = write_pki(state_dir / "pki")
+        self.real_node = real_node
+        self.address = real_node.address if real_node else "127.0.0.1"
+        self.pki: Pki = write_pki(state_dir / "pki", (self.address,))
+        self.node_tokens: dict[str, str] = {}  # user -> token, for the real node's components
+        if real_node is not None:
+            self.node_tokens = {
+                real_node.kubelet_user: add_token(self.pki, real_node.kubelet_user,
+                                                  ("system:nodes",)),
+                # bound to system:node-proxier by Kubernetes' own bootstrap RBAC
+                "system:kube-proxy": add_token(self.pki, "system:kube-proxy"),
+            }
         self.apiserver_port = free_port()
-        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.server = f"https://{self.address}:{self.apiserver_port}"
         self._etcd_client_url = f"http://127.0.0.1:{free_port()}"
         self.etcd = self._etcd()
         self.apiserver = self._apiserver()
@@ -102,11 +141,9 @@ class ControlPlane:
         policy = self.state_dir / "audit-policy.yaml"
         policy.write_text(AUDIT_POLICY)
         return self._server("kube-apiserver", [
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            # Nothing reaches the API through the `kubernetes` Service here, and the
-            # reconciler refuses a loopback advertise address.
-            "--endpoint-reconciler-type=none",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
+            *self._node_flags(),
             f"--secure-port={self.apiserver_port}",
             f"--etcd-servers={self._etcd_client_url}",
             f"--tls-cert-file={pki.serving_cert}",
@@ -117,7 +154,7 @@ class ControlPlane:
             f"--service-account-issuer={self.server}",
             f"--service-account-key-file={pki.service_account_key}",
             f"--service-account-signing-key-file={pki.service_account_key}",
-            "--authorization-mode=RBAC",
+            f"--authorization-mode={'Node,RBAC' if self.real_node else 'RBAC'}",
             f"--token-auth-file={pki.token_file}",
             # Would taint every new node not-ready until a node-lifecycle controller (absent
             # on purpose) clears it. PodSecurity stays on, as in every real cluster.
@@ -132,11 +169,29 @@ class ControlPlane:
             "--audit-log-mode=blocking",
         ])
 
+    def _node_flags(self) -> list[str]:
+        if self.real_node is None:
+            # Nothing reaches the API through the `kubernetes` Service here, and the
+            # reconciler refuses a loopback advertise address.
+            return ["--endpoint-reconciler-type=none"]
+        cert, key = issue(self.pki, KUBELET_CLIENT_USER, client=True)
+        return [
+            # The default (lease) reconciler: the `kubernetes` Service's endpoint is
+            # --advertise-address, which pods reach through kube-proxy.
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={cert}",
+            f"--kubelet-client-key={key}",
+            f"--kubelet-certificate-authority={self.pki.ca_cert}",
+            # The kubelet's serving certificate names its address; no DNS knows its name.
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _controller_manager(self) -> ServerProcess:
+        controllers = [*CONTROLLERS, *(REAL_NODE_CONTROLLERS if self.real_node else ())]
         return self._server("kube-controller-manager", [
             f"--kubeconfig={self.kubeconfig}",
             "--leader-elect=false",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(controllers)}",
             f"--service-account-private-key-file={self.pki.service_account_key}",
             f"--root-ca-file={self.pki.ca_cert}",
             "--use-service-account-credentials=false",

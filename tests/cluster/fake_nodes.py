@@ -18,6 +18,10 @@ DRA_DRIVER = "gpu.nvidia.com"
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+# In a cluster with a real node too, every fake node carries this: only pods that say they
+# may run under the stand-in kubelet (a toleration) go there, never the chart's operator.
+STAND_IN_TAINT = {"key": "whisperfleet.io/stand-in-kubelet", "value": "true",
+                  "effect": "NoSchedule"}
 _UUID_NAMESPACE = uuid.UUID("6f1c2a4e-8d0b-4f57-9a52-3c1d7e0b9a10")  # keeps UUIDs stable
 Obj = dict[str, Any]
 
@@ -68,13 +72,15 @@ class Gpu:
 
 def make_gpus(node: str, count: int, *, name: str, memory_mib: int, cc: str,
               architecture: str, mig_capable: bool = False,
-              mig_profile: tuple[str, int, int] | None = None) -> tuple[Gpu, ...]:
+              mig_profile: tuple[str, int, int] | None = None, first: int = 0,
+              ) -> tuple[Gpu, ...]:
     """`count` identical GPUs with UUIDs and bus ids that are stable for (node, index).
 
-    `mig_profile` = (profile, instances per GPU, MiB per instance) turns MIG on.
+    `mig_profile` = (profile, instances per GPU, MiB per instance) turns MIG on. `first`:
+    the first GPU's index, for a node with GPUs of several kinds.
     """
     gpus = []
-    for index in range(count):
+    for index in range(first, first + count):
         mig = None
         if mig_profile is not None:
             profile, instances, mib = mig_profile
@@ -129,7 +135,7 @@ class NodeSpec:
             "nvidia.com/gpu.compute.major": major,
             "nvidia.com/gpu.compute.minor": minor,
             "nvidia.com/gpu.count": str(len(self.gpus)),
-            "nvidia.com/gpu.family": first.architecture.lower(),
+            "nvidia.com/gpu.family": first.architecture.lower().replace(" ", "-"),
         }
         if self.mig_instances:
             labels["nvidia.com/mig.capable"] = "true"

@@ -9,7 +9,8 @@ dir (logs, pod folders) after the session for debugging.
 Tests that need the binaries or the images run last, and those are built just before the
 first test that needs them, outside its timeout (hooks in tests/conftest.py call
 `run_binary_tests_last` and `build_before`). The images (tests/cluster/images.py) need root,
-mmdebstrap and buildah; without them the `built_images` tests fail, saying so.
+mmdebstrap and buildah; without them the `built_images` tests fail, saying so. So do the real
+node's binaries (`node_binaries`, tests/cluster/node_build.py): root, gcc and libseccomp-dev.
 
 Registered by tests/cluster/conftest.py.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import build, images
+from tests.cluster import build, images, node_build
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.manifests import POD_SECURITY_LABELS
 from tests.cluster.transcription_jobs import storage_secret
@@ -50,7 +51,9 @@ def _can_build() -> bool:
 
 BINARY_FIXTURES = ("cluster", "helm_bin")
 IMAGE_FIXTURES = ("built_images",)
+NODE_FIXTURES = ("node_binaries",)
 _prebuilt_images: dict[str, dict[str, images.BuiltImage] | BaseException] = {}
+_prebuilt_node: dict[str, dict[str, Path] | BaseException] = {}
 
 
 def needs_binaries(item: pytest.Item) -> bool:
@@ -59,6 +62,10 @@ def needs_binaries(item: pytest.Item) -> bool:
 
 def needs_images(item: pytest.Item) -> bool:
     return any(name in getattr(item, "fixturenames", ()) for name in IMAGE_FIXTURES)
+
+
+def needs_node_binaries(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in NODE_FIXTURES)
 
 
 def run_binary_tests_last(items: list[pytest.Item]) -> None:
@@ -77,6 +84,11 @@ def build_before(item: pytest.Item) -> None:
             _prebuilt_images["images"] = images.build_images()
         except Exception as error:
             _prebuilt_images["error"] = error
+    if needs_node_binaries(item) and not _prebuilt_node:
+        try:
+            _prebuilt_node["binaries"] = node_build.ensure_node_binaries()
+        except Exception as error:
+            _prebuilt_node["error"] = error
     if _prebuilt or not needs_binaries(item) or not (_can_build() or _cluster_required()):
         return
     try:
@@ -101,7 +113,7 @@ def fold_go_skip(report: pytest.TestReport) -> None:
                            report.longrepr[2])
 
 
-def _bin_dir() -> Path:
+def prebuilt_bin_dir() -> Path:
     error = _prebuilt.get("error")
     if isinstance(error, BaseException):
         raise error
@@ -120,11 +132,21 @@ def built_images() -> dict[str, images.BuiltImage]:
 
 
 @pytest.fixture(scope="session")
+def node_binaries() -> dict[str, Path]:
+    """The real node's binaries (kubelet, containerd, runc, CNI, ...), built from Go modules."""
+    error = _prebuilt_node.get("error")
+    if isinstance(error, BaseException):
+        raise error
+    found = _prebuilt_node.get("binaries")
+    return found if isinstance(found, dict) else node_build.ensure_node_binaries()
+
+
+@pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     """The local cluster (control plane, fake GPU nodes, stand-in kubelet, moto S3)."""
     skip_without_go()
     keep = os.environ.get(KEEP_STATE_ENV) == "1"
-    with LocalCluster(bin_dir=_bin_dir(), keep_state=keep) as local:
+    with LocalCluster(bin_dir=prebuilt_bin_dir(), keep_state=keep) as local:
         yield local
     if keep:
         print(f"\nlocal cluster state kept in {local.state_dir}")

@@ -20,7 +20,9 @@ containers and more than one container per pod; service-link or KUBERNETES_SERVI
 projected/downwardAPI volumes (service-account tokens are not mounted); node heartbeats
 or node status. There is no mount namespace: volumes are host folders, and only env
 VALUES equal to or under a mountPath (or equal to terminationMessagePath) are rewritten to
-them — paths in command/args or hard-coded in programs are not.
+them — paths in command/args or hard-coded in programs are not. All of that is what the
+real node (real_node.py, `LocalCluster(real_node=True)`) does with a real kubelet and
+containerd; this stand-in stays for the fast tests.
 """
 
 from __future__ import annotations

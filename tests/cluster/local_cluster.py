@@ -1,9 +1,13 @@
 """`LocalCluster`: the whole local test cluster behind one object (a context manager).
 
-Owns the start and stop order of its parts — the built binaries (build), the control
-plane, the fake nodes with their DRA objects, the stand-in kubelet, a moto S3 server — its
-temporary state directory, and the client helpers tests use: kubectl, helm, an admin
-`ApiClient`, service-account tokens and kubeconfigs for them.
+Owns the start and stop order of its parts — the built binaries (build, node_build), the
+control plane, the fake nodes with their DRA objects, the stand-in kubelet, with
+`real_node=True` a real node (real_node) in namespaces of its own (node_sandbox), a moto S3
+server — its temporary state directory, and the client helpers tests use: kubectl, helm, an
+admin `ApiClient`, service-account tokens and kubeconfigs for them.
+
+With a real node, the API server and S3 listen on the host's end of the node's link instead
+of 127.0.0.1 (pods reach them there), and the fake nodes carry STAND_IN_TAINT.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import string
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,12 +27,20 @@ from typing import Any
 import kubernetes.config
 from kubernetes.client import ApiClient
 
-from tests.cluster import build
-from tests.cluster.control_plane import ControlPlane
-from tests.cluster.fake_nodes import NodeSpec, default_nodes, device_class_manifests
+from tests.cluster import build, node_build
+from tests.cluster.control_plane import ControlPlane, RealNodeAccess
+from tests.cluster.fake_nodes import (
+    STAND_IN_TAINT,
+    NodeSpec,
+    default_nodes,
+    device_class_manifests,
+)
 from tests.cluster.kubeconfigs import write_token_kubeconfig
 from tests.cluster.kubelet import StandInKubelet
+from tests.cluster.node_gpus import real_node_spec
+from tests.cluster.node_sandbox import NodeSandbox
 from tests.cluster.processes import free_port
+from tests.cluster.real_node import RealNode
 from tests.cluster.rest import Rest
 
 
@@ -66,17 +78,25 @@ class LocalCluster:
 
     `kubeconfig`: where to write the admin kubeconfig (default: in the state dir).
     `state_dir`: where logs, PKI, etcd data and pod folders go (default: a temp dir that
-    `stop()` removes unless `keep_state`).
+    `stop()` removes unless `keep_state`). `real_node`: a real node (`real-1`) beside the
+    fake ones (`node_binaries`: node_build's, if already at hand).
     """
 
     def __init__(self, *, kubeconfig: Path | None = None, state_dir: Path | None = None,
                  nodes: list[NodeSpec] | None = None, bin_dir: Path | None = None,
-                 keep_state: bool = False, start_timeout: float = 120.0) -> None:
+                 keep_state: bool = False, start_timeout: float = 120.0,
+                 real_node: bool = False, node_binaries: dict[str, Path] | None = None,
+                 ) -> None:
         self._owns_state_dir = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="whisperfleet-cluster-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = kubeconfig or self.state_dir / "admin.kubeconfig"
-        self._node_specs = list(nodes if nodes is not None else default_nodes())
+        self._real_node_spec = real_node_spec() if real_node else None
+        self._node_specs = [self._fake(n) for n in
+                            (nodes if nodes is not None else default_nodes())]
+        self._sandbox: NodeSandbox | None = None
+        self._real_node: RealNode | None = None
+        self._node_binaries = node_binaries
         self._bin_dir = bin_dir
         self.keep_state = keep_state
         self.start_timeout = start_timeout
@@ -105,10 +125,18 @@ class LocalCluster:
     def _start(self) -> None:
         began = time.monotonic()
         self._bin_dir = self._bin_dir or build.ensure_binaries()
+        node_binaries: dict[str, Path] = {}
+        if self._real_node_spec is not None:
+            node_binaries = self._node_binaries or node_build.ensure_node_binaries()
         began = self._timed("binaries", began)
+        access = None
+        if self._real_node_spec is not None:
+            self._sandbox = NodeSandbox(self.state_dir / "real-node", node_binaries["pause"])
+            self._sandbox.start()
+            access = RealNodeAccess(self._sandbox.host_ip, self._real_node_spec.name)
         # The components read their own copy: the caller may move or edit `kubeconfig`.
         self.control_plane = ControlPlane(self._bin_dir, self.state_dir,
-                                          self.state_dir / "components.kubeconfig")
+                                          self.state_dir / "components.kubeconfig", access)
         self.control_plane.start(timeout=self.start_timeout)
         self._write_admin_kubeconfig()
         began = self._timed("control_plane", began)
@@ -120,6 +148,11 @@ class LocalCluster:
         for node in self._node_specs:
             self._publish_node(rest, node)
         began = self._timed("nodes_and_kubelet", began)
+        if self._sandbox is not None and self._real_node_spec is not None:
+            self._real_node = RealNode(self._real_node_spec, node_binaries, self._sandbox,
+                                       self.control_plane, rest, self.logs_dir)
+            self._real_node.start(timeout=self.start_timeout)
+            began = self._timed("real_node", began)
         self._start_s3()
         self._timed("s3", began)
 
@@ -132,11 +165,11 @@ class LocalCluster:
         from moto.server import ThreadedMotoServer
 
         port = free_port()
-        self._moto = server = ThreadedMotoServer(ip_address="127.0.0.1", port=port,
-                                                 verbose=False)
+        address = self._plane().address  # the real node's pods reach S3 where they reach the API
+        self._moto = server = ThreadedMotoServer(ip_address=address, port=port, verbose=False)
         server.start()
         alphabet = string.ascii_uppercase + string.digits
-        self._s3 = S3Server(endpoint=f"http://127.0.0.1:{port}",
+        self._s3 = S3Server(endpoint=f"http://{address}:{port}",
                             access_key="AKIA" + "".join(secrets.choice(alphabet)
                                                         for _ in range(16)),
                             secret_key=secrets.token_urlsafe(30))
@@ -146,6 +179,14 @@ class LocalCluster:
         if self._kubelet is not None:
             self._kubelet.stop()
             self._kubelet = None
+        if self._real_node is not None:
+            self._real_node.stop()
+            self._real_node = None
+        if self._sandbox is not None:
+            self._sandbox.stop()  # ends every process of the node, containers included
+            if self._owns_state_dir and not self.keep_state:
+                self._sandbox.remove_state()
+            self._sandbox = None
         if self._moto is not None:
             self._moto.stop()  # type: ignore[attr-defined]
             self._moto = None
@@ -193,8 +234,21 @@ class LocalCluster:
         return self._s3
 
     @property
+    def real_node(self) -> RealNode:
+        if self._real_node is None:
+            raise RuntimeError("the cluster has no real node running")
+        return self._real_node
+
+    @property
     def nodes(self) -> list[str]:
-        return [node.name for node in self._node_specs]
+        real = [self._real_node_spec.name] if self._real_node_spec else []
+        return [*(node.name for node in self._node_specs), *real]
+
+    @property
+    def node_kubelets(self) -> dict[str, str]:
+        """Node name -> "real" (kubelet + containerd) or "stand-in" (kubelet.py)."""
+        return {name: "real" if self._real_node_spec and name == self._real_node_spec.name
+                else "stand-in" for name in self.nodes}
 
     @property
     def node_specs(self) -> list[NodeSpec]:
@@ -220,8 +274,15 @@ class LocalCluster:
             rest.create("/apis/resource.k8s.io/v1/resourceslices",
                         node.resource_slice_manifest())
 
+    def _fake(self, node: NodeSpec) -> NodeSpec:
+        """A fake node as this cluster has it: beside a real node, with the stand-in taint."""
+        if self._real_node_spec is None or STAND_IN_TAINT in node.taints:
+            return node
+        return replace(node, taints=(*node.taints, STAND_IN_TAINT))
+
     def add_node(self, node: NodeSpec) -> None:
         """Add a fake node (Node, its ResourceSlice, the kubelet's knowledge of it)."""
+        node = self._fake(node)
         self._publish_node(self.rest(), node)
         self._node_specs.append(node)
 
@@ -283,6 +344,17 @@ class LocalCluster:
                   for kind in ("CACHE", "CONFIG", "DATA")}}
         return _run([str(self.bin_dir / "helm"), *args], env=env, input=input, check=check,
                     timeout=timeout)
+
+    def pod_log(self, namespace: str, name: str) -> str:
+        """A pod's output: `kubectl logs` (all containers) on the real node, the stand-in
+        kubelet's log file on a fake one ("" when there is none yet)."""
+        pod = self.rest().get(f"/api/v1/namespaces/{namespace}/pods/{name}") or {}
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node and self.node_kubelets.get(node) == "real":
+            result = self.kubectl("logs", "-n", namespace, name, "--all-containers",
+                                  check=False)
+            return result.stdout if result.returncode == 0 else ""
+        return self.kubelet.pod_log(namespace, name)
 
     def token_for(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
         """A bound token of the service account via the TokenRequest API (min 600 s)."""

@@ -2,18 +2,25 @@
 """One command for a local Kubernetes cluster with fake GPU nodes, until Ctrl-C.
 
     python tests/cluster/up.py --kubeconfig /tmp/wf.kubeconfig
-    python tests/cluster/up.py --kubeconfig /tmp/wf.kubeconfig --demo   # + whisperfleet
+    python tests/cluster/up.py --kubeconfig /tmp/wf.kubeconfig --demo        # + whisperfleet
+    python tests/cluster/up.py --kubeconfig /tmp/wf.kubeconfig --real-node   # + a real node
 
-Run it with the project's virtualenv Python (pods it runs use the runner installed there).
-Builds the binaries if the cache lacks them, starts the control plane, the fake nodes,
-the stand-in kubelet and a moto S3 server, writes the admin kubeconfig, prints ONE JSON
-line on stdout once everything is ready, hints on stderr, and serves until SIGINT or
-SIGTERM; then it stops everything it started and removes its temporary state.
+Run it with the project's virtualenv Python (pods the stand-in kubelet runs use the runner
+installed there). Builds the binaries if the cache lacks them, starts the control plane, the
+fake nodes, the stand-in kubelet and a moto S3 server, writes the admin kubeconfig, prints
+ONE JSON line on stdout once everything is ready, hints on stderr, and serves until SIGINT
+or SIGTERM; then it stops everything it started and removes its temporary state.
 
 `--operator` also installs the Helm chart with the built helm and runs its operator (as the
 chart would, with its ServiceAccount's token). `--demo` adds, besides, a namespace `demo`
-with the storage Secret and a bucket `demo` holding the example audio under in/, and prints
-a TranscriptionJob to apply.
+with the storage Secret and a bucket holding the example audio under in/, and prints a
+TranscriptionJob to apply.
+
+`--real-node` (as root) adds a real node, `real-1` (kubelet, containerd, runc, CNI, kube-proxy
+and fake GPUs, in namespaces of its own), builds the operator and runner images from their
+Dockerfiles (tests/cluster/images.py), loads them into the node's containerd and installs the
+chart with only the image references set: its operator runs as the Deployment's pod there.
+The JSON line then names the images too.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -34,9 +42,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.cluster import real_node_release as rnr  # noqa: E402
 from tests.cluster import transcription_jobs as tjs  # noqa: E402
+from tests.cluster.images import BuiltImage, build_images  # noqa: E402
 from tests.cluster.local_cluster import LocalCluster  # noqa: E402
 from tests.cluster.manifests import POD_SECURITY_LABELS  # noqa: E402
+from tests.cluster.node_gpus import REAL_NODE_NAME  # noqa: E402
 from tests.cluster.whisperfleet_release import OperatorProcess, install_chart  # noqa: E402
 
 DEMO = """apiVersion: whisperfleet.io/v1alpha1
@@ -46,23 +57,45 @@ spec:
   input: {{uri: "s3://{bucket}/in/"}}
   output: {{uri: "s3://{bucket}/out/"}}
   storage: {{secretName: s3-credentials, endpoint: "{endpoint}", region: us-east-1}}
-  model: {{name: tiny.en}}
+  model: {model}
   workers:
     parallelism: 2
-    gpu: {{products: [NVIDIA-H100-80GB-HBM3]}}
-    resources: {{requests: {{cpu: "1", memory: 1Gi}}}}
+    gpu: {{products: [{product}]}}
+    resources: {{requests: {{cpu: {cpu}, memory: 1Gi}}}}
 """
 
 
-def _demo(cluster: LocalCluster) -> str:
-    """Namespace, Secret and a bucket with the example audio; returns a job to apply."""
+def _demo(cluster: LocalCluster, real_node: bool) -> str:
+    """Namespace, Secret and a bucket with the example audio (and on the real node the model
+    claim); returns a job to apply."""
     cluster.rest().create("/api/v1/namespaces", {
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "demo", "labels": POD_SECURITY_LABELS}})
     tjs.storage_secret(cluster, "demo")
     files = {f"in/{p.name}": p for p in sorted((REPO / "examples" / "audio").glob("*.wav"))}
     bucket = tjs.bucket_with(cluster, files)
-    return DEMO.format(bucket=bucket, endpoint=cluster.s3.endpoint)
+    if real_node:  # two vCPUs here: two workers of half a CPU each, on the node's L4s
+        claim = rnr.model_claim(cluster, "demo")
+        model = f"{{name: tiny.en, cacheVolume: {{claimName: {claim}}}}}"
+        return DEMO.format(bucket=bucket, endpoint=cluster.s3.endpoint, model=model,
+                           product="NVIDIA-L4", cpu='"500m"')
+    return DEMO.format(bucket=bucket, endpoint=cluster.s3.endpoint, model="{name: tiny.en}",
+                       product="NVIDIA-H100-80GB-HBM3", cpu='"1"')
+
+
+def ready_line(cluster: LocalCluster, images: dict[str, BuiltImage] | None) -> dict[str, object]:
+    """What the JSON line on stdout says once everything is ready."""
+    s3 = cluster.s3
+    line: dict[str, object] = {
+        "kubeconfig": str(cluster.kubeconfig),
+        "s3": {"endpoint": s3.endpoint, "access_key": s3.access_key,
+               "secret_key": s3.secret_key},
+        "nodes": [{"name": name, "kubelet": kubelet}
+                  for name, kubelet in cluster.node_kubelets.items()],
+    }
+    if images is not None:
+        line["images"] = {name: image.ref for name, image in images.items()}
+    return line
 
 
 def _hints(cluster: LocalCluster) -> str:
@@ -74,8 +107,9 @@ def _hints(cluster: LocalCluster) -> str:
         f"             (or: export KUBECONFIG={cluster.kubeconfig}; built kubectl/helm are in "
         f"{cluster.bin_dir})",
         f"  S3 (moto): {cluster.s3.endpoint} (credentials in the JSON line on stdout)",
-        f"  logs:      {cluster.logs_dir} (kubelet.log, kube-*.log, etcd.log); "
-        f"pod output under {cluster.state_dir / 'pods'}",
+        f"  logs:      {cluster.logs_dir} (kubelet.log, kube-*.log, etcd.log; with a real "
+        "node containerd.log, kube-proxy.log, fake-*-plugin.log); stand-in pods' output "
+        f"under {cluster.state_dir / 'pods'}, real-node pods' with kubectl logs",
         "  Ctrl-C (or SIGTERM) stops everything and removes the state dir.",
     ])
 
@@ -90,31 +124,40 @@ def main(argv: list[str] | None = None) -> int:
                         help="install the Helm chart and run its operator")
     parser.add_argument("--demo", action="store_true",
                         help="--operator, plus a demo namespace, Secret and bucket")
+    parser.add_argument("--real-node", action="store_true",
+                        help="(root) a real node, the images built here loaded into it, and "
+                             "the chart's operator running as a pod there")
     args = parser.parse_args(argv)
+    if args.real_node and os.geteuid() != 0:
+        parser.error("--real-node makes network, mount and PID namespaces, cgroups and a "
+                     "veth link: run it as root")
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     kubeconfig = args.kubeconfig.resolve()
-    with LocalCluster(kubeconfig=kubeconfig, keep_state=args.keep_state) as cluster:
-        s3 = cluster.s3
-        print(json.dumps({
-            "kubeconfig": str(kubeconfig),
-            "s3": {"endpoint": s3.endpoint, "access_key": s3.access_key,
-                   "secret_key": s3.secret_key},
-            "nodes": cluster.nodes,
-        }), flush=True)
-        print(_hints(cluster), file=sys.stderr, flush=True)
+    images = build_images() if args.real_node else None  # before the cluster idles
+    with LocalCluster(kubeconfig=kubeconfig, keep_state=args.keep_state,
+                      real_node=args.real_node) as cluster:
         operator = None
-        if args.operator or args.demo:
+        if images is not None:
+            took = rnr.load_images(cluster, images)
+            release = rnr.install(cluster, images)
+        print(json.dumps(ready_line(cluster, images)), flush=True)
+        print(_hints(cluster), file=sys.stderr, flush=True)
+        if images is not None:
+            print(f"  real node: {REAL_NODE_NAME}; images loaded in {took} s; the operator "
+                  f"runs as a pod: kubectl -n {release.namespace} get pods", file=sys.stderr,
+                  flush=True)
+        elif args.operator or args.demo:
             release = install_chart(cluster, "whisperfleet", "whisperfleet")
             operator = OperatorProcess(cluster, release, cluster.state_dir / "operator").start()
             print(f"  operator:  running as {release.namespace}/{release.service_account} "
                   f"(log {operator.log_path})", file=sys.stderr, flush=True)
         if args.demo:
             print("  demo: apply this TranscriptionJob, then watch it:\n"
-                  f"    kubectl apply -f - <<'EOF'\n{_demo(cluster)}EOF\n"
+                  f"    kubectl apply -f - <<'EOF'\n{_demo(cluster, args.real_node)}EOF\n"
                   "    kubectl -n demo get tj -w", file=sys.stderr, flush=True)
         stop.wait()
         print("stopping the local cluster ...", file=sys.stderr, flush=True)

@@ -120,4 +120,4 @@ def cluster_texts(cluster: Any, namespace: str) -> Iterator[tuple[str, str]]:
         name = pod["metadata"]["name"]
         yield f"pod {namespace}/{name} status", json.dumps(pod.get("status") or {},
                                                            ensure_ascii=False)
-        yield f"pod {namespace}/{name} log", cluster.kubelet.pod_log(namespace, name)
+        yield f"pod {namespace}/{name} log", cluster.pod_log(namespace, name)
