@@ -30,3 +30,19 @@ def test_constraints_pin_every_runtime_dependency_once() -> None:
     assert len(names) == len(set(names))
     for required in ("faster-whisper", "ctranslate2", "kopf", "moto", "s3fs"):
         assert required in names
+
+
+def _ci_debian_packages() -> set[str]:
+    text = (REPO / ".ci" / "run").read_text()
+    loop = re.search(r"for package in (.*?); do", text, re.S)
+    assert loop, ".ci/run must name its Debian packages in one `for package in …; do` loop"
+    return set(loop.group(1).replace("\\\n", " ").split())
+
+
+def test_readme_names_the_debian_packages_ci_installs() -> None:
+    """A user who follows the README installs what CI installs: the image and real-node tests
+    fail without these packages."""
+    text = (REPO / "README.md").read_text()
+    named = re.search(r"`apt-get install -y ([^`]*)`", text)
+    assert named, "README must say which Debian packages the tests need"
+    assert set(named.group(1).split()) == _ci_debian_packages()
