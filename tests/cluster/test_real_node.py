@@ -18,7 +18,7 @@ import ipaddress
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -181,19 +181,25 @@ def ledger(cluster: LocalCluster, bucket: str, uid: str) -> dict[str, Counter[st
 
 
 def assert_every_file_once(cluster: LocalCluster, bucket: str, final: Obj, count: int,
-                           done_before: frozenset[str] = frozenset()) -> None:
+                           done_before: dict[str, object] | None = None) -> None:
     """Each input transcribed, none twice, all outputs in the bucket. `done_before`: files a
-    pod that was killed or evicted had published; its retry must skip them."""
+    pod that was killed or evicted had published, with when their transcripts were written;
+    its retry must count them as succeeded (the job did that work) without writing them
+    again."""
     status = final["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
     files = status["files"]
     assert files["total"] == count and files["failed"] == 0
-    assert files["succeeded"] + files["skipped"] == count, files
+    # Nothing was done when the job was planned, so nothing is skipped: what a killed or
+    # evicted attempt wrote is work this job did.
+    assert (files["succeeded"], files["skipped"]) == (count, 0), files
     records = ledger(cluster, bucket, final["metadata"]["uid"])
-    succeeded, skipped = records.get("succeeded", Counter()), records.get("skipped", Counter())
-    assert set(succeeded.values()) == {1}, succeeded  # never transcribed twice
-    assert set(succeeded) | set(skipped) == {f"s3://{bucket}/{key}" for key in clips(count)}
-    assert done_before <= set(skipped) if done_before else not skipped, (done_before, records)
+    succeeded = records.get("succeeded", Counter())
+    assert set(succeeded.values()) == {1}, succeeded  # recorded once per file
+    assert set(succeeded) == {f"s3://{bucket}/{key}" for key in clips(count)}, records
+    assert not records.get("skipped"), records
+    # Not transcribed twice: the retry left the transcripts published before it untouched.
+    assert written_at(cluster, bucket, done_before or {}) == (done_before or {})
     outputs = {k for k in tjs.objects(cluster, bucket, "out/")
                if not k.startswith(f"out/{contract.STATE_DIR}/")}
     assert outputs == {f"out/clip{n:02d}.{fmt}" for n in range(count) for fmt in ("json", "txt")}
@@ -204,6 +210,15 @@ def published(cluster: LocalCluster, ns: str, pod: str) -> frozenset[str]:
     return frozenset(line.rsplit(" on ", 1)[0].split(" succeeded ", 1)[1]
                      for line in cluster.pod_log(ns, pod).splitlines()
                      if " succeeded s3://" in line)
+
+
+def written_at(cluster: LocalCluster, bucket: str, files: Iterable[str]) -> dict[str, object]:
+    """input URI -> when its JSON transcript was last written (in/clipNN.wav ->
+    out/clipNN.json; the JSON is published last)."""
+    s3 = tjs.s3_client(cluster)
+    return {uri: s3.head_object(
+        Bucket=bucket, Key="out/" + uri.rsplit("/", 1)[1].replace(".wav", ".json"),
+    )["LastModified"] for uri in files}
 
 
 def test_the_chart_with_only_its_images_set_runs_a_job_on_the_real_node(
@@ -308,10 +323,10 @@ def test_a_worker_killed_by_its_memory_limit_is_retried_and_nothing_is_lost_or_r
     terminated = eventually(killed, timeout=120, what=f"{victim} to be killed")
     # The kernel killed the runner at the container's limit; containerd and the kubelet say so.
     assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137), terminated
-    done_before = published(cluster, ns, victim)
+    done_before = written_at(cluster, bucket, published(cluster, ns, victim))
     assert len(done_before) >= 2
     # As the docs say: the Job runs the shard again (spec.retries.perShard), and the retry
-    # skips what the killed pod had published.
+    # does not transcribe again what the killed pod had published.
     final = tjs.wait_for(cluster, ns, "oom", "Succeeded", "PartiallySucceeded", "Failed")
     assert_every_file_once(cluster, bucket, final, files, done_before)
     assert {g["uuid"] for w in final["status"]["workers"] for g in w["gpus"]} <= \
@@ -330,7 +345,7 @@ def test_a_drain_mid_run_evicts_the_worker_and_the_job_finishes_after_uncordon(
     operator = rnr.operator_pod(cluster)["metadata"]["name"]
     # What it published so far (its log goes with the pod; it may publish more while it
     # stops, which its retry then skips too).
-    done_before = published(cluster, ns, evicted)
+    done_before = written_at(cluster, bucket, published(cluster, ns, evicted))
     try:
         # A short grace period, as an administrator in a hurry gives it: the worker is
         # stopped well before its shard is done.
@@ -346,7 +361,8 @@ def test_a_drain_mid_run_evicts_the_worker_and_the_job_finishes_after_uncordon(
     finally:
         cluster.kubectl("uncordon", REAL_NODE_NAME)
     final = tjs.wait_for(cluster, ns, "drained", "Succeeded", "PartiallySucceeded", "Failed")
-    # As the docs say: an eviction is not a failure; the shard runs again and skips the done.
+    # As the docs say: an eviction is not a failure; the shard runs again and does
+    # not redo what was done.
     assert final["status"]["shards"] == {"total": 1, "succeeded": 1, "failed": 0, "active": 0}
     assert_every_file_once(cluster, bucket, final, files, done_before)
     assert {g["uuid"] for w in final["status"]["workers"] for g in w["gpus"]} <= \

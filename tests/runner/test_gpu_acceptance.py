@@ -90,7 +90,7 @@ def test_the_out_of_memory_check_fails_without_an_out_of_memory(
 ) -> None:
     # A capped batch (2 of the 4 windows asked for) and no out-of-memory: the check used to
     # pass on that, although nothing ran out of memory and nothing was halved.
-    monkeypatch.setattr(engines, "Engine", CappedOnCpu)
+    monkeypatch.setattr(engines, "WhisperEngine", CappedOnCpu)
     monkeypatch.setattr(acceptance, "_simulate_one_oom", lambda *_: lambda: None)
     results = acceptance.Results()
     acceptance.check_memory(results, dry_run=True)
