@@ -3,10 +3,10 @@
 faster-whisper's `SileroVADModel` hands the ONNX model up to 10000 frames (320 s) per call,
 carrying the recurrent state (h, c) from one call to the next. On one VAD window here (150 s
 plus the 32 s heard first) that is one call whose tensors raised the peak by 75 MiB. A long
-recording's VAD runs beside the model's batches for its whole length (a short file is
-read and cut ahead, while the model loads), so that spike landed on the decode's own peak
-in long recordings only, and the peak grew with length (benchmarks/README.md, "Measurements
-behind design choices").
+recording's VAD runs beside the model's batches for its whole length (a short file's is
+done in the run's first seconds, ahead of the model), so that spike landed on the decode's
+own peak in long recordings only, and the peak grew with length (benchmarks/README.md,
+"Measurements behind design choices").
 
 `in_steps` wraps the model's ONNX session so each call runs `STEP_FRAMES` frames at a time,
 the state carried between steps as faster-whisper carries it between its calls: every
