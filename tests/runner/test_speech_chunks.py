@@ -128,3 +128,25 @@ def test_without_vad_chunks_are_the_30_second_pieces_of_the_file(
                                                          CHUNK_SECONDS * SAMPLE_RATE))
     assert np.array_equal(np.concatenate([c.samples for c in chunks]), recording)
     assert all(c.offset == c.spans[0][0] / SAMPLE_RATE for c in chunks)
+
+
+def test_vad_in_steps_hears_what_faster_whispers_own_model_hears(recording: np.ndarray) -> None:
+    """Silero run 16 s at a time (vad_steps, for memory) gives every frame the probability
+    faster-whisper's model gives it running the whole window at once, bit for bit; the
+    spans a window's cut uses are therefore the ones faster-whisper finds."""
+    from faster_whisper.vad import SileroVADModel, get_speech_timestamps, get_vad_model
+
+    from whisperfleet_runner.media.speech_chunks import silero, vad_options
+    from whisperfleet_runner.media.vad_steps import STEP_FRAMES, SessionInSteps
+
+    window = recording[: 182 * SAMPLE_RATE]  # one VAD window: 150 s and the 32 s heard first
+    window = window[: window.shape[0] // 512 * 512]
+    assert window.shape[0] // 512 > 2 * STEP_FRAMES  # several steps, one partial
+    spans = silero(window)
+    stepped = get_vad_model()
+    assert isinstance(stepped.session, SessionInSteps)
+    whole = SileroVADModel.__new__(SileroVADModel)
+    whole.session = stepped.session.session  # the same ONNX session, faster-whisper's calls
+    assert np.array_equal(stepped(window.copy()), whole(window.copy()))
+    found = get_speech_timestamps(window, vad_options())  # type: ignore[arg-type]
+    assert spans == [(s["start"], s["end"]) for s in found] and len(spans) > 10

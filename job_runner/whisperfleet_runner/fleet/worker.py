@@ -30,11 +30,6 @@ from whisperfleet_runner.pipeline.failures import LossBoard
 from whisperfleet_runner.pipeline.ledger import LedgerRecord
 from whisperfleet_runner.storage import InputFile
 
-# Read-ahead per worker (decoded samples, 64 KB per audio second: about 8 minutes). Files a
-# worker holds are not available to the others, so a small window keeps the GPUs finishing
-# together and lets Ctrl-C stop soon; it still hides a read and a decode behind inference.
-PREFETCH_BYTES = 32 * 1024 * 1024
-
 
 @dataclass
 class WorkerSpec:
@@ -283,9 +278,12 @@ def serve(spec: WorkerSpec, options: JobOptions, tasks: TaskQueue, events: Event
         if spec.gpu is not None:
             nvml.check_healthy(spec.gpu.uuid)
 
+    # The default read-ahead (overlap.DEFAULT_PREFETCH_BYTES) is small, as a worker needs it:
+    # files it holds are not available to the others, so the GPUs finish together and
+    # Ctrl-C stops soon.
     report = run_files(files(), options, get_engine, shard=spec.shard, device=spec.label,
                        gpus=[spec.gpu] if spec.gpu else [], progress=recorded,
-                       prefetch_bytes=PREFETCH_BYTES, check_device=check_gpu,
+                       check_device=check_gpu,
                        loss_board=board)
     # A worker that stops early (no model, a lost GPU) hands back what it never started:
     # the parent requeues those files for the workers that can.

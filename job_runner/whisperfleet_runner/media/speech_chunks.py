@@ -71,8 +71,11 @@ def vad_options() -> object:
 
 def silero(audio: np.ndarray) -> list[Span]:
     """Speech in `audio` as faster-whisper's batched mode finds it (Silero VAD)."""
-    from faster_whisper.vad import get_speech_timestamps
+    from faster_whisper.vad import get_speech_timestamps, get_vad_model
 
+    from whisperfleet_runner.media.vad_steps import in_steps
+
+    in_steps(get_vad_model())  # the (cached) model get_speech_timestamps runs: in steps
     found = get_speech_timestamps(audio, vad_options())  # type: ignore[arg-type]
     return [(int(s["start"]), int(s["end"])) for s in found]
 

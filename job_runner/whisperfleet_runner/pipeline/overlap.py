@@ -27,8 +27,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_PREFETCH_ITEMS = 16
-# Decoded audio is 64 KB per second (16 kHz float32): 256 MiB is about 70 minutes ahead.
-DEFAULT_PREFETCH_BYTES = 256 * 1024 * 1024
+# Decoded audio is 64 KB per second (16 kHz float32): 32 MiB is about 8 minutes ahead, which
+# hides a read and a decode behind inference. More only holds more of a long recording: with
+# 256 MiB a pod's read-ahead grew with the recording up to about 70 minutes of it.
+DEFAULT_PREFETCH_BYTES = 32 * 1024 * 1024
 DEFAULT_PUBLISH_QUEUE = 8
 # How soon a consumer waiting for the next item notices `give_up`.
 WAKE_SECONDS = 0.2
