@@ -154,17 +154,24 @@ def _in_place(uri: str) -> str:
     folder = Path(local_path(uri))
     if not (folder / MODEL_FILE).is_file():
         raise StagedModelError(f"no model at {uri}: {folder / MODEL_FILE} does not exist")
-    if (folder / CHECKSUMS).is_file():
-        document = read_checksums(str(folder))
-        for name, entry in document["files"].items():
-            size = (folder / name).stat().st_size if (folder / name).is_file() else None
-            if size != entry["size"]:
-                raise StagedModelError(
-                    f"the model at {uri} is incomplete: {name} has "
-                    f"{'no file' if size is None else f'{size} bytes'}, {CHECKSUMS} says "
-                    f"{entry['size']} bytes")
+    check_sizes(folder, uri)
     log.info("model %s: read in place", uri)
     return str(folder)
+
+
+def check_sizes(folder: Path, where: str) -> None:
+    """When `folder` holds CHECKSUMS (it was staged by `models pull`), every file it lists
+    has its size: a copy onto the volume that broke off is refused, not loaded."""
+    if not (folder / CHECKSUMS).is_file():
+        return  # a folder staged by hand: nothing to check it against
+    document = read_checksums(str(folder))
+    for name, entry in document["files"].items():
+        size = (folder / name).stat().st_size if (folder / name).is_file() else None
+        if size != entry["size"]:
+            raise StagedModelError(
+                f"the model at {where} is incomplete: {name} has "
+                f"{'no file' if size is None else f'{size} bytes'}, {CHECKSUMS} says "
+                f"{entry['size']} bytes")
 
 
 def _matches(target: Path, document: dict[str, Any]) -> bool:

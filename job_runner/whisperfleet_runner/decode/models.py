@@ -64,6 +64,10 @@ def resolve_model(name: str, cache_dir: str | None = None, *, offline: bool | No
         for candidate in (name, name.replace("/", "--")):
             path = cache / candidate
             if (path / MODEL_FILE).is_file():
+                try:
+                    model_store.check_sizes(path, str(path))
+                except model_store.StagedModelError as exc:
+                    raise ModelNotFoundError(str(exc)) from exc
                 log.info("model %s: pre-staged copy at %s", name, path)
                 return str(path.resolve())
 
