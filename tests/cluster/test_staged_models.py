@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cluster import transcription_jobs as tjs
 from tests.cluster.local_cluster import LocalCluster
-from tests.support.paths import AUDIO, WHISPERFLEET
+from tests.cluster.waiting import eventually
+from tests.support.paths import AUDIO, CHART, WHISPERFLEET
 from tests.support.s3_reads import S3Reads
 from whisperfleet_runner.decode.model_store import CHECKSUMS
 
@@ -133,3 +135,41 @@ def test_a_model_named_but_not_staged_fails_at_once_saying_where_it_looked(
         assert "HF_HUB_OFFLINE" in reason  # why the hub was not asked
     assert status["files"]["succeeded"] == 0
     assert tjs.objects(cluster, bucket, "out/hello") == {}
+
+
+def test_the_charts_staging_job_fills_the_model_pvc_that_jobs_then_read(
+        cluster: LocalCluster, job_namespace: str) -> None:
+    cluster.add_volume(job_namespace, "whisper-models")
+    manifest = cluster.helm(
+        "template", "wf", str(CHART), "--namespace", job_namespace,
+        "--show-only", "templates/model-staging.yaml",
+        "--set", "runner.modelCacheClaim=whisper-models", "--set", "modelStaging.enabled=true",
+        "--set", "modelStaging.models={tiny.en}",
+        # The stand-in kubelet has no ephemeral-storage to offer; the rest as shipped.
+        "--set", "modelStaging.resources.requests.ephemeral-storage=null").stdout
+    cluster.kubectl("apply", "-n", job_namespace, "-f", "-", input=manifest)
+    name = yaml.safe_load(manifest)["metadata"]["name"]
+
+    def finished() -> dict[str, object] | None:
+        found = cluster.rest().get(f"/apis/batch/v1/namespaces/{job_namespace}/jobs/{name}")
+        conditions = {c["type"] for c in ((found or {}).get("status") or {}).get("conditions")
+                      or [] if c["status"] == "True"}
+        return found if conditions & {"Complete", "Failed"} else None
+
+    staged = eventually(finished, timeout=180, what=f"the staging Job {name} to finish")
+    assert staged["status"].get("succeeded") == 1, staged["status"]
+    folder = cluster.state_dir / "pvcs" / job_namespace / "whisper-models" / "tiny.en"
+    written = json.loads((folder / CHECKSUMS).read_text())
+    assert written["name"] == "tiny.en" and (folder / "model.bin").stat().st_size == \
+        written["files"]["model.bin"]["size"]
+
+    bucket = tjs.bucket_with(cluster, FILES)
+    model = {"name": "tiny.en", "cacheVolume": {"claimName": "whisper-models"}}
+    tjs.create(cluster, job_namespace, "from-staging", two_shards(cluster, bucket, model))
+    final = tjs.wait_for(cluster, job_namespace, "from-staging", "Succeeded",
+                         "PartiallySucceeded", "Failed")
+    assert final["status"]["phase"] == "Succeeded", json.dumps(final["status"], indent=1)
+    # The runner said where it found the model: the claim, not the bundled copy.
+    logs = "".join(cluster.kubelet.pod_log(job_namespace, p["metadata"]["name"])
+                   for p in tjs.pods(cluster, job_namespace, "worker"))
+    assert "model tiny.en: pre-staged copy at" in logs and "whisper-models" in logs
