@@ -140,11 +140,16 @@ def test_a_model_named_but_not_staged_fails_at_once_saying_where_it_looked(
 def test_the_charts_staging_job_fills_the_model_pvc_that_jobs_then_read(
         cluster: LocalCluster, job_namespace: str) -> None:
     cluster.add_volume(job_namespace, "whisper-models")
+    # A hub token, as runner.hub.tokenSecret names it: the Job's pod cannot start without
+    # it (secretKeyRef), and the secret guard fails the test if its value shows anywhere.
+    cluster.rest().create(f"/api/v1/namespaces/{job_namespace}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-token"},
+        "stringData": {"HF_TOKEN": "hf_whisperfleet-cluster-test-token-0123456789"}})
     manifest = cluster.helm(
         "template", "wf", str(CHART), "--namespace", job_namespace,
         "--show-only", "templates/model-staging.yaml",
         "--set", "runner.modelCacheClaim=whisper-models", "--set", "modelStaging.enabled=true",
-        "--set", "modelStaging.models={tiny.en}",
+        "--set", "modelStaging.models={tiny.en}", "--set", "runner.hub.tokenSecret.name=hub-token",
         # The stand-in kubelet has no ephemeral-storage to offer; the rest as shipped.
         "--set", "modelStaging.resources.requests.ephemeral-storage=null").stdout
     cluster.kubectl("apply", "-n", job_namespace, "-f", "-", input=manifest)

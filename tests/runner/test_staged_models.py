@@ -173,3 +173,50 @@ def test_a_folder_is_read_in_place_and_its_sizes_checked(
         fh.write(b"x")
     with pytest.raises(ModelNotFoundError, match=r"incomplete: vocabulary\.txt has \d+ bytes"):
         resolve_model(f"file://{folder}")
+
+
+def test_a_prestaged_volume_copy_that_broke_off_is_refused(
+        env: dict[str, str], tmp_path: Path, tiny_model_path: Path) -> None:
+    volume = tmp_path / "volume"
+    model_store.stage(tiny_model_path, str(volume / "tiny-pvc"), "tiny-pvc")
+    assert resolve_model("tiny-pvc", str(volume)) == str((volume / "tiny-pvc").resolve())
+    with (volume / "tiny-pvc" / "model.bin").open("r+b") as fh:
+        fh.truncate(4096)  # a copy onto the volume that stopped part-way
+    with pytest.raises(ModelNotFoundError, match=r"incomplete: model\.bin has 4096 bytes"):
+        resolve_model("tiny-pvc", str(volume))
+
+
+def test_pull_into_a_prefix_skips_a_model_it_already_holds_without_the_hub(
+        env: dict[str, str], bucket: str, tiny_model_path: Path) -> None:
+    prefix = f"s3://{bucket}/models"
+    first = whisperfleet("models", "pull", str(tiny_model_path), "--name", "base",
+                         "--to", f"{prefix}/base", env=env)
+    assert first.returncode == 0, first.stderr
+    # `base` is not in any local cache and the hub is off: only the staged copy can answer.
+    again = whisperfleet("models", "pull", "base", "--into", prefix, env=env)
+    assert again.returncode == 0, again.stderr
+    assert f"already staged, unchanged: base at {prefix}/base" in again.stdout
+    forced = whisperfleet("models", "pull", "base", "--into", prefix, "--force", env=env)
+    assert forced.returncode == 2 and "HF_HUB_OFFLINE" in forced.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["tiny.en"], "give --to URI (one model) or --into URI"),
+    (["tiny.en", "--to", "/x", "--into", "/y"], "give --to URI (one model) or --into URI"),
+    (["tiny.en", "base", "--to", "/x"], "--to takes one model, got 2"),
+    (["s3://b/m/", "--to", "/x"], "a staged model is already staged"),
+])
+def test_pull_usage_errors_exit_2_saying_what_to_do(
+        env: dict[str, str], args: list[str], says: str) -> None:
+    done = whisperfleet("models", "pull", *args, env=env)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def test_a_hub_token_never_appears_in_a_storage_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from whisperfleet_runner.contract import Reason
+    from whisperfleet_runner.storage import StorageError
+
+    token = "hf_whisperfleettesttoken0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    assert token not in str(StorageError(Reason.STORAGE_ERROR, f"failed with {token}"))
