@@ -220,3 +220,26 @@ def test_a_hub_token_never_appears_in_a_storage_error(
     token = "hf_whisperfleettesttoken0123456789"
     monkeypatch.setenv("HF_TOKEN", token)
     assert token not in str(StorageError(Reason.STORAGE_ERROR, f"failed with {token}"))
+
+
+def test_a_copy_left_by_a_killed_process_is_swept_and_a_restaged_model_recopied(
+        env: dict[str, str], bucket: str, counted_s3: tuple[str, S3Reads],
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    uri = f"s3://{bucket}/models/tiny-en"
+    model_store.stage(tiny_model_path, uri, "tiny.en")
+    first = Path(model_store.local_model(uri))
+    debris = first.with_name(f"{first.name}.partial-4194304")  # a pid that died mid-copy
+    debris.mkdir()
+    (debris / "model.bin").write_bytes(b"half")
+    # Staged again from another folder (new checksums): the next load copies it anew.
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in tiny_model_path.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    (other / "vocabulary.txt").write_bytes((other / "vocabulary.txt").read_bytes() + b"\n")
+    model_store.stage(other, uri, "tiny.en")
+    again = Path(model_store.local_model(uri))
+    assert again == first and not debris.exists()
+    assert (again / "vocabulary.txt").read_bytes() == (other / "vocabulary.txt").read_bytes()
+    sent = counted_s3[1].of(bucket, "models/tiny-en/model.bin")["models/tiny-en/model.bin"]
+    assert sent == 2 * (tiny_model_path / "model.bin").stat().st_size

@@ -102,6 +102,9 @@ def stage(folder: Path, uri: str, name: str) -> tuple[dict[str, Any], bool]:
     except StagedModelError:
         pass  # nothing (whole) there yet
     base = uri.rstrip("/")
+    # Readers of a model being replaced see none (and say so) rather than old checksums
+    # over new files.
+    storage.remove(f"{base}/{CHECKSUMS}")
     for file_name in document["files"]:
         _upload(folder / file_name, f"{base}/{file_name}")
     storage.publish(f"{base}/{CHECKSUMS}", json.dumps(document, indent=1, sort_keys=True))
@@ -193,8 +196,11 @@ def _copy(uri: str, document: dict[str, Any], target: Path) -> None:
         raise StagedModelError(
             f"cannot copy the model at {uri} ({total} bytes) to {target.parent}: only {free} "
             "bytes free there (give the pod more ephemeral storage)")
+    # Under the lock no one else copies this model: partial copies of processes that were
+    # killed mid-copy are debris.
+    for stale in target.parent.glob(f"{target.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
         for name, entry in files.items():
