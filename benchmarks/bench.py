@@ -229,7 +229,9 @@ def main() -> None:
     parser.add_argument("kind", choices=["short", "long"])
     parser.add_argument("--count", type=int, default=None, help="files (60 short / 4 long)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--model", default=None, help="default: bundled tiny.en")
+    parser.add_argument("--model", default=None,
+                        help="a size name, a folder or a staged s3://… model (default: the "
+                             "bundled tiny.en); both sides load the same copy")
     parser.add_argument("--corpus", type=Path, default=Path(tempfile.gettempdir()) / "wf-bench")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: the GPU comparisons where NVML sees a GPU, else the CPU run")
@@ -243,7 +245,11 @@ def main() -> None:
         folder = folder.with_name(f"{folder.name}-seed{args.seed}")
     gpu_info = find_gpu(args.device, args.gpu)
     refs = corpus.build(args.kind, folder, count, args.seed)
-    model = args.model or default_model()
+    # Both sides load the same local folder: a name, a staged URI (s3://…, from
+    # `whisperfleet models pull`) or a folder, resolved once as the runner resolves it.
+    from whisperfleet_runner.decode import models
+
+    model = models.resolve_model(args.model) if args.model else default_model()
     bare_mode = "loop" if args.kind == "short" else "batched"
     seconds = audio_seconds(folder)
     seed = corpus.SEEDS[args.kind] if args.seed is None else args.seed

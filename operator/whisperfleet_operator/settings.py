@@ -17,6 +17,10 @@ The Helm chart sets these variables; every one has a default that works out of t
 | WHISPERFLEET_DRA_ATTRIBUTE_DOMAIN         | dra_attribute_domain        |
 | WHISPERFLEET_METRICS_PORT                 | metrics_port (0: none)      |
 | WHISPERFLEET_PROGRESS_INTERVAL_SECONDS    | progress_interval_seconds   |
+| WHISPERFLEET_HUB_ENDPOINT                 | hub_endpoint (HF_ENDPOINT)  |
+| WHISPERFLEET_HUB_TOKEN_SECRET / _KEY      | hub_token_secret / _key     |
+| WHISPERFLEET_HUB_CA_CONFIGMAP / _KEY      | hub_ca_configmap / _key     |
+| WHISPERFLEET_HUB_OFFLINE (true/false)     | hub_offline                 |
 """
 
 from __future__ import annotations
@@ -62,6 +66,15 @@ class OperatorSettings:
     # every progress_interval_seconds (0: metrics off, progress from finished shards only).
     metrics_port: int = contract.DEFAULT_METRICS_PORT
     progress_interval_seconds: int = 30
+    # The Hugging Face hub, for worker pods that download a model by name: a mirror, a
+    # token (a Secret's key, passed by reference: the operator never reads it), a CA bundle
+    # (a ConfigMap's key), or no hub at all (air-gapped: fail at once instead of retrying).
+    hub_endpoint: str = ""
+    hub_token_secret: str = ""
+    hub_token_key: str = "HF_TOKEN"
+    hub_ca_configmap: str = ""
+    hub_ca_key: str = "ca.crt"
+    hub_offline: bool = False
 
     def __post_init__(self) -> None:
         if not self.runner_image:
@@ -82,6 +95,12 @@ class OperatorSettings:
             raise ValueError("WHISPERFLEET_PROGRESS_INTERVAL_SECONDS must be at least 1")
         for name in ("worker_resources", "planner_resources"):
             _check_resources(name, getattr(self, name))
+        if self.hub_endpoint and not self.hub_endpoint.startswith(("https://", "http://")):
+            raise ValueError("WHISPERFLEET_HUB_ENDPOINT must be an http(s):// URL")
+        if (self.hub_token_secret and not self.hub_token_key) or (
+                self.hub_ca_configmap and not self.hub_ca_key):
+            raise ValueError("WHISPERFLEET_HUB_TOKEN_KEY / WHISPERFLEET_HUB_CA_KEY must not be "
+                             "empty when their Secret / ConfigMap is set")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -93,6 +112,11 @@ class OperatorSettings:
             "WHISPERFLEET_MODEL_CACHE_CLAIM": "model_cache_claim",
             "WHISPERFLEET_WORKER_SERVICE_ACCOUNT": "worker_service_account",
             "WHISPERFLEET_DRA_ATTRIBUTE_DOMAIN": "dra_attribute_domain",
+            "WHISPERFLEET_HUB_ENDPOINT": "hub_endpoint",
+            "WHISPERFLEET_HUB_TOKEN_SECRET": "hub_token_secret",
+            "WHISPERFLEET_HUB_TOKEN_KEY": "hub_token_key",
+            "WHISPERFLEET_HUB_CA_CONFIGMAP": "hub_ca_configmap",
+            "WHISPERFLEET_HUB_CA_KEY": "hub_ca_key",
         }
         for var, name in strings.items():
             if var in env:
@@ -102,6 +126,11 @@ class OperatorSettings:
         }.items():
             if var in env:
                 kwargs[name] = tuple(p.strip() for p in env[var].split(",") if p.strip())
+        if env.get("WHISPERFLEET_HUB_OFFLINE", "").strip():
+            offline = env["WHISPERFLEET_HUB_OFFLINE"].strip().lower()
+            if offline not in ("true", "false"):
+                raise ValueError(f"WHISPERFLEET_HUB_OFFLINE must be true or false, got {offline!r}")
+            kwargs["hub_offline"] = offline == "true"
         for var, name in {
             "WHISPERFLEET_RUN_AS_USER": "run_as_user",
             "WHISPERFLEET_RUN_AS_GROUP": "run_as_group",

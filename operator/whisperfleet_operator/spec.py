@@ -131,8 +131,7 @@ def parse(tj: Obj) -> TranscriptionJob:
         output=contract.OutputOptions(uri=output_uri, formats=formats,
                                     overwrite=bool(out.get("overwrite", False)),
                                     keep_partial=bool(out.get("keepPartial", False))),
-        model=contract.ModelOptions(name=str(model.get("name") or contract.DEFAULT_MODEL),
-                                  compute_type=compute_type),
+        model=contract.ModelOptions(name=_model_name(model), compute_type=compute_type),
         model_cache_claim=str(_section(model, "cacheVolume", "spec.model.").get("claimName")
                               or ""),
         transcription=contract.TranscriptionOptions(
@@ -231,3 +230,23 @@ def _workers(workers: Obj) -> WorkersSpec:
         image=str(workers.get("image") or ""),
         image_pull_secrets=tuple(str(n) for n in pull if n),
     )
+
+
+MODEL_URI_SCHEMES = ("s3://", "gs://", "az://")
+
+
+def _model_name(model: dict[str, Any]) -> str:
+    """What the runner loads: spec.model.uri (a model staged in object storage, which the
+    runner copies once per pod) or spec.model.name. Admission refuses both at once and other
+    schemes; checked here too for a CRD installed without its rules."""
+    name, uri = str(model.get("name") or ""), str(model.get("uri") or "")
+    if not uri:
+        return name or contract.DEFAULT_MODEL
+    if name:
+        raise ValueError("spec.model: give name or uri, not both")
+    if not uri.startswith(MODEL_URI_SCHEMES) or len(uri.rstrip("/")) <= len("s3://"):
+        raise ValueError("spec.model.uri must be an object-storage prefix "
+                         f"({', '.join(MODEL_URI_SCHEMES)}) where `whisperfleet models pull` "
+                         "staged the model; a model on a volume is spec.model.name inside "
+                         "spec.model.cacheVolume")
+    return uri

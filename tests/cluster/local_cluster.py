@@ -234,6 +234,13 @@ class LocalCluster:
         return self._s3
 
     @property
+    def s3_server(self) -> object:
+        """The in-process moto server behind `s3` (tests/support/s3_reads counts its reads)."""
+        if self._moto is None:
+            raise RuntimeError("the cluster is not running")
+        return self._moto
+
+    @property
     def real_node(self) -> RealNode:
         if self._real_node is None:
             raise RuntimeError("the cluster has no real node running")

@@ -179,7 +179,9 @@ def test_the_server_defaults_a_minimal_job_to_the_runner_config(
     assert stored["input"]["include"] == list(contract.DEFAULT_INCLUDE)
     assert stored["output"]["formats"] == list(contract.DEFAULT_FORMATS)
     assert stored["output"]["overwrite"] is contract.OutputOptions(uri="x").overwrite
-    assert stored["model"] == {"name": contract.DEFAULT_MODEL, "computeType": model.compute_type}
+    # No name stored (spec.model.uri may stand in its place): the operator's default applies.
+    assert stored["model"] == {"computeType": model.compute_type}
+    assert work_order_for(spec.parse(answer.body)).model.name == contract.DEFAULT_MODEL
     assert stored["transcription"] == {
         "language": options.language or "", "task": options.task,
         "beamSize": contract.DEFAULT_BEAM_SIZE, "batchSize": contract.DEFAULT_BATCH_SIZE,
@@ -266,7 +268,13 @@ VALUE_REFUSALS = [
               "spec.storage.volume.mountPath",
               "spec.storage.volume.mountPath must not be, contain or lie inside a path")
       for path in ("/tmp", "/home", "/var/run/media", "/models/extra", "/opt")],
+    Refusal({"model.uri": "https://huggingface.co/openai/whisper-base"}, "spec.model.uri",
+            "spec.model.uri must be s3://, gs:// or az:// followed by a bucket"),
+    Refusal({"model.uri": "file:///models/base"}, "spec.model.uri",
+            "spec.model.uri must be s3://, gs:// or az://"),
     # Two fields together.
+    Refusal({"model.name": "large-v3", "model.uri": "s3://models/large-v3/"}, "spec.model",
+            "spec.model: give name or uri, not both"),
     Refusal({"workers.gpusPerWorker": 2, "workers.gpu": {"resourceName": "nvidia.com/mig-1g.10gb"}},
             "spec.workers.gpusPerWorker",
             "spec.workers.gpusPerWorker must be 1 when spec.workers.gpu.resourceName is a MIG"),

@@ -134,6 +134,21 @@ def test_running_folds_each_finished_shard_once_with_its_gpus_and_failures() -> 
     assert out["observedGeneration"] == 3 and out["startTime"] == NOW
 
 
+def test_a_job_failed_by_one_pod_shows_that_pods_reason() -> None:
+    # FailJob (exit 2: a model not staged) fails the Job without marking an index failed;
+    # the reason its pods reported must still reach the status.
+    why = "cannot load the model: no staged model at s3://m/base/: s3://m/base/x does not exist"
+    reported = ShardReport(shard=1, error_reason="ModelNotFound", error_message=why).to_json()
+    pods = [pod(reported, phase="Failed", index=1, name="w-1")]
+    out = st.running_status(*tj(planned_status()), job(("Failed", "PodFailurePolicy")), pods,
+                            LATER)
+    assert out["phase"] == "Failed"
+    assert out["failures"] == [{"uri": "shard 1", "reason": f"ModelNotFound: {why}"}]
+    # A pod that failed while the Job goes on is retried: not final, not folded.
+    retried = st.running_status(*tj(planned_status()), job(active=1), pods, LATER)
+    assert retried.get("failures", []) == []
+
+
 def test_counts_survive_the_pods_being_deleted() -> None:
     pods = [pod(report(i, 3, seconds=60.0), index=i, name=f"w-{i}") for i in range(2)]
     first = st.running_status(*tj(planned_status()), job(

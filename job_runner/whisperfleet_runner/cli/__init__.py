@@ -10,6 +10,7 @@ import click
 
 from whisperfleet_runner import __version__
 from whisperfleet_runner.cli.gpus import gpus_command
+from whisperfleet_runner.cli.models import models_command
 from whisperfleet_runner.cli.plan import plan_command
 from whisperfleet_runner.cli.shard import run_shard_command
 from whisperfleet_runner.cli.transcribe import transcribe_command
@@ -21,5 +22,6 @@ def main() -> None:
     """Batch speech transcription with faster-whisper on the GPUs you choose."""
 
 
-for _command in (transcribe_command, gpus_command, run_shard_command, plan_command):
+for _command in (transcribe_command, gpus_command, models_command, run_shard_command,
+                 plan_command):
     main.add_command(_command)

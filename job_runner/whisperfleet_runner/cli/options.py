@@ -52,8 +52,10 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
 
 _MODEL_OPTIONS = [
     click.option("--model", default=contract.DEFAULT_MODEL, show_default=True,
-                 help="Size name (large-v3, tiny.en…), Hugging Face repo id, or a local "
-                      "CTranslate2 model directory."),
+                 help="Size name (large-v3, tiny.en…), Hugging Face repo id, a local "
+                      "CTranslate2 model directory, or a model staged by `whisperfleet "
+                      "models pull` (s3://…, gs://…, az://…, file://…: copied once into "
+                      "the local cache, never from a hub)."),
     click.option("--model-cache", type=click.Path(file_okay=False), default=None,
                  help=f"Folder of pre-staged models (<cache>/<name>/model.bin); also "
                       f"${contract.ENV_MODEL_CACHE}."),

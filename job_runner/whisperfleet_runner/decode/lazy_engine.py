@@ -34,8 +34,12 @@ class LazyEngine:
                 engine = self._getter()
             except Exception as exc:
                 from whisperfleet_runner.decode.models import ModelNotFoundError
+                from whisperfleet_runner.storage import StorageError
 
+                # A store that fails while the model is copied keeps its own reason, so the
+                # pod is retried (storage) instead of failing the job (model not found).
                 reason = (Reason.MODEL_NOT_FOUND if isinstance(exc, ModelNotFoundError)
+                          else exc.reason if isinstance(exc, StorageError)
                           else Reason.MODEL_LOAD)
                 raise EngineLoadError(reason, f"cannot load the model: {exc}") from exc
             problem = engine.unsupported(self._options)

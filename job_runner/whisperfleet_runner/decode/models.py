@@ -1,6 +1,9 @@
 """Turn a `--model` value into a local CTranslate2 model directory.
 
 Resolution order (the first hit wins; nothing is downloaded when a local copy exists):
+0. `name` is a URI (`s3://…`, `gs://…`, `az://…`, `file://…`): a model staged there by
+   `whisperfleet models pull`, copied once into the local cache or read in place
+   (model_store); never the hub;
 1. `name` is a local CTranslate2 directory (holds model.bin);
 2. a pre-staged copy `<cache>/<name>/model.bin` (also `<cache>/<owner--repo>/` for HF ids) in
    `cache_dir`, then in `$WHISPERFLEET_MODEL_CACHE` — the layout a cluster PVC uses;
@@ -17,6 +20,7 @@ import os
 from pathlib import Path
 
 from whisperfleet_runner import contract
+from whisperfleet_runner.decode import model_store
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,11 @@ def resolve_model(name: str, cache_dir: str | None = None, *, offline: bool | No
     if not name:
         raise ModelNotFoundError("no model given: pass a size name (e.g. large-v3), a Hugging "
                                  "Face repo id, or a CTranslate2 model directory")
+    if model_store.is_model_uri(name):
+        try:
+            return model_store.local_model(name)
+        except model_store.StagedModelError as exc:
+            raise ModelNotFoundError(str(exc)) from exc
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
@@ -55,6 +64,10 @@ def resolve_model(name: str, cache_dir: str | None = None, *, offline: bool | No
         for candidate in (name, name.replace("/", "--")):
             path = cache / candidate
             if (path / MODEL_FILE).is_file():
+                try:
+                    model_store.check_sizes(path, str(path))
+                except model_store.StagedModelError as exc:
+                    raise ModelNotFoundError(str(exc)) from exc
                 log.info("model %s: pre-staged copy at %s", name, path)
                 return str(path.resolve())
 

@@ -41,6 +41,7 @@ _SECRET_ENV = (
     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
     "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET",
+    "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",  # a hub token (models pull, named models)
 )
 _BAD_CREDENTIALS = {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "InvalidClientTokenId",

@@ -18,6 +18,7 @@ import dataclasses
 
 from whisperfleet_operator import naming
 from whisperfleet_operator.builders import gpu, pods
+from whisperfleet_operator.builders.hub import hub_settings
 from whisperfleet_operator.builders.workorder import model_cache_claim, work_order_for
 from whisperfleet_operator.conditions import (
     DISRUPTION_TARGET,
@@ -100,13 +101,14 @@ def build_worker_job(
     workers = job.workers
     order = dataclasses.replace(work_order_for(job, settings), shards=plan.shards)
     cache_volumes, cache_mounts, cache_env = pods.model_cache(model_cache_claim(job, settings))
+    hub_env, hub_volumes, hub_mounts = hub_settings(settings)
     placement = gpu.gpu_placement(job)
 
     container = pods.base_container(job, settings, ["run-shard"], order.to_json())
     # Before CUDA initialises, so CUDA ordinals follow nvidia-smi/NVML order.
     container["env"] = [{"name": "CUDA_DEVICE_ORDER", "value": "PCI_BUS_ID"},
-                        *container["env"], *cache_env]
-    container["volumeMounts"] = [*container["volumeMounts"], *cache_mounts]
+                        *container["env"], *cache_env, *hub_env]
+    container["volumeMounts"] = [*container["volumeMounts"], *cache_mounts, *hub_mounts]
     if order.metrics_port:
         container["ports"] = [{"name": "metrics", "containerPort": order.metrics_port,
                                "protocol": "TCP"}]
@@ -119,7 +121,7 @@ def build_worker_job(
 
     pod_spec = pods.base_pod_spec(job, settings)
     pod_spec["containers"] = [container]
-    pod_spec["volumes"] = [*pod_spec["volumes"], *cache_volumes]
+    pod_spec["volumes"] = [*pod_spec["volumes"], *cache_volumes, *hub_volumes]
     pod_spec["tolerations"] = gpu.with_gpu_toleration(workers.tolerations)
     if workers.node_selector:
         pod_spec["nodeSelector"] = dict(workers.node_selector)

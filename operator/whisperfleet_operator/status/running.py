@@ -7,7 +7,7 @@ from whisperfleet_operator import conditions as c
 from whisperfleet_operator.conditions import set_condition, true_condition
 from whisperfleet_operator.objects import Obj
 from whisperfleet_operator.spec import TranscriptionJob
-from whisperfleet_operator.status import stuck
+from whisperfleet_operator.status import reports, stuck
 from whisperfleet_operator.status.fold import fold, format_duration, parse_indexes
 from whisperfleet_operator.status.lifecycle import base, summary, suspension
 from whisperfleet_operator.status.planning import plan_from_status
@@ -21,7 +21,13 @@ def running_status(tj: TranscriptionJob, old: Obj, job: Obj, pods: list[Obj], no
     done = parse_indexes(js.get("completedIndexes"))
     failed_idx = parse_indexes(js.get("failedIndexes"))
     succeeded_shards = len(done) if "completedIndexes" in js else int(js.get("succeeded") or 0)
-    folded = fold(old, plan, pods, done | failed_idx)
+    final = done | failed_idx
+    if true_condition(job, c.JOB_FAILED) is not None:
+        # A rule that fails the whole Job (FailJob: a bad work order, a model not found)
+        # marks no index failed; the pods that ended it hold the reason in their reports.
+        final |= {i for i in (reports.completion_index(p) for p in pods if reports.failed(p))
+                  if i is not None}
+    folded = fold(old, plan, pods, final)
     files = folded["files"]
     shards = {"total": plan.shards, "succeeded": succeeded_shards,
               "failed": len(failed_idx), "active": int(js.get("active") or 0)}
