@@ -22,6 +22,7 @@ from whisperfleet_operator.objects import Obj
 from whisperfleet_operator.retries import Key, RetryTimers
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_operator.status import events
+from whisperfleet_runner.contract import PlanReport
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -123,6 +124,8 @@ class Reconciler:
         """The planning status, and whether the plan succeeded (the planner Job made once)."""
         k, name = self.kube, naming.planner_job_name(job)
         planner = k.get(kube.JOBS, job.namespace, name)
+        if planner is None:
+            self._check_worker_job_admitted(job)
         if planner is None and not k.create(
                 kube.JOBS, job.namespace, jobs.build_planner_job(job, self.settings)):
             # It exists after all: our own create whose answer was lost (a 5xx after the
@@ -136,6 +139,18 @@ class Reconciler:
             outcome = status.planner_outcome(planner, pods)
         planned = status.planning_status(job, old, outcome, name, now, pods)
         return planned, outcome.state == "succeeded"
+
+    def _check_worker_job_admitted(self, job: spec.TranscriptionJob) -> None:
+        """Before anything runs: the API server's dry run of the worker Job (and its claim
+        template) as it will be built, so an option the CRD admits but the Job's own
+        validation refuses fails the TranscriptionJob now, in the server's words, and not
+        after planning. Raises kube.Rejected. The shard count is not known yet: the spec's,
+        or 1 for auto (maxFailedIndexes is capped at it either way)."""
+        claim_template = gpu.build_resource_claim_template(job, self.settings)
+        if claim_template is not None:
+            self.kube.create(kube.CLAIM_TEMPLATES, job.namespace, claim_template, dry_run=True)
+        body = jobs.build_worker_job(job, PlanReport(shards=job.shards or 1), self.settings)
+        self.kube.create(kube.JOBS, job.namespace, body, dry_run=True)
 
     def _create_worker_job(self, job: spec.TranscriptionJob, old: Obj) -> Obj:
         claim_template = gpu.build_resource_claim_template(job, self.settings)

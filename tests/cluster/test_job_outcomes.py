@@ -25,20 +25,22 @@ def worker_job(cluster: LocalCluster, ns: str) -> dict[str, Any]:
         None), timeout=120, what="the worker Job")
 
 
-def test_a_worker_job_the_api_server_refuses_fails_the_job_with_its_words(
+def test_a_worker_job_the_api_server_would_refuse_fails_the_job_before_it_plans(
     cluster: LocalCluster, job_namespace: str
 ) -> None:
-    # Admission of the TranscriptionJob lets this node selector key through (a known gap,
-    # tests/cluster/test_built_objects_admitted.py); the Job's own validation does not.
+    # The CRD admits a hugepages limit that is not a multiple of the page size (CEL cannot
+    # divide quantities); the Job's own validation does not. The operator's dry run of the
+    # worker Job finds it before the planner runs.
     ns, bucket = job_namespace, tjs.bucket_with(cluster, TWO_FILES)
     tjs.create(cluster, ns, "refused", tjs.job_spec(
-        cluster, bucket, workers={"parallelism": 1, "nodeSelector": {"gpu pool": "a"}}))
+        cluster, bucket, workers={"parallelism": 1, "resources": {
+            "limits": {"hugepages-2Mi": "3Mi", "memory": "1Gi"}}}))
     done = tjs.wait_for(cluster, ns, "refused", *TERMINAL)
     failed = tjs.condition(done, "Failed")
     assert done["status"]["phase"] == "Failed" and failed["reason"] == "JobRejected"
-    assert "nodeSelector" in failed["message"], failed["message"]
-    assert not tjs.listed(cluster, f"/apis/batch/v1/namespaces/{ns}/jobs",
-                          "app.kubernetes.io/component=worker")
+    assert "hugepages-2Mi" in failed["message"], failed["message"]
+    assert "not positive integer multiple" in failed["message"], failed["message"]
+    assert tjs.jobs(cluster, ns) == []  # neither the planner nor the worker ran
 
 
 def test_a_worker_job_deleted_mid_run_ends_the_job_and_is_not_run_again(
