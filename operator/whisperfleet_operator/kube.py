@@ -121,6 +121,20 @@ class Kube:
                     (body.get("metadata") or {}).get("name"))
         return True
 
+    def delete(self, gvp: tuple[str, str, str], namespace: str, name: str, uid: str) -> bool:
+        """Delete that incarnation (uid precondition: never a namesake re-created since);
+        what it owns goes by garbage collection. False when it is gone already."""
+        try:
+            self.objects.delete_namespaced_custom_object(
+                *gvp[:2], namespace, gvp[2], name, _request_timeout=TIMEOUT,
+                body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"})
+        except ApiException as exc:
+            if exc.status in (404, 409):  # gone, or a namesake holds the name now
+                return False
+            raise
+        logger.info("deleted %s %s/%s", gvp[2], namespace, name)
+        return True
+
     def get(self, gvp: tuple[str, str, str], namespace: str, name: str) -> Obj | None:
         try:
             response = self.objects.get_namespaced_custom_object(

@@ -34,6 +34,7 @@ ANNOTATION_TJ_NAME = f"{GROUP}/transcriptionjob"
 
 COMPONENT_PLANNER = "planner"
 COMPONENT_WORKER = "worker"
+COMPONENT_CLEANUP = "cleanup"  # removes the state folder when the TTL ends
 
 MAX_NAME = 52  # leaves room for "-<index>" (up to 10 digits) in Indexed pods' hostnames
 _HASH_LEN = 6
@@ -53,6 +54,10 @@ def planner_job_name(job: TranscriptionJob) -> str:
 
 def worker_job_name(job: TranscriptionJob) -> str:
     return _derived(job, "work")
+
+
+def cleanup_job_name(job: TranscriptionJob) -> str:
+    return _derived(job, "clean")
 
 
 def claim_template_name(job: TranscriptionJob) -> str:

@@ -86,9 +86,9 @@ class TranscriptionJob:
     workers: WorkersSpec = field(default_factory=WorkersSpec)
     shards: int = 0
     per_shard_retries: int = DEFAULT_PER_SHARD_RETRIES
-    max_failed_shards: int = 0
+    max_failed_shards: int | None = None  # unset: no limit (a Job's maxFailedIndexes)
     active_deadline_seconds: int = 0
-    ttl_seconds_after_finished: int = 0
+    ttl_seconds_after_finished: int | None = None  # unset: keep (as a Job's TTL)
     suspend: bool = False
     queue_name: str = ""
     generation: int = 0
@@ -152,9 +152,12 @@ def parse(tj: Obj) -> TranscriptionJob:
         shards=_at_least(spec, "shards", 0, 0, "spec."),
         per_shard_retries=_at_least(retries, "perShard", DEFAULT_PER_SHARD_RETRIES, 0,
                                     "spec.retries."),
-        max_failed_shards=_at_least(retries, "maxFailedShards", 0, 0, "spec.retries."),
+        max_failed_shards=(_at_least(retries, "maxFailedShards", 0, 0, "spec.retries.")
+                           if retries.get("maxFailedShards") is not None else None),
         active_deadline_seconds=_at_least(spec, "activeDeadlineSeconds", 0, 0, "spec."),
-        ttl_seconds_after_finished=_at_least(spec, "ttlSecondsAfterFinished", 0, 0, "spec."),
+        ttl_seconds_after_finished=(_at_least(spec, "ttlSecondsAfterFinished", 0, 0, "spec.")
+                                    if spec.get("ttlSecondsAfterFinished") is not None
+                                    else None),
         suspend=bool(spec.get("suspend", False)),
         queue_name=str(spec.get("queueName") or ""),
     )

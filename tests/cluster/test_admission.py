@@ -189,10 +189,10 @@ def test_the_server_defaults_a_minimal_job_to_the_runner_config(
         "initialPrompt": options.initial_prompt or ""}
     assert stored["workers"] == {"parallelism": spec.DEFAULT_PARALLELISM, "gpusPerWorker": 1,
                                  "gpu": {"resourceName": spec.DEFAULT_RESOURCE}}
-    assert stored["retries"] == {"perShard": spec.DEFAULT_PER_SHARD_RETRIES,
-                                 "maxFailedShards": 0}
+    # Unset, as a Job's maxFailedIndexes and TTL: no limit, keep.
+    assert stored["retries"] == {"perShard": spec.DEFAULT_PER_SHARD_RETRIES}
     assert (stored["shards"], stored["suspend"], stored["queueName"]) == (0, False, "")
-    assert (stored["activeDeadlineSeconds"], stored["ttlSecondsAfterFinished"]) == (0, 0)
+    assert stored["activeDeadlineSeconds"] == 0 and "ttlSecondsAfterFinished" not in stored
 
 
 def test_a_server_defaulted_minimal_job_becomes_the_default_work_order(

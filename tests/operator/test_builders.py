@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.transcription_jobs import parsed, tj_object
 from whisperfleet_operator import naming, spec
-from whisperfleet_operator.builders import jobs, workorder
+from whisperfleet_operator.builders import cleanup, jobs, workorder
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_operator.spec import TranscriptionJob
 from whisperfleet_runner import contract
@@ -228,9 +228,13 @@ def test_pod_failure_policy() -> None:
     assert all(r["onExitCodes"]["containerName"] == "runner" for r in rules[1:])
 
 
-def test_max_failed_shards_zero_means_no_early_stop_and_is_capped() -> None:
+def test_max_failed_shards_means_max_failed_indexes_unset_is_unlimited_and_capped() -> None:
     job = jobs.build_worker_job(make_tj(), PLAN, SETTINGS)
     assert "maxFailedIndexes" not in job["spec"]
+    # 0, as for a Job: fail fast, at the first failed shard.
+    job = jobs.build_worker_job(make_tj(retries={"maxFailedShards": 0}), PLAN, SETTINGS)
+    validate(job)
+    assert job["spec"]["maxFailedIndexes"] == 0
     job = jobs.build_worker_job(make_tj(retries={"maxFailedShards": 99}), PLAN, SETTINGS)
     validate(job)
     assert job["spec"]["maxFailedIndexes"] == PLAN.shards
@@ -241,7 +245,8 @@ def test_deadline_ttl_suspend_and_queue() -> None:
     job = jobs.build_worker_job(tj, PLAN, SETTINGS)
     validate(job)
     assert job["spec"]["activeDeadlineSeconds"] == 7200
-    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    # The TTL deletes the TranscriptionJob (and this Job with it), not the Job alone.
+    assert "ttlSecondsAfterFinished" not in job["spec"]
     assert job["spec"]["suspend"] is True
     assert naming.LABEL_KUEUE_QUEUE not in job["metadata"]["labels"]
 
@@ -518,3 +523,22 @@ def test_worker_job_follows_suspend_and_parallelism_but_not_into_kueue() -> None
     assert drift(make_tj(queueName="q"), True, suspended_job) == {}
     finished = {**running_job, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     assert drift(make_tj(suspend=True), False, finished) == {}
+
+
+# --- cleanup Job (the TTL) ------------------------------------------------------------------
+
+
+def test_cleanup_job_forgets_the_state_with_the_storage_env_and_a_deadline() -> None:
+    tj = make_tj(storage={"secretName": "s3-credentials"}, ttlSecondsAfterFinished=0)
+    job = cleanup.build_cleanup_job(tj, SETTINGS)
+    validate(job)
+    assert job["metadata"]["name"] == naming.cleanup_job_name(tj)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == tj.uid
+    assert container(job)["args"] == ["forget-state"]
+    assert container(job)["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    assert job["spec"]["activeDeadlineSeconds"] == SETTINGS.cleanup_deadline_seconds
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "nvidia.com/gpu" not in json.dumps(container(job).get("resources"))
+    order = contract.WorkOrder.from_json(env_of(job)[contract.ENV_WORK_ORDER])
+    assert order.job_uid == tj.uid and order.output.uri == tj.output.uri

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from whisperfleet_runner import __version__
+from whisperfleet_runner.cli.forget import forget_state_command
 from whisperfleet_runner.cli.gpus import gpus_command
 from whisperfleet_runner.cli.plan import plan_command
 from whisperfleet_runner.cli.shard import run_shard_command
@@ -21,5 +22,6 @@ def main() -> None:
     """Batch speech transcription with faster-whisper on the GPUs you choose."""
 
 
-for _command in (transcribe_command, gpus_command, run_shard_command, plan_command):
+for _command in (transcribe_command, gpus_command, run_shard_command, plan_command,
+                 forget_state_command):
     main.add_command(_command)

@@ -150,15 +150,14 @@ def build_worker_job(
             "spec": pod_spec,
         },
     }
-    # 0 means "no limit": every shard runs to the end and the status counts the failed
-    # ones. A positive value stops the whole Job once more shards than that have failed.
-    if job.max_failed_shards > 0:
+    # As for a Job: unset means no limit (every shard runs to the end and the status counts
+    # the failed ones); N stops the whole Job once more than N shards failed, 0 at the first.
+    if job.max_failed_shards is not None:
         job_spec["maxFailedIndexes"] = min(job.max_failed_shards, plan.shards)
     if job.active_deadline_seconds > 0:
         job_spec["activeDeadlineSeconds"] = job.active_deadline_seconds
-    # 0 would mean "delete at once" to Kubernetes; for us it means keep.
-    if job.ttl_seconds_after_finished > 0:
-        job_spec["ttlSecondsAfterFinished"] = job.ttl_seconds_after_finished
+    # No TTL of its own: spec.ttlSecondsAfterFinished deletes the TranscriptionJob (see
+    # reconcile's expiry), and garbage collection this Job with it.
 
     metadata = naming.metadata(job, naming.worker_job_name(job), naming.COMPONENT_WORKER)
     if job.queue_name:
