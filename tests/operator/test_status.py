@@ -48,7 +48,8 @@ def report(shard: int, ok: int, failed: tuple[str, ...] = (), seconds: float = 3
     return ShardReport(
         shard=shard, total=ok + len(failed), succeeded=ok, failed=len(failed),
         audio_seconds=seconds, pod=f"w-{shard}", node="node-a",
-        gpus=[GpuIdentity(uuid=f"GPU-{shard}", name="A100", memory_mib=40960, device_index=0)],
+        gpus=[GpuIdentity(uuid=f"GPU-{shard}", name="A100", memory_mib=40960, device_index=0,
+                          pci_bus_id=f"00000000:{shard + 1:02X}:00.0", compute_capability="8.0")],
         failures=[FileFailure(uri=u, reason="InvalidMedia") for u in failed]).to_json()
 
 
@@ -128,7 +129,8 @@ def test_running_folds_each_finished_shard_once_with_its_gpus_and_failures() -> 
     assert final["audioSeconds"] == 120.0 and final["foldedShards"] == "0-1"
     assert [w["pod"] for w in final["workers"]] == ["w-1", "w-0"]
     assert final["workers"][0]["gpus"] == [
-        {"uuid": "GPU-1", "name": "A100", "memoryMiB": 40960, "deviceIndex": 0}]
+        {"uuid": "GPU-1", "name": "A100", "memoryMiB": 40960, "deviceIndex": 0,
+         "pciBusId": "00000000:02:00.0", "computeCapability": "8.0"}]
     assert final["failures"] == [{"uri": "s3://b/bad.mp3", "reason": "InvalidMedia"}]
     assert cond(out, "Planned")["status"] == "True"
     assert out["observedGeneration"] == 3 and out["startTime"] == NOW
