@@ -75,6 +75,20 @@ def labels_for(job: TranscriptionJob, component: str) -> dict[str, str]:
     }
 
 
+# Labels the Job controller and Kueue set on pods themselves: a TranscriptionJob's label
+# with one of these keys would clash with theirs, so it is not copied.
+_NOT_COPIED = ("job-name", "controller-uid")
+_NOT_COPIED_PREFIXES = ("batch.kubernetes.io/", "kueue.x-k8s.io/")
+
+
+def pod_labels(job: TranscriptionJob, component: str) -> dict[str, str]:
+    """Labels of the pods' templates: the TranscriptionJob's own labels (cost allocation,
+    service meshes, policies see the job's pods as the job), then ours, which win."""
+    copied = {key: value for key, value in job.labels.items()
+              if key not in _NOT_COPIED and not key.startswith(_NOT_COPIED_PREFIXES)}
+    return {**copied, **labels_for(job, component)}
+
+
 def pod_annotations(job: TranscriptionJob) -> dict[str, str]:
     """Annotations on the planner's and workers' pods (see `ANNOTATION_TJ_NAME`)."""
     return {ANNOTATION_TJ_NAME: job.name}

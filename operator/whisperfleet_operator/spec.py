@@ -92,6 +92,7 @@ class TranscriptionJob:
     suspend: bool = False
     queue_name: str = ""
     generation: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)  # metadata.labels
     api_version: str = ""
     kind: str = ""
 
@@ -124,6 +125,7 @@ def parse(tj: Obj) -> TranscriptionJob:
         namespace=str(meta.get("namespace") or ""),
         uid=str(meta["uid"]),
         generation=int(meta.get("generation") or 0),
+        labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         api_version=str(tj.get("apiVersion") or ""),
         kind=str(tj.get("kind") or ""),
         input_uri=input_uri,

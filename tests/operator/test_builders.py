@@ -449,11 +449,37 @@ def test_pass_through_of_worker_scheduling_and_image_options() -> None:
     assert c["imagePullPolicy"] == "Always"
     assert c["resources"]["requests"] == {"cpu": "6", "memory": "24Gi"}
     assert c["resources"]["limits"] == {"memory": "32Gi", "nvidia.com/gpu": "1"}
-    # The planner runs the same runner image, but on any node.
+    # The planner runs the same runner image, where the job's pods may run (a pool whose
+    # every node is tainted too), with the job's priority, but asks for no GPU.
     planner = jobs.build_planner_job(tj, settings)
     validate(planner)
     assert container(planner)["image"] == "registry.example/whisperfleet-runner:dev"
-    assert "nodeSelector" not in planner["spec"]["template"]["spec"]
+    planner_pod = planner["spec"]["template"]["spec"]
+    assert planner_pod["nodeSelector"] == {"pool": "gpu-a"}
+    assert planner_pod["tolerations"] == [{"key": "dedicated", "operator": "Equal",
+                                           "value": "asr", "effect": "NoSchedule"}]
+    assert planner_pod["priorityClassName"] == "batch-low"
+    assert "affinity" not in planner_pod
+    assert "nvidia.com/gpu" not in json.dumps(planner_pod)
+
+
+def test_the_transcriptionjob_labels_reach_its_pods_and_ours_win() -> None:
+    obj = tj_object(name="labelled")
+    obj["metadata"]["labels"] = {"team": "speech", "cost-center": "4711",
+                                 "app.kubernetes.io/component": "mine", "job-name": "x",
+                                 "batch.kubernetes.io/job-name": "x"}
+    tj = spec.parse(obj)
+    built = [jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS),
+             cleanup.build_cleanup_job(tj, SETTINGS)]
+    for job, component in zip(built, ("planner", "worker", "cleanup"), strict=True):
+        validate(job)
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert labels["team"] == "speech" and labels["cost-center"] == "4711"
+        assert labels["app.kubernetes.io/component"] == component
+        assert labels[naming.LABEL_JOB_UID] == tj.uid
+        assert "job-name" not in labels and "batch.kubernetes.io/job-name" not in labels
+        # The Jobs themselves keep only ours.
+        assert "team" not in job["metadata"]["labels"]
 
 
 def test_worker_job_refuses_empty_plan_and_bad_numbers() -> None:

@@ -36,7 +36,7 @@ def build_cleanup_job(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
         "spec": {
             "backoffLimit": CLEANUP_BACKOFF_LIMIT,
             "activeDeadlineSeconds": settings.cleanup_deadline_seconds,
-            "template": {"metadata": {"labels": naming.labels_for(job, naming.COMPONENT_CLEANUP),
+            "template": {"metadata": {"labels": naming.pod_labels(job, naming.COMPONENT_CLEANUP),
                                       "annotations": naming.pod_annotations(job)},
                          "spec": pod_spec},
         },

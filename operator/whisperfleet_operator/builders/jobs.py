@@ -58,7 +58,7 @@ def build_planner_job(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
     container["resources"] = copy.deepcopy(settings.planner_resources)
     pod_spec = pods.base_pod_spec(job, settings)
     pod_spec["containers"] = [container]
-    labels = naming.labels_for(job, naming.COMPONENT_PLANNER)
+    labels = naming.pod_labels(job, naming.COMPONENT_PLANNER)
     job_spec: Obj = {
         "backoffLimit": settings.planner_backoff_limit,
         "podFailurePolicy": {"rules": [
@@ -121,13 +121,9 @@ def build_worker_job(
     pod_spec["containers"] = [container]
     pod_spec["volumes"] = [*pod_spec["volumes"], *cache_volumes]
     pod_spec["tolerations"] = gpu.with_gpu_toleration(workers.tolerations)
-    if workers.node_selector:
-        pod_spec["nodeSelector"] = dict(workers.node_selector)
     affinity = gpu.merge_required_node_terms(workers.affinity, placement.node_selector_terms)
     if affinity:
         pod_spec["affinity"] = affinity
-    if workers.priority_class_name:
-        pod_spec["priorityClassName"] = workers.priority_class_name
     if placement.pod_resource_claims:
         pod_spec["resourceClaims"] = placement.pod_resource_claims
 
@@ -145,7 +141,7 @@ def build_worker_job(
         # Kueue admits a queued Job by unsuspending it, so a queued Job starts suspended.
         "suspend": job.suspend or bool(job.queue_name),
         "template": {
-            "metadata": {"labels": naming.labels_for(job, naming.COMPONENT_WORKER),
+            "metadata": {"labels": naming.pod_labels(job, naming.COMPONENT_WORKER),
                          "annotations": naming.pod_annotations(job)},
             "spec": pod_spec,
         },

@@ -178,7 +178,10 @@ def base_container(
 
 
 def base_pod_spec(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
-    """Pod spec without containers: no API token, restricted security, scratch volumes."""
+    """Pod spec without containers: no API token, restricted security, scratch volumes,
+    and where the job's pods may run: spec.workers' tolerations, nodeSelector and priority
+    class hold for the planner and cleanup pods too (where every node is tainted, they
+    could not schedule otherwise); the worker adds its GPU toleration and node terms."""
     spec: Obj = {
         "restartPolicy": "Never",  # the Job controller retries; required by podFailurePolicy
         "automountServiceAccountToken": False,
@@ -186,6 +189,13 @@ def base_pod_spec(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
         "securityContext": pod_security_context(settings),
         "volumes": [*scratch_volumes()[0], *data_volume(job)[0]],
     }
+    workers = job.workers
+    if workers.tolerations:
+        spec["tolerations"] = [dict(t) for t in workers.tolerations]
+    if workers.node_selector:
+        spec["nodeSelector"] = dict(workers.node_selector)
+    if workers.priority_class_name:
+        spec["priorityClassName"] = workers.priority_class_name
     if settings.worker_service_account:
         spec["serviceAccountName"] = settings.worker_service_account
     secrets = image_pull_secrets(job, settings)
