@@ -82,16 +82,18 @@ _NOT_COPIED_PREFIXES = ("batch.kubernetes.io/", "kueue.x-k8s.io/")
 
 
 def pod_labels(job: TranscriptionJob, component: str) -> dict[str, str]:
-    """Labels of the pods' templates: the TranscriptionJob's own labels (cost allocation,
-    service meshes, policies see the job's pods as the job), then ours, which win."""
-    copied = {key: value for key, value in job.labels.items()
+    """Labels of the pods' templates: the TranscriptionJob's own labels and
+    spec.workers.podLabels (cost allocation, service meshes, policies see the job's pods as
+    the job), then ours, which win."""
+    copied = {key: value for key, value in {**job.labels, **job.workers.pod_labels}.items()
               if key not in _NOT_COPIED and not key.startswith(_NOT_COPIED_PREFIXES)}
     return {**copied, **labels_for(job, component)}
 
 
 def pod_annotations(job: TranscriptionJob) -> dict[str, str]:
-    """Annotations on the planner's and workers' pods (see `ANNOTATION_TJ_NAME`)."""
-    return {ANNOTATION_TJ_NAME: job.name}
+    """Annotations on the job's pods: spec.workers.podAnnotations, then ours
+    (`ANNOTATION_TJ_NAME`), which win."""
+    return {**job.workers.pod_annotations, ANNOTATION_TJ_NAME: job.name}
 
 
 def owner_reference(job: TranscriptionJob) -> Obj:

@@ -51,6 +51,10 @@ class WorkersSpec:
     resources: Obj | None = None  # None: the operator's default worker resources
     image: str = ""  # "": the operator's runner image
     image_pull_secrets: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # (name, value) in the spec's order
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    service_account_name: str = ""  # "": the operator's configured one
 
 
 @dataclass(frozen=True)
@@ -235,4 +239,10 @@ def _workers(workers: Obj) -> WorkersSpec:
         resources=workers.get("resources") or None,
         image=str(workers.get("image") or ""),
         image_pull_secrets=tuple(str(n) for n in pull if n),
+        env=tuple((str(e["name"]), str(e.get("value") or ""))
+                  for e in workers.get("env") or () if isinstance(e, dict) and e.get("name")),
+        pod_labels={str(k): str(v) for k, v in (workers.get("podLabels") or {}).items()},
+        pod_annotations={str(k): str(v)
+                         for k, v in (workers.get("podAnnotations") or {}).items()},
+        service_account_name=str(workers.get("serviceAccountName") or ""),
     )

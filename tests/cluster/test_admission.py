@@ -276,6 +276,13 @@ VALUE_REFUSALS = [
     # What the worker Job's (or its pods') validation would refuse, refused here first.
     Refusal({"workers.nodeSelector": {"gpu pool": "a"}}, "spec.workers.nodeSelector",
             "spec.workers.nodeSelector keys must be label keys"),
+    *[Refusal({"workers.env": [{"name": name, "value": "x"}]}, "spec.workers.env[0].name",
+              "spec.workers.env[].name must not start with WHISPERFLEET_, CUDA_ or NVIDIA_")
+      for name in ("WHISPERFLEET_WORK_ORDER", "CUDA_VISIBLE_DEVICES", "HOME", "AWS_REGION")],
+    Refusal({"workers.podLabels": {"Team/x": "a"}}, "spec.workers.podLabels",
+            "spec.workers.podLabels keys must be label keys"),
+    Refusal({"workers.podAnnotations": {"a b": "c"}}, "spec.workers.podAnnotations",
+            "spec.workers.podAnnotations keys must be qualified names"),
     Refusal({"workers.image": "runner:1 "}, "spec.workers.image",
             "spec.workers.image must not have leading or trailing whitespace"),
     *[Refusal({"workers.resources": {which: {name: 1}}}, f"spec.workers.resources.{which}",
@@ -566,6 +573,10 @@ CHANGES: dict[str, Any] = {
     "workers.resources": {"limits": {"memory": "8Gi"}},
     "workers.image": "runner:2",
     "workers.imagePullSecrets": [{"name": "regcred"}],
+    "workers.env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    "workers.podLabels": {"team": "speech"},
+    "workers.podAnnotations": {"sidecar.istio.io/inject": "false"},
+    "workers.serviceAccountName": "transcribers",
 }
 
 

@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.slow]
 Obj = dict[str, Any]
 EXAMPLES = ("minimal", "multi-gpu", "mig", "dra", "kueue", "pvc")
 PRIORITY_CLASS = "batch-low"  # what the examples and `everything` name
+SERVICE_ACCOUNT = "transcribers"  # what `everything` names
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,12 @@ def everything() -> Obj:
                           "limits": {"memory": "64Gi", "example.com/fpga": 1}},
             "image": "registry.example.com/whisperfleet/runner@sha256:" + "a" * 64,
             "imagePullSecrets": [{"name": "registry-credentials"}, {"name": "mirror"}],
+            "env": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"},
+                    {"name": "AWS_CA_BUNDLE", "value": "/etc/ssl/private/ca.pem"}],
+            "podLabels": {"cost-center": "4711", "example.com/team": "speech"},
+            "podAnnotations": {"sidecar.istio.io/inject": "false",
+                               "example.com/notes": "Ōlelo — «Grüße» 🎙️"},
+            "serviceAccountName": SERVICE_ACCOUNT,
         },
         shards=12, retries={"perShard": 0, "maxFailedShards": 12},
         activeDeadlineSeconds=172800, ttlSecondsAfterFinished=600, suspend=False)
@@ -200,7 +207,11 @@ def admission_problems(admission: Admission, namespace: str, obj: Obj) -> str:
 
 def test_everything_the_operator_builds_is_admitted_in_a_restricted_namespace(
     admission: Admission, namespace: str, release: Release, priority_class: str,
+    cluster: LocalCluster,
 ) -> None:
+    # The ServiceAccount `everything` names (pods naming a missing one are refused).
+    cluster.rest().create(f"/api/v1/namespaces/{namespace}/serviceaccounts", {
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}})
     problems: list[str] = []
     kinds: set[str] = set()
     for body in spread():

@@ -568,3 +568,49 @@ def test_cleanup_job_forgets_the_state_with_the_storage_env_and_a_deadline() -> 
     assert "nvidia.com/gpu" not in json.dumps(container(job).get("resources"))
     order = contract.WorkOrder.from_json(env_of(job)[contract.ENV_WORK_ORDER])
     assert order.job_uid == tj.uid and order.output.uri == tj.output.uri
+
+
+def test_per_job_env_labels_annotations_and_service_account_reach_every_pod() -> None:
+    tj = make_tj(workers={
+        "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                {"name": "AWS_CA_BUNDLE", "value": "/etc/ssl/private-ca.pem"}],
+        "podLabels": {"cost-center": "4711"},
+        "podAnnotations": {"sidecar.istio.io/inject": "false"},
+        "serviceAccountName": "transcribers"})
+    built = [jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS),
+             cleanup.build_cleanup_job(tj, SETTINGS)]
+    for job in built:
+        validate(job)
+        template = job["spec"]["template"]
+        assert env_of(job)["HTTPS_PROXY"] == "http://proxy:3128"
+        assert env_of(job)["AWS_CA_BUNDLE"] == "/etc/ssl/private-ca.pem"
+        assert template["metadata"]["labels"]["cost-center"] == "4711"
+        assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+        assert template["metadata"]["annotations"][naming.ANNOTATION_TJ_NAME] == tj.name
+        assert template["spec"]["serviceAccountName"] == "transcribers"
+        assert template["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_crd_refuses_every_env_name_the_builders_set() -> None:
+    """One list in the CRD's env rule; every name a builder sets itself is on it (or under
+    a refused prefix), so a user's variable never clashes with ours."""
+    import re
+
+    import yaml
+
+    from tests.support.paths import CRD
+
+    crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
+    (version,) = crd["spec"]["versions"]
+    env = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["workers"][
+        "properties"]["env"]
+    (rule,) = env["items"]["x-kubernetes-validations"]
+    listed = set(re.findall(r"'([A-Z_]+)'", rule["rule"].split(" in ", 1)[1]))
+    prefixes = tuple(re.findall(r"startsWith\('([A-Z_]+)'\)", rule["rule"]))
+    tj = make_tj(storage={"secretName": "s3", "endpoint": "http://minio:9000",
+                          "region": "eu-west-1"})
+    ours = {name for job in (jobs.build_planner_job(tj, SETTINGS),
+                             jobs.build_worker_job(tj, PLAN, SETTINGS),
+                             cleanup.build_cleanup_job(tj, SETTINGS))
+            for name in env_of(job)}
+    assert sorted(n for n in ours if n not in listed and not n.startswith(prefixes)) == []

@@ -165,7 +165,9 @@ def base_container(
         "env": [{"name": contract.ENV_WORK_ORDER, "value": work_order_json}, *runtime_env(),
                 # The runner reads its report's path from here: one source with the field.
                 {"name": contract.ENV_TERMINATION_LOG, "value": contract.TERMINATION_MESSAGE_PATH},
-                *env],
+                *env,
+                # The user's own (admission refuses the names above).
+                *({"name": name, "value": value} for name, value in job.workers.env)],
         "securityContext": container_security_context(),
         "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
         # The runner writes its report there; if it dies first, the log tail explains why.
@@ -196,8 +198,9 @@ def base_pod_spec(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
         spec["nodeSelector"] = dict(workers.node_selector)
     if workers.priority_class_name:
         spec["priorityClassName"] = workers.priority_class_name
-    if settings.worker_service_account:
-        spec["serviceAccountName"] = settings.worker_service_account
+    account = workers.service_account_name or settings.worker_service_account
+    if account:
+        spec["serviceAccountName"] = account
     secrets = image_pull_secrets(job, settings)
     if secrets:
         spec["imagePullSecrets"] = secrets
