@@ -21,12 +21,14 @@ TERMINAL_PHASES = frozenset({SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED})
 # --- condition types ------------------------------------------------------------------------
 PLANNED_CONDITION = "Planned"
 RUNNING_CONDITION = "Running"
-COMPLETE_CONDITION = "Complete"
+COMPLETE_CONDITION = "Complete"  # only when every file succeeded (as a Job's Complete)
+PARTIALLY_SUCCEEDED_CONDITION = "PartiallySucceeded"  # finished, some files or shards failed
 FAILED_CONDITION = "Failed"
 SUSPENDED_CONDITION = "Suspended"
 PODS_HEALTHY_CONDITION = "PodsHealthy"  # False while pods cannot start
-CONDITION_TYPES = (PLANNED_CONDITION, RUNNING_CONDITION, COMPLETE_CONDITION, FAILED_CONDITION,
-                   SUSPENDED_CONDITION, PODS_HEALTHY_CONDITION)
+CONDITION_TYPES = (PLANNED_CONDITION, RUNNING_CONDITION, COMPLETE_CONDITION,
+                   PARTIALLY_SUCCEEDED_CONDITION, FAILED_CONDITION, SUSPENDED_CONDITION,
+                   PODS_HEALTHY_CONDITION)
 
 # --- reasons the operator writes (conditions and Events) -----------------------------------
 PLANNING_REASON = "Planning"
@@ -44,6 +46,8 @@ WORKER_JOB_DELETED_REASON = "WorkerJobDeleted"
 JOB_FAILED_REASON = "JobFailed"
 PODS_STARTED_REASON = "PodsStarted"
 FINISHED_REASON = "Finished"
+STATE_REMOVED_REASON = "StateRemoved"  # TTL: the cleanup Job removed the state folder
+STATE_NOT_REMOVED_REASON = "StateNotRemoved"  # TTL: it could not; deleted all the same
 # Why pods cannot start (PodsHealthy=False), most urgent to fix first.
 SECRET_NOT_FOUND_REASON = "SecretNotFound"
 CREATE_CONTAINER_CONFIG_ERROR_REASON = "CreateContainerConfigError"

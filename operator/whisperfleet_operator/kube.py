@@ -99,21 +99,40 @@ class Kube:
 
     # --- generic, by (group, version, plural) ---------------------------------------------
 
-    def create(self, gvp: tuple[str, str, str], namespace: str, body: Obj) -> bool:
+    def create(self, gvp: tuple[str, str, str], namespace: str, body: Obj, *,
+               dry_run: bool = False) -> bool:
         """Create; False (and no error) when it already exists — restarts never duplicate.
-        Raises Rejected when the API server refuses the object as invalid."""
+        Raises Rejected when the API server refuses the object as invalid. `dry_run`: every
+        admission step runs (defaults, validation, webhooks), nothing is stored."""
+        extra = {"dry_run": "All"} if dry_run else {}
         try:
             self.objects.create_namespaced_custom_object(
                 *gvp[:2], namespace, gvp[2], body, _preload_content=False,
-                _request_timeout=TIMEOUT)
+                _request_timeout=TIMEOUT, **extra)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             if exc.status in (400, 422):
                 raise Rejected(_api_message(exc)) from None
             raise
+        if dry_run:
+            return True
         logger.info("created %s %s/%s", body.get("kind"), namespace,
                     (body.get("metadata") or {}).get("name"))
+        return True
+
+    def delete(self, gvp: tuple[str, str, str], namespace: str, name: str, uid: str) -> bool:
+        """Delete that incarnation (uid precondition: never a namesake re-created since);
+        what it owns goes by garbage collection. False when it is gone already."""
+        try:
+            self.objects.delete_namespaced_custom_object(
+                *gvp[:2], namespace, gvp[2], name, _request_timeout=TIMEOUT,
+                body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"})
+        except ApiException as exc:
+            if exc.status in (404, 409):  # gone, or a namesake holds the name now
+                return False
+            raise
+        logger.info("deleted %s %s/%s", gvp[2], namespace, name)
         return True
 
     def get(self, gvp: tuple[str, str, str], namespace: str, name: str) -> Obj | None:

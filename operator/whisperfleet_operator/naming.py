@@ -34,6 +34,7 @@ ANNOTATION_TJ_NAME = f"{GROUP}/transcriptionjob"
 
 COMPONENT_PLANNER = "planner"
 COMPONENT_WORKER = "worker"
+COMPONENT_CLEANUP = "cleanup"  # removes the state folder when the TTL ends
 
 MAX_NAME = 52  # leaves room for "-<index>" (up to 10 digits) in Indexed pods' hostnames
 _HASH_LEN = 6
@@ -55,6 +56,10 @@ def worker_job_name(job: TranscriptionJob) -> str:
     return _derived(job, "work")
 
 
+def cleanup_job_name(job: TranscriptionJob) -> str:
+    return _derived(job, "clean")
+
+
 def claim_template_name(job: TranscriptionJob) -> str:
     return _derived(job, "gpu")
 
@@ -70,9 +75,25 @@ def labels_for(job: TranscriptionJob, component: str) -> dict[str, str]:
     }
 
 
+# Labels the Job controller and Kueue set on pods themselves: a TranscriptionJob's label
+# with one of these keys would clash with theirs, so it is not copied.
+_NOT_COPIED = ("job-name", "controller-uid")
+_NOT_COPIED_PREFIXES = ("batch.kubernetes.io/", "kueue.x-k8s.io/")
+
+
+def pod_labels(job: TranscriptionJob, component: str) -> dict[str, str]:
+    """Labels of the pods' templates: the TranscriptionJob's own labels and
+    spec.workers.podLabels (cost allocation, service meshes, policies see the job's pods as
+    the job), then ours, which win."""
+    copied = {key: value for key, value in {**job.labels, **job.workers.pod_labels}.items()
+              if key not in _NOT_COPIED and not key.startswith(_NOT_COPIED_PREFIXES)}
+    return {**copied, **labels_for(job, component)}
+
+
 def pod_annotations(job: TranscriptionJob) -> dict[str, str]:
-    """Annotations on the planner's and workers' pods (see `ANNOTATION_TJ_NAME`)."""
-    return {ANNOTATION_TJ_NAME: job.name}
+    """Annotations on the job's pods: spec.workers.podAnnotations, then ours
+    (`ANNOTATION_TJ_NAME`), which win."""
+    return {**job.workers.pod_annotations, ANNOTATION_TJ_NAME: job.name}
 
 
 def owner_reference(job: TranscriptionJob) -> Obj:

@@ -17,11 +17,12 @@ from datetime import datetime, timezone
 import kopf
 
 from whisperfleet_operator import conditions, kube, naming, progress, spec, status
-from whisperfleet_operator.builders import gpu, jobs
+from whisperfleet_operator.builders import cleanup, gpu, jobs
 from whisperfleet_operator.objects import Obj
 from whisperfleet_operator.retries import Key, RetryTimers
 from whisperfleet_operator.settings import OperatorSettings
-from whisperfleet_operator.status import events
+from whisperfleet_operator.status import events, expiry
+from whisperfleet_runner.contract import STATE_DIR, PlanReport
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -52,7 +53,8 @@ class Reconciler:
             old = tj.get("status") or {}
             if status.is_terminal(old):
                 self._track(namespace, name, meta, old)
-                return  # final; the Jobs' pods may be gone (TTL), so never recount
+                self._expire(tj, old)
+                return  # final; the Jobs' pods may be gone, so never recount
             clock = datetime.now(timezone.utc)
             now = clock.strftime(TIME_FORMAT)
             generation = int(meta.get("generation") or 0)
@@ -72,6 +74,8 @@ class Reconciler:
             for event_type, reason, message in events.transitions(old, new):
                 kopf.event(tj, type=event_type, reason=reason, message=message)
             self._track(namespace, name, meta, {**old, **new})
+            if status.is_terminal(new):  # just finished: a TTL of 0 ends now
+                self._expire(tj, {**old, **new})
 
     def reconcile_or_retry(self, namespace: str, name: str, uid: str | None = None) -> None:
         """`reconcile`; when an API error that may pass (`kube.transient`) stops it, the same
@@ -90,6 +94,49 @@ class Reconciler:
     def close(self) -> None:
         """Cancel pending retries (the operator is stopping; a restart resumes every job)."""
         self.retries.close()
+
+    def _expire(self, tj: Obj, old: Obj) -> None:
+        """spec.ttlSecondsAfterFinished, as a Job's TTL: once it ends, the cleanup Job
+        removes the state folder, then the TranscriptionJob is deleted (its Jobs and pods by
+        garbage collection). Before it ends, a timer brings the reconcile back then; the
+        cleanup Job's events bring it back when that finishes."""
+        meta, tj_spec = tj["metadata"], tj.get("spec") or {}
+        ttl = tj_spec.get("ttlSecondsAfterFinished")
+        due = expiry.expires_at(None if ttl is None else int(ttl), old)
+        if due is None:
+            return
+        namespace, name, uid = str(meta.get("namespace") or ""), str(meta["name"]), meta["uid"]
+        wait = (due - datetime.now(timezone.utc)).total_seconds()
+        if wait > 0:
+            self.retries.at((namespace, name, uid), wait,
+                            lambda: self.reconcile_or_retry(namespace, name, uid))
+            return
+        try:
+            job: spec.TranscriptionJob | None = spec.parse(tj)
+        except ValueError:
+            job = None  # never planned: no state to remove
+        if job is not None:
+            cleanup_name = naming.cleanup_job_name(job)
+            cleanup_job = self.kube.get(kube.JOBS, namespace, cleanup_name)
+            if cleanup_job is None:
+                self.kube.create(kube.JOBS, namespace,
+                                 cleanup.build_cleanup_job(job, self.settings))
+                return
+            _check_owned(job, cleanup_name, cleanup_job)
+            failure = expiry.cleanup_failure(cleanup_job)
+            if failure is None:
+                return
+            state = f"{job.output.uri.rstrip('/')}/{STATE_DIR}/{job.uid}/"
+            if failure:
+                kopf.event(tj, type=conditions.EVENT_WARNING,
+                           reason=conditions.STATE_NOT_REMOVED_REASON,
+                           message=f"the TTL ended but {state} could not be removed "
+                                   f"({failure}); delete it by hand")
+            else:
+                kopf.event(tj, type=conditions.EVENT_NORMAL,
+                           reason=conditions.STATE_REMOVED_REASON,
+                           message=f"the TTL ended: removed {state}")
+        self.kube.delete(kube.TRANSCRIPTION_JOBS, namespace, name, uid)
 
     def _track(self, namespace: str, name: str, meta: Obj, current: Obj) -> None:
         if self.poller is not None:
@@ -123,6 +170,8 @@ class Reconciler:
         """The planning status, and whether the plan succeeded (the planner Job made once)."""
         k, name = self.kube, naming.planner_job_name(job)
         planner = k.get(kube.JOBS, job.namespace, name)
+        if planner is None:
+            self._check_worker_job_admitted(job)
         if planner is None and not k.create(
                 kube.JOBS, job.namespace, jobs.build_planner_job(job, self.settings)):
             # It exists after all: our own create whose answer was lost (a 5xx after the
@@ -136,6 +185,18 @@ class Reconciler:
             outcome = status.planner_outcome(planner, pods)
         planned = status.planning_status(job, old, outcome, name, now, pods)
         return planned, outcome.state == "succeeded"
+
+    def _check_worker_job_admitted(self, job: spec.TranscriptionJob) -> None:
+        """Before anything runs: the API server's dry run of the worker Job (and its claim
+        template) as it will be built, so an option the CRD admits but the Job's own
+        validation refuses fails the TranscriptionJob now, in the server's words, and not
+        after planning. Raises kube.Rejected. The shard count is not known yet: the spec's,
+        or 1 for auto (maxFailedIndexes is capped at it either way)."""
+        claim_template = gpu.build_resource_claim_template(job, self.settings)
+        if claim_template is not None:
+            self.kube.create(kube.CLAIM_TEMPLATES, job.namespace, claim_template, dry_run=True)
+        body = jobs.build_worker_job(job, PlanReport(shards=job.shards or 1), self.settings)
+        self.kube.create(kube.JOBS, job.namespace, body, dry_run=True)
 
     def _create_worker_job(self, job: spec.TranscriptionJob, old: Obj) -> Obj:
         claim_template = gpu.build_resource_claim_template(job, self.settings)

@@ -34,6 +34,7 @@ class RetryTimers:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._timers: dict[Key, threading.Timer] = {}
+        self._due: dict[Key, threading.Timer] = {}  # `at`: one pending call per key
         self._failures: dict[Key, int] = {}  # failed attempts in a row, for the backoff
         self._closed = False
 
@@ -54,6 +55,25 @@ class RetryTimers:
                        why, delay)
         timer.start()
 
+    def at(self, key: Key, delay: float, run: Callable[[], None]) -> None:
+        """Call `run` in `delay` seconds (a TTL ending), unless a call is pending already."""
+        with self._guard:
+            if self._closed or key in self._due:
+                return
+            timer = threading.Timer(delay, contextvars.copy_context().run,
+                                    (self._fire_due, key, run))
+            timer.daemon = True
+            self._due[key] = timer
+        timer.start()
+
+    def _fire_due(self, key: Key, run: Callable[[], None]) -> None:
+        with self._guard:
+            self._due.pop(key, None)
+        try:
+            run()
+        except Exception:
+            logger.exception("reconciling %s/%s failed", key[0], key[1])
+
     def succeeded(self, key: Key) -> None:
         """`key` got through: its next failure starts the backoff afresh."""
         with self._guard:
@@ -63,7 +83,8 @@ class RetryTimers:
         """Cancel pending retries (the operator is stopping; a restart resumes every job)."""
         with self._guard:
             self._closed = True
-            timers, self._timers = list(self._timers.values()), {}
+            timers = [*self._timers.values(), *self._due.values()]
+            self._timers, self._due = {}, {}
         for timer in timers:
             timer.cancel()
 

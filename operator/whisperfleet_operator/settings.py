@@ -14,6 +14,7 @@ The Helm chart sets these variables; every one has a default that works out of t
 | WHISPERFLEET_RUN_AS_USER / _RUN_AS_GROUP  | run_as_user / run_as_group  |
 | WHISPERFLEET_PLANNER_BACKOFF_LIMIT        | planner_backoff_limit       |
 | WHISPERFLEET_PLANNER_DEADLINE_SECONDS     | planner_deadline_seconds    |
+| WHISPERFLEET_CLEANUP_DEADLINE_SECONDS     | cleanup_deadline_seconds    |
 | WHISPERFLEET_DRA_ATTRIBUTE_DOMAIN         | dra_attribute_domain        |
 | WHISPERFLEET_METRICS_PORT                 | metrics_port (0: none)      |
 | WHISPERFLEET_PROGRESS_INTERVAL_SECONDS    | progress_interval_seconds   |
@@ -61,6 +62,8 @@ class OperatorSettings:
     run_as_group: int = 1000
     planner_backoff_limit: int = 2
     planner_deadline_seconds: int = 3600
+    # How long the TTL's cleanup Job may take before the job is deleted without it.
+    cleanup_deadline_seconds: int = 300
     dra_attribute_domain: str = "gpu.nvidia.com"  # NVIDIA DRA driver's attribute domain
     # Worker pods serve Prometheus metrics here; the operator reads them for live progress
     # every progress_interval_seconds (0: metrics off, progress from finished shards only).
@@ -89,6 +92,8 @@ class OperatorSettings:
             raise ValueError("WHISPERFLEET_RUN_AS_USER/GROUP must be positive (non-root)")
         if self.planner_backoff_limit < 0 or self.planner_deadline_seconds < 0:
             raise ValueError("planner backoff limit and deadline must not be negative")
+        if self.cleanup_deadline_seconds < 1:
+            raise ValueError("WHISPERFLEET_CLEANUP_DEADLINE_SECONDS must be at least 1")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("WHISPERFLEET_METRICS_PORT must be a port number (0: off)")
         if self.progress_interval_seconds < 1:
@@ -136,6 +141,7 @@ class OperatorSettings:
             "WHISPERFLEET_RUN_AS_GROUP": "run_as_group",
             "WHISPERFLEET_PLANNER_BACKOFF_LIMIT": "planner_backoff_limit",
             "WHISPERFLEET_PLANNER_DEADLINE_SECONDS": "planner_deadline_seconds",
+            "WHISPERFLEET_CLEANUP_DEADLINE_SECONDS": "cleanup_deadline_seconds",
             "WHISPERFLEET_METRICS_PORT": "metrics_port",
             "WHISPERFLEET_PROGRESS_INTERVAL_SECONDS": "progress_interval_seconds",
         }.items():

@@ -51,6 +51,10 @@ class WorkersSpec:
     resources: Obj | None = None  # None: the operator's default worker resources
     image: str = ""  # "": the operator's runner image
     image_pull_secrets: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # (name, value) in the spec's order
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    service_account_name: str = ""  # "": the operator's configured one
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,13 @@ class TranscriptionJob:
     workers: WorkersSpec = field(default_factory=WorkersSpec)
     shards: int = 0
     per_shard_retries: int = DEFAULT_PER_SHARD_RETRIES
-    max_failed_shards: int = 0
+    max_failed_shards: int | None = None  # unset: no limit (a Job's maxFailedIndexes)
     active_deadline_seconds: int = 0
-    ttl_seconds_after_finished: int = 0
+    ttl_seconds_after_finished: int | None = None  # unset: keep (as a Job's TTL)
     suspend: bool = False
     queue_name: str = ""
     generation: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)  # metadata.labels
     api_version: str = ""
     kind: str = ""
 
@@ -124,6 +129,7 @@ def parse(tj: Obj) -> TranscriptionJob:
         namespace=str(meta.get("namespace") or ""),
         uid=str(meta["uid"]),
         generation=int(meta.get("generation") or 0),
+        labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         api_version=str(tj.get("apiVersion") or ""),
         kind=str(tj.get("kind") or ""),
         input_uri=input_uri,
@@ -151,9 +157,12 @@ def parse(tj: Obj) -> TranscriptionJob:
         shards=_at_least(spec, "shards", 0, 0, "spec."),
         per_shard_retries=_at_least(retries, "perShard", DEFAULT_PER_SHARD_RETRIES, 0,
                                     "spec.retries."),
-        max_failed_shards=_at_least(retries, "maxFailedShards", 0, 0, "spec.retries."),
+        max_failed_shards=(_at_least(retries, "maxFailedShards", 0, 0, "spec.retries.")
+                           if retries.get("maxFailedShards") is not None else None),
         active_deadline_seconds=_at_least(spec, "activeDeadlineSeconds", 0, 0, "spec."),
-        ttl_seconds_after_finished=_at_least(spec, "ttlSecondsAfterFinished", 0, 0, "spec."),
+        ttl_seconds_after_finished=(_at_least(spec, "ttlSecondsAfterFinished", 0, 0, "spec.")
+                                    if spec.get("ttlSecondsAfterFinished") is not None
+                                    else None),
         suspend=bool(spec.get("suspend", False)),
         queue_name=str(spec.get("queueName") or ""),
     )
@@ -229,6 +238,12 @@ def _workers(workers: Obj) -> WorkersSpec:
         resources=workers.get("resources") or None,
         image=str(workers.get("image") or ""),
         image_pull_secrets=tuple(str(n) for n in pull if n),
+        env=tuple((str(e["name"]), str(e.get("value") or ""))
+                  for e in workers.get("env") or () if isinstance(e, dict) and e.get("name")),
+        pod_labels={str(k): str(v) for k, v in (workers.get("podLabels") or {}).items()},
+        pod_annotations={str(k): str(v)
+                         for k, v in (workers.get("podAnnotations") or {}).items()},
+        service_account_name=str(workers.get("serviceAccountName") or ""),
     )
 
 

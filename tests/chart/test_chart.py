@@ -57,7 +57,7 @@ SCENARIOS = {
 
 # The operator's RBAC, rule by rule: (apiGroup, resource) -> verbs. Nothing more, nothing less.
 NAMESPACED_RULES = {
-    ("whisperfleet.io", "transcriptionjobs"): {"get", "list", "watch", "patch"},
+    ("whisperfleet.io", "transcriptionjobs"): {"get", "list", "watch", "patch", "delete"},
     ("whisperfleet.io", "transcriptionjobs/status"): {"patch"},
     ("whisperfleet.io", "transcriptionjobs/finalizers"): {"update"},
     ("batch", "jobs"): {"create", "get", "list", "watch", "patch", "delete"},

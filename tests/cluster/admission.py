@@ -196,6 +196,27 @@ def _toleration(index: int) -> Obj:
 
 
 _ITEM_FACTORIES = {"spec.workers.tolerations[]": _toleration}
+# Extended resources, requests equal to limits (they cannot be overcommitted).
+_RESOURCES = {f"example.com/r{i}": "1" for i in range(16)}
+_KNOWN_MAXIMAL_RESOURCES = {"spec.workers.resources.limits": _RESOURCES,
+                            "spec.workers.resources.requests": _RESOURCES}
+
+
+def _selector_item(path: str, item: Obj, index: int, maximal: bool) -> Obj:
+    """A selector requirement the CEL rules allow: In/NotIn with values (matchFields: one
+    node name); a pod-affinity term with the labelSelector its label keys need."""
+    if path.endswith(".matchFields[]"):
+        return {**item, "key": "metadata.name", "operator": ("In", "NotIn")[index % 2],
+                "values": [f"node-{index}"]}
+    if path.endswith(".matchExpressions[]"):
+        values = item.get("values") or [f"v{index}"]
+        return {**item, "operator": ("In", "NotIn")[index % 2], "values": values}
+    if item.get("topologyKey") and not maximal and "labelSelector" not in item:
+        return {**item, "labelSelector": {}}
+    if maximal and "mismatchLabelKeys" in item:  # not one key in both lists
+        return {**item, "mismatchLabelKeys": [f"m{i}" for i in range(
+            len(item["mismatchLabelKeys"]))]}
+    return item
 
 
 def _string(node: Obj, index: int) -> str:
@@ -225,8 +246,9 @@ def valid_value(node: Obj, path: str, index: int = 0) -> Any:
     if kind == "object":
         if isinstance(node.get("additionalProperties"), dict):
             return {}
-        return {key: valid_value(node["properties"][key], f"{path}.{key}", index)
-                for key in node.get("required", [])}
+        return _selector_item(path, {key: valid_value(node["properties"][key], f"{path}.{key}",
+                                                      index)
+                                     for key in node.get("required", [])}, index, False)
     if kind == "array":
         return [valid_value(node["items"], f"{path}[]", i) for i in range(node.get("minItems", 0))]
     if kind == "string":
@@ -242,11 +264,13 @@ def valid_value(node: Obj, path: str, index: int = 0) -> Any:
 
 def server_field(path: str) -> str:
     """How the API server names the field at a `walk` path in an object built by `place`:
-    the first list item is [0], the map entry is .k."""
+    the first list item is [0], the map entry is `.{MAP_KEY}`."""
     return path.replace("[]", "[0]").replace(".*", f".{MAP_KEY}")
 
 
-MAP_KEY = "k"
+# A key every map of the spec takes: a label key (nodeSelector, matchLabels) and a
+# resource name that needs no limit beside its request (resources).
+MAP_KEY = "memory"
 
 
 def place(root: Obj, schema: Obj, path: str, value: Any) -> Obj:
@@ -353,14 +377,17 @@ def maximal_value(node: Obj, path: str, index: int = 0, repeated: bool = False) 
         return _ITEM_FACTORIES[path](index)
     if path in _KNOWN_MAXIMAL:
         return _KNOWN_MAXIMAL[path]
+    if path in _KNOWN_MAXIMAL_RESOURCES:
+        return dict(_KNOWN_MAXIMAL_RESOURCES[path])
     kind = node.get("type")
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
         return {f"k{i}": maximal_value(extra, f"{path}.*", i, True)
                 for i in range(node["maxProperties"])}
     if kind == "object":
-        return {key: maximal_value(sub, f"{path}.{key}", index, repeated)
-                for key, sub in (node.get("properties") or {}).items()}
+        return _selector_item(path, {key: maximal_value(sub, f"{path}.{key}", index, repeated)
+                                     for key, sub in (node.get("properties") or {}).items()},
+                              index, True)
     if kind == "array":
         return [maximal_value(node["items"], f"{path}[]", i, True)
                 for i in range(node["maxItems"])]

@@ -39,6 +39,7 @@ from tests.cluster.admission import (
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.transcription_jobs import tj_path
 from tests.cluster.whisperfleet_release import CRD_NAME, Release
+from tests.support.crd_schema import walk
 from tests.support.paths import REPO
 from whisperfleet_operator import spec
 from whisperfleet_operator.builders import jobs
@@ -190,10 +191,10 @@ def test_the_server_defaults_a_minimal_job_to_the_runner_config(
         "initialPrompt": options.initial_prompt or ""}
     assert stored["workers"] == {"parallelism": spec.DEFAULT_PARALLELISM, "gpusPerWorker": 1,
                                  "gpu": {"resourceName": spec.DEFAULT_RESOURCE}}
-    assert stored["retries"] == {"perShard": spec.DEFAULT_PER_SHARD_RETRIES,
-                                 "maxFailedShards": 0}
+    # Unset, as a Job's maxFailedIndexes and TTL: no limit, keep.
+    assert stored["retries"] == {"perShard": spec.DEFAULT_PER_SHARD_RETRIES}
     assert (stored["shards"], stored["suspend"], stored["queueName"]) == (0, False, "")
-    assert (stored["activeDeadlineSeconds"], stored["ttlSecondsAfterFinished"]) == (0, 0)
+    assert stored["activeDeadlineSeconds"] == 0 and "ttlSecondsAfterFinished" not in stored
 
 
 def test_a_server_defaulted_minimal_job_becomes_the_default_work_order(
@@ -280,7 +281,106 @@ VALUE_REFUSALS = [
             "spec.workers.gpusPerWorker must be 1 when spec.workers.gpu.resourceName is a MIG"),
     Refusal({"shards": 2, "retries": {"maxFailedShards": 3}}, "spec.retries.maxFailedShards",
             "spec.retries.maxFailedShards must not exceed spec.shards"),
+    # What the worker Job's (or its pods') validation would refuse, refused here first.
+    Refusal({"workers.nodeSelector": {"gpu pool": "a"}}, "spec.workers.nodeSelector",
+            "spec.workers.nodeSelector keys must be label keys"),
+    *[Refusal({"workers.env": [{"name": name, "value": "x"}]}, "spec.workers.env[0].name",
+              "spec.workers.env[].name must not start with WHISPERFLEET_, CUDA_ or NVIDIA_")
+      for name in ("WHISPERFLEET_WORK_ORDER", "CUDA_VISIBLE_DEVICES", "HOME", "AWS_REGION")],
+    Refusal({"workers.podLabels": {"Team/x": "a"}}, "spec.workers.podLabels",
+            "spec.workers.podLabels keys must be label keys"),
+    Refusal({"workers.podAnnotations": {"a b": "c"}}, "spec.workers.podAnnotations",
+            "spec.workers.podAnnotations keys must be qualified names"),
+    Refusal({"workers.image": "runner:1 "}, "spec.workers.image",
+            "spec.workers.image must not have leading or trailing whitespace"),
+    *[Refusal({"workers.resources": {which: {name: 1}}}, f"spec.workers.resources.{which}",
+              f"spec.workers.resources.{which} names must be cpu, memory, ephemeral-storage")
+      for which, name in (("limits", "requests.example.com/fpga"), ("requests", "fpga"))],
+    *[Refusal({"workers.resources": {which: {"cpu": "-500m"}}},
+              f"spec.workers.resources.{which}",
+              f"spec.workers.resources.{which} must not be negative")
+      for which in ("limits", "requests")],
+    Refusal({"workers.resources": {"limits": {"example.com/fpga": "0.5"}}},
+            "spec.workers.resources.limits", "spec.workers.resources.limits of an extended"),
+    Refusal({"workers.resources": {"requests": {"example.com/fpga": "500m"},
+                                   "limits": {"example.com/fpga": 1}}},
+            "spec.workers.resources.requests", "spec.workers.resources.requests of an extended"),
+    Refusal({"workers.resources": {"requests": {"memory": "64Gi"}, "limits": {"memory": "32Gi"}}},
+            "spec.workers.resources.requests",
+            "spec.workers.resources.requests must not exceed spec.workers.resources.limits"),
+    Refusal({"workers.resources": {"requests": {"hugepages-2Mi": "2Mi", "memory": "1Gi"}}},
+            "spec.workers.resources.limits",
+            "spec.workers.resources.limits must be set for every hugepages-* and extended"),
+    Refusal({"workers.resources": {"requests": {"example.com/fpga": 1},
+                                   "limits": {"example.com/fpga": 2}}},
+            "spec.workers.resources.requests",
+            "spec.workers.resources.requests of a hugepages-* or extended (domain/name) resource"
+            " must equal its limit"),
+    Refusal({"workers.resources": {"limits": {"hugepages-2Mi": "2Mi"}}}, "spec.workers.resources",
+            "spec.workers.resources with hugepages-* must also set cpu or memory"),
 ]
+
+
+@dataclass(frozen=True)
+class PlacedRefusal:
+    """A bad value at a schema path (`walk` form; repeated in every affinity copy), refused at
+    `field` (the server's name for it) with a message containing `says`."""
+
+    path: str
+    value: Any
+    field: str
+    says: str
+    status: int = 422
+
+    def body(self, name: str = "bad") -> Obj:
+        return place(tj(name), SHIPPED_SCHEMA, self.path, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.value}"[:200]
+
+
+SHIPPED_SCHEMA = version_schema(load_crd())
+
+
+def _affinity_refusals() -> list[PlacedRefusal]:
+    """For every selector requirement, label map and pod-affinity term in the affinity's
+    copies of core/v1 types: each rule the Job's validation has there, broken."""
+    cases = []
+    for path, node in walk(SHIPPED_SCHEMA):
+        if not path.startswith("spec.workers.affinity"):
+            continue
+        at = server_field(path)
+        if path.endswith(".matchFields[]"):
+            cases.append(PlacedRefusal(path, {"key": "metadata.name", "operator": "In",
+                                              "values": ["a", "b"]}, f"{at}.values",
+                                       "values must hold exactly one node name"))
+        elif path.endswith(".matchExpressions[]"):
+            cases += [
+                PlacedRefusal(path, {"key": "k", "operator": "NotIn"}, f"{at}.values",
+                              "values must not be empty when operator is In or NotIn"),
+                PlacedRefusal(path, {"key": "k", "operator": "DoesNotExist", "values": ["a"]},
+                              f"{at}.values",
+                              "values must be empty when operator is Exists or DoesNotExist")]
+            if "Gt" in node["properties"]["operator"]["enum"]:
+                cases.append(PlacedRefusal(path, {"key": "k", "operator": "Lt", "values": []},
+                                           f"{at}.values",
+                                           "values must hold exactly one value when operator is"))
+        elif path.endswith(".matchLabels"):
+            cases.append(PlacedRefusal(path, {"Team/x": "a"}, at, "keys must be label keys"))
+        elif "topologyKey" in node.get("required", []):
+            cases += [
+                PlacedRefusal(path, {"topologyKey": "zone", "matchLabelKeys": ["app"]},
+                              f"{at}.matchLabelKeys", "matchLabelKeys needs labelSelector"),
+                PlacedRefusal(path, {"topologyKey": "zone", "mismatchLabelKeys": ["app"]},
+                              f"{at}.mismatchLabelKeys", "mismatchLabelKeys needs labelSelector"),
+                PlacedRefusal(path, {"topologyKey": "zone", "labelSelector": {},
+                                     "matchLabelKeys": ["app"], "mismatchLabelKeys": ["app"]},
+                              f"{at}.matchLabelKeys",
+                              "matchLabelKeys must not name a key that mismatchLabelKeys names")]
+    return cases
+
+
+AFFINITY_REFUSALS = _affinity_refusals()
 
 # file:// URIs name paths inside the pods, so they need spec.storage.volume and must lie
 # under its mountPath.
@@ -355,13 +455,24 @@ SCHEMA_REFUSALS = [
 ]
 
 
-def create_problem(admission: Admission, tjs: str) -> Callable[[Refusal], str]:
+def create_problem(admission: Admission,
+                   tjs: str) -> Callable[[Refusal | PlacedRefusal], str]:
     return lambda case: refusal_problem(admission.create(tjs, case.body()), case.field,
                                         case.says, case.status)
 
 
 def test_cel_rules_refuse_bad_values_naming_the_field(admission: Admission, tjs: str) -> None:
     assert problems_of(VALUE_REFUSALS, create_problem(admission, tjs)) == []
+
+
+def test_affinity_refuses_what_the_job_would_in_every_copy_naming_the_field(
+    admission: Admission, tjs: str,
+) -> None:
+    """matchFields only In/NotIn with one value, values as the operator needs them, label
+    keys in matchLabels, label keys that need a labelSelector: in node affinity (required
+    and preferred) and in pod (anti-)affinity's label and namespace selectors alike."""
+    assert len(AFFINITY_REFUSALS) == 2 * 3 + 2 + 8 * 2 + 8 + 4 * 3
+    assert problems_of(AFFINITY_REFUSALS, create_problem(admission, tjs)) == []
 
 
 def test_file_uris_need_the_volume_and_must_lie_under_its_mount_path(
@@ -470,6 +581,10 @@ CHANGES: dict[str, Any] = {
     "workers.resources": {"limits": {"memory": "8Gi"}},
     "workers.image": "runner:2",
     "workers.imagePullSecrets": [{"name": "regcred"}],
+    "workers.env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    "workers.podLabels": {"team": "speech"},
+    "workers.podAnnotations": {"sidecar.istio.io/inject": "false"},
+    "workers.serviceAccountName": "transcribers",
 }
 
 
@@ -573,7 +688,8 @@ def test_every_cel_rule_refuses_one_of_the_cases_naming_its_field(
 ) -> None:
     """Every x-kubernetes-validations rule of the CRD the server holds is the reason the
     server gave for refusing at least one case above, at the field the rule names."""
-    answers = [admission.create(tjs, case.body()) for case in VALUE_REFUSALS + VOLUME_REFUSALS]
+    answers = [admission.create(tjs, case.body())
+               for case in [*VALUE_REFUSALS, *VOLUME_REFUSALS, *AFFINITY_REFUSALS]]
     admission.created(tjs, tj("rules-base"))
     for field, value in CHANGES.items():
         patch: Obj = {}

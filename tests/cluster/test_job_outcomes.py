@@ -25,20 +25,52 @@ def worker_job(cluster: LocalCluster, ns: str) -> dict[str, Any]:
         None), timeout=120, what="the worker Job")
 
 
-def test_a_worker_job_the_api_server_refuses_fails_the_job_with_its_words(
+def test_a_worker_job_the_api_server_would_refuse_fails_the_job_before_it_plans(
     cluster: LocalCluster, job_namespace: str
 ) -> None:
-    # Admission of the TranscriptionJob lets this node selector key through (a known gap,
-    # tests/cluster/test_built_objects_admitted.py); the Job's own validation does not.
+    # The CRD admits a hugepages limit that is not a multiple of the page size (CEL cannot
+    # divide quantities); the Job's own validation does not. The operator's dry run of the
+    # worker Job finds it before the planner runs.
     ns, bucket = job_namespace, tjs.bucket_with(cluster, TWO_FILES)
     tjs.create(cluster, ns, "refused", tjs.job_spec(
-        cluster, bucket, workers={"parallelism": 1, "nodeSelector": {"gpu pool": "a"}}))
+        cluster, bucket, workers={"parallelism": 1, "resources": {
+            "limits": {"hugepages-2Mi": "3Mi", "memory": "1Gi"}}}))
     done = tjs.wait_for(cluster, ns, "refused", *TERMINAL)
     failed = tjs.condition(done, "Failed")
     assert done["status"]["phase"] == "Failed" and failed["reason"] == "JobRejected"
-    assert "nodeSelector" in failed["message"], failed["message"]
-    assert not tjs.listed(cluster, f"/apis/batch/v1/namespaces/{ns}/jobs",
-                          "app.kubernetes.io/component=worker")
+    assert "hugepages-2Mi" in failed["message"], failed["message"]
+    assert "not positive integer multiple" in failed["message"], failed["message"]
+    assert tjs.jobs(cluster, ns) == []  # neither the planner nor the worker ran
+
+
+def test_the_ttl_deletes_the_finished_job_and_its_state_folder_and_nothing_else(
+    cluster: LocalCluster, job_namespace: str
+) -> None:
+    # As a Job's TTL with 0: deleted as soon as it finished; first the cleanup Job removes
+    # <output>/.whisperfleet/<uid>/ (the operator holds no storage credentials).
+    ns, bucket = job_namespace, tjs.bucket_with(cluster, TWO_FILES)
+    created = tjs.create(cluster, ns, "expiring", tjs.job_spec(
+        cluster, bucket, ttlSecondsAfterFinished=0))
+    uid = created["metadata"]["uid"]
+    s3 = tjs.s3_client(cluster)
+    # Next to the state folder, and never to be touched: other jobs' state, a namesake
+    # whose uid starts like ours, an object named like the folder.
+    neighbours = [f"out/.whisperfleet/{uid}-old/manifest.jsonl",
+                  "out/.whisperfleet/another-job/ledger/0.jsonl", f"out/.whisperfleet/{uid}.txt"]
+    for key in neighbours:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"keep")
+    eventually(lambda: cluster.rest().get(tjs.tj_path(ns, "expiring")) is None, timeout=120,
+               what="the TranscriptionJob deleted by its TTL")
+    events = tjs.events(cluster, ns, "expiring")
+    state = f"s3://{bucket}/out/.whisperfleet/{uid}/"
+    assert ("Normal", "StateRemoved", f"the TTL ended: removed {state}") in events, events
+    assert ("Normal", "Succeeded") in [(kind, reason) for kind, reason, _ in events], events
+    left = tjs.objects(cluster, bucket)
+    assert not [key for key in left if key.startswith(f"out/.whisperfleet/{uid}/")], left
+    assert set(left) == {*TWO_FILES, *neighbours, "out/hello.json", "out/hello.txt",
+                         "out/numbers.json", "out/numbers.txt"}
+    # Its Jobs (planner, worker, cleanup) go with it, by garbage collection.
+    eventually(lambda: tjs.jobs(cluster, ns) == [], timeout=120, what="the Jobs collected")
 
 
 def test_a_worker_job_deleted_mid_run_ends_the_job_and_is_not_run_again(

@@ -32,7 +32,9 @@ def test_cluster_wide_operator_reads_no_secrets_and_writes_only_what_it_makes(
                ("patch", "transcriptionjobs.whisperfleet.io/status", "-n", "x"),
                ("create", "jobs.batch", "-n", "x"), ("list", "pods", "-A"),
                ("create", "events", "-n", "x"),
-               ("create", "resourceclaimtemplates.resource.k8s.io", "-n", "x")]
+               ("create", "resourceclaimtemplates.resource.k8s.io", "-n", "x"),
+               # the TTL of a finished TranscriptionJob
+               ("delete", "transcriptionjobs.whisperfleet.io", "-n", "x")]
     denied = [("get", "secrets", "-n", "x"), ("list", "secrets", "-A"),
               ("get", "configmaps", "-n", "x"), ("delete", "pods", "-n", "x"),
               ("create", "pods", "-n", "x"), ("patch", "nodes"), ("create", "clusterroles"),

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.transcription_jobs import parsed, tj_object
 from whisperfleet_operator import naming, spec
-from whisperfleet_operator.builders import jobs, workorder
+from whisperfleet_operator.builders import cleanup, jobs, workorder
 from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_operator.spec import TranscriptionJob
 from whisperfleet_runner import contract
@@ -228,9 +228,13 @@ def test_pod_failure_policy() -> None:
     assert all(r["onExitCodes"]["containerName"] == "runner" for r in rules[1:])
 
 
-def test_max_failed_shards_zero_means_no_early_stop_and_is_capped() -> None:
+def test_max_failed_shards_means_max_failed_indexes_unset_is_unlimited_and_capped() -> None:
     job = jobs.build_worker_job(make_tj(), PLAN, SETTINGS)
     assert "maxFailedIndexes" not in job["spec"]
+    # 0, as for a Job: fail fast, at the first failed shard.
+    job = jobs.build_worker_job(make_tj(retries={"maxFailedShards": 0}), PLAN, SETTINGS)
+    validate(job)
+    assert job["spec"]["maxFailedIndexes"] == 0
     job = jobs.build_worker_job(make_tj(retries={"maxFailedShards": 99}), PLAN, SETTINGS)
     validate(job)
     assert job["spec"]["maxFailedIndexes"] == PLAN.shards
@@ -241,7 +245,8 @@ def test_deadline_ttl_suspend_and_queue() -> None:
     job = jobs.build_worker_job(tj, PLAN, SETTINGS)
     validate(job)
     assert job["spec"]["activeDeadlineSeconds"] == 7200
-    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    # The TTL deletes the TranscriptionJob (and this Job with it), not the Job alone.
+    assert "ttlSecondsAfterFinished" not in job["spec"]
     assert job["spec"]["suspend"] is True
     assert naming.LABEL_KUEUE_QUEUE not in job["metadata"]["labels"]
 
@@ -444,11 +449,37 @@ def test_pass_through_of_worker_scheduling_and_image_options() -> None:
     assert c["imagePullPolicy"] == "Always"
     assert c["resources"]["requests"] == {"cpu": "6", "memory": "24Gi"}
     assert c["resources"]["limits"] == {"memory": "32Gi", "nvidia.com/gpu": "1"}
-    # The planner runs the same runner image, but on any node.
+    # The planner runs the same runner image, where the job's pods may run (a pool whose
+    # every node is tainted too), with the job's priority, but asks for no GPU.
     planner = jobs.build_planner_job(tj, settings)
     validate(planner)
     assert container(planner)["image"] == "registry.example/whisperfleet-runner:dev"
-    assert "nodeSelector" not in planner["spec"]["template"]["spec"]
+    planner_pod = planner["spec"]["template"]["spec"]
+    assert planner_pod["nodeSelector"] == {"pool": "gpu-a"}
+    assert planner_pod["tolerations"] == [{"key": "dedicated", "operator": "Equal",
+                                           "value": "asr", "effect": "NoSchedule"}]
+    assert planner_pod["priorityClassName"] == "batch-low"
+    assert "affinity" not in planner_pod
+    assert "nvidia.com/gpu" not in json.dumps(planner_pod)
+
+
+def test_the_transcriptionjob_labels_reach_its_pods_and_ours_win() -> None:
+    obj = tj_object(name="labelled")
+    obj["metadata"]["labels"] = {"team": "speech", "cost-center": "4711",
+                                 "app.kubernetes.io/component": "mine", "job-name": "x",
+                                 "batch.kubernetes.io/job-name": "x"}
+    tj = spec.parse(obj)
+    built = [jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS),
+             cleanup.build_cleanup_job(tj, SETTINGS)]
+    for job, component in zip(built, ("planner", "worker", "cleanup"), strict=True):
+        validate(job)
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert labels["team"] == "speech" and labels["cost-center"] == "4711"
+        assert labels["app.kubernetes.io/component"] == component
+        assert labels[naming.LABEL_JOB_UID] == tj.uid
+        assert "job-name" not in labels and "batch.kubernetes.io/job-name" not in labels
+        # The Jobs themselves keep only ours.
+        assert "team" not in job["metadata"]["labels"]
 
 
 def test_worker_job_refuses_empty_plan_and_bad_numbers() -> None:
@@ -518,3 +549,68 @@ def test_worker_job_follows_suspend_and_parallelism_but_not_into_kueue() -> None
     assert drift(make_tj(queueName="q"), True, suspended_job) == {}
     finished = {**running_job, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     assert drift(make_tj(suspend=True), False, finished) == {}
+
+
+# --- cleanup Job (the TTL) ------------------------------------------------------------------
+
+
+def test_cleanup_job_forgets_the_state_with_the_storage_env_and_a_deadline() -> None:
+    tj = make_tj(storage={"secretName": "s3-credentials"}, ttlSecondsAfterFinished=0)
+    job = cleanup.build_cleanup_job(tj, SETTINGS)
+    validate(job)
+    assert job["metadata"]["name"] == naming.cleanup_job_name(tj)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == tj.uid
+    assert container(job)["args"] == ["forget-state"]
+    assert container(job)["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    assert job["spec"]["activeDeadlineSeconds"] == SETTINGS.cleanup_deadline_seconds
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "nvidia.com/gpu" not in json.dumps(container(job).get("resources"))
+    order = contract.WorkOrder.from_json(env_of(job)[contract.ENV_WORK_ORDER])
+    assert order.job_uid == tj.uid and order.output.uri == tj.output.uri
+
+
+def test_per_job_env_labels_annotations_and_service_account_reach_every_pod() -> None:
+    tj = make_tj(workers={
+        "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                {"name": "AWS_CA_BUNDLE", "value": "/etc/ssl/private-ca.pem"}],
+        "podLabels": {"cost-center": "4711"},
+        "podAnnotations": {"sidecar.istio.io/inject": "false"},
+        "serviceAccountName": "transcribers"})
+    built = [jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS),
+             cleanup.build_cleanup_job(tj, SETTINGS)]
+    for job in built:
+        validate(job)
+        template = job["spec"]["template"]
+        assert env_of(job)["HTTPS_PROXY"] == "http://proxy:3128"
+        assert env_of(job)["AWS_CA_BUNDLE"] == "/etc/ssl/private-ca.pem"
+        assert template["metadata"]["labels"]["cost-center"] == "4711"
+        assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+        assert template["metadata"]["annotations"][naming.ANNOTATION_TJ_NAME] == tj.name
+        assert template["spec"]["serviceAccountName"] == "transcribers"
+        assert template["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_crd_refuses_every_env_name_the_builders_set() -> None:
+    """One list in the CRD's env rule; every name a builder sets itself is on it (or under
+    a refused prefix), so a user's variable never clashes with ours."""
+    import re
+
+    import yaml
+
+    from tests.support.paths import CRD
+
+    crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
+    (version,) = crd["spec"]["versions"]
+    env = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["workers"][
+        "properties"]["env"]
+    (rule,) = env["items"]["x-kubernetes-validations"]
+    listed = set(re.findall(r"'([A-Z_]+)'", rule["rule"].split(" in ", 1)[1]))
+    prefixes = tuple(re.findall(r"startsWith\('([A-Z_]+)'\)", rule["rule"]))
+    tj = make_tj(storage={"secretName": "s3", "endpoint": "http://minio:9000",
+                          "region": "eu-west-1"})
+    ours = {name for job in (jobs.build_planner_job(tj, SETTINGS),
+                             jobs.build_worker_job(tj, PLAN, SETTINGS),
+                             cleanup.build_cleanup_job(tj, SETTINGS))
+            for name in env_of(job)}
+    assert sorted(n for n in ours if n not in listed and not n.startswith(prefixes)) == []

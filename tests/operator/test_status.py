@@ -48,7 +48,8 @@ def report(shard: int, ok: int, failed: tuple[str, ...] = (), seconds: float = 3
     return ShardReport(
         shard=shard, total=ok + len(failed), succeeded=ok, failed=len(failed),
         audio_seconds=seconds, pod=f"w-{shard}", node="node-a",
-        gpus=[GpuIdentity(uuid=f"GPU-{shard}", name="A100", memory_mib=40960, device_index=0)],
+        gpus=[GpuIdentity(uuid=f"GPU-{shard}", name="A100", memory_mib=40960, device_index=0,
+                          pci_bus_id=f"00000000:{shard + 1:02X}:00.0", compute_capability="8.0")],
         failures=[FileFailure(uri=u, reason="InvalidMedia") for u in failed]).to_json()
 
 
@@ -128,7 +129,8 @@ def test_running_folds_each_finished_shard_once_with_its_gpus_and_failures() -> 
     assert final["audioSeconds"] == 120.0 and final["foldedShards"] == "0-1"
     assert [w["pod"] for w in final["workers"]] == ["w-1", "w-0"]
     assert final["workers"][0]["gpus"] == [
-        {"uuid": "GPU-1", "name": "A100", "memoryMiB": 40960, "deviceIndex": 0}]
+        {"uuid": "GPU-1", "name": "A100", "memoryMiB": 40960, "deviceIndex": 0,
+         "pciBusId": "00000000:02:00.0", "computeCapability": "8.0"}]
     assert final["failures"] == [{"uri": "s3://b/bad.mp3", "reason": "InvalidMedia"}]
     assert cond(out, "Planned")["status"] == "True"
     assert out["observedGeneration"] == 3 and out["startTime"] == NOW
@@ -212,6 +214,12 @@ def test_job_outcome_to_phase(conditions: list[tuple[str, str]], extra: Obj, pha
     assert cond(out, "Running")["status"] == "False"
     if phase == "Failed":
         assert cond(out, "Failed")["reason"] == conditions[0][1]
+    # Complete only when every file succeeded (`kubectl wait --for=condition=Complete`);
+    # a partial success has its own condition, and neither holds for a failed job.
+    held = {c["type"]: c["status"] for c in out["conditions"]}
+    assert (held.get("Complete"), held.get("PartiallySucceeded")) == {
+        "Succeeded": ("True", None), "PartiallySucceeded": (None, "True"),
+        "Failed": (None, None)}[phase]
 
 
 def test_suspended_then_resumed_conditions() -> None:
@@ -316,3 +324,34 @@ def test_a_completed_planner_whose_pod_is_gone_asks_for_a_re_creation() -> None:
     outcome = st.planner_outcome(job(("Complete", "")), [])
     assert (outcome.state, outcome.reason) == ("failed", "PlanUnreadable")
     assert "re-create the TranscriptionJob" in outcome.message
+
+
+# --- the TTL ---------------------------------------------------------------------------------
+
+
+def test_the_ttl_counts_from_when_the_job_finished_and_only_once_it_did() -> None:
+    from datetime import datetime, timezone
+
+    from whisperfleet_operator.status import expiry
+
+    done = {"phase": "PartiallySucceeded", "completionTime": "2026-12-07T10:00:00Z"}
+    assert expiry.expires_at(60, done) == datetime(2026, 12, 7, 10, 1, tzinfo=timezone.utc)
+    assert expiry.expires_at(0, done) == datetime(2026, 12, 7, 10, 0, tzinfo=timezone.utc)
+    assert expiry.expires_at(None, done) is None  # unset: keep, as a Job
+    assert expiry.expires_at(0, {"phase": "Running"}) is None
+    # No completionTime (a status from before it): the last condition change.
+    failed = {"phase": "Failed", "conditions": [
+        {"type": "Planned", "lastTransitionTime": "2026-12-07T09:00:00Z"},
+        {"type": "Failed", "lastTransitionTime": "2026-12-07T09:30:00Z"}]}
+    assert expiry.expires_at(10, failed) == datetime(2026, 12, 7, 9, 30, 10, tzinfo=timezone.utc)
+
+
+def test_the_cleanup_jobs_outcome() -> None:
+    from whisperfleet_operator.status import expiry
+
+    assert expiry.cleanup_failure(job()) is None
+    assert expiry.cleanup_failure(job(("Complete", ""))) == ""
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True",
+                                         "reason": "DeadlineExceeded",
+                                         "message": "Job was active longer than specified"}]}}
+    assert expiry.cleanup_failure(failed) == "Job was active longer than specified"

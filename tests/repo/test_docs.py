@@ -66,3 +66,50 @@ def test_the_readme_states_the_storage_patience_the_code_has() -> None:
     assert f"with {fs.MAX_ATTEMPTS} attempts in all" in text
     assert f"failed to connect for {patience.CONNECT_PATIENCE:.0f} s" in text
     assert f"untouched for {temporaries.STALE_SECONDS / 60:.0f} minutes" in text
+
+
+def _status_schema() -> dict:
+    (version,) = yaml.safe_load(CRD.read_text(encoding="utf-8"))["spec"]["versions"]
+    return dict(version["schema"]["openAPIV3Schema"]["properties"]["status"])
+
+
+def _resolves(schema: dict, dotted: str) -> bool:
+    node = schema
+    for step in dotted.split("."):
+        while node.get("type") == "array":
+            node = node["items"]
+        props = node.get("properties") or {}
+        if step not in props:
+            return False
+        node = props[step]
+    return True
+
+
+def test_every_status_field_the_docs_name_is_in_the_schema() -> None:
+    """`status.x.y` in the README or the docs (outside the generated reference) is a field
+    the CRD's status holds, so no doc promises what `kubectl get tj -o yaml` never shows."""
+    status = _status_schema()
+    texts = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    named = {(path.name, m) for path in texts
+             for m in re.findall(r"\bstatus\.([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*)",
+                                 path.read_text(encoding="utf-8").replace(
+                                     crd_reference.documented(path.read_text(
+                                         encoding="utf-8")), ""))}
+    assert len(named) >= 5  # the scan finds the docs' mentions
+    assert sorted((doc, f) for doc, f in named if not _resolves(status, f)) == []
+
+
+# What the README says each worker GPU's status entry holds, and the field holding it.
+README_GPU_FIELDS = {"UUID": "uuid", "name": "name", "PCI bus id": "pciBusId",
+                     "memory": "memoryMiB", "compute capability": "computeCapability",
+                     "MIG profile": "migProfile"}
+
+
+def test_the_gpu_identity_the_readme_promises_is_in_the_status_schema() -> None:
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    promise = re.search(r"reports each GPU's ([^.]+?) in the TranscriptionJob's status", readme)
+    assert promise, "the README no longer says what each GPU's status entry holds"
+    listed = [p.strip() for p in re.split(r",| and ", promise.group(1)) if p.strip()]
+    assert sorted(listed) == sorted(README_GPU_FIELDS)
+    gpu = _status_schema()["properties"]["workers"]["items"]["properties"]["gpus"]["items"]
+    assert set(README_GPU_FIELDS.values()) - set(gpu["properties"]) == set()

@@ -92,6 +92,16 @@ def table(rows: list[tuple[str, Obj]], messages: dict[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
+def columns(version: Obj) -> str:
+    """The printer columns: what `kubectl get tj` shows, and `-o wide` adds."""
+    lines = ["| Column | Shown by | From | Description |", "|---|---|---|---|"]
+    for column in version.get("additionalPrinterColumns") or []:
+        shown = "`kubectl get tj -o wide`" if column.get("priority") else "`kubectl get tj`"
+        lines.append(f"| {column['name']} | {shown} | `{column['jsonPath']}` | "
+                     f"{_cell(column.get('description', ''))} |")
+    return "\n".join(lines)
+
+
 def render(crd: Obj | None = None) -> str:
     crd = crd or yaml.safe_load(CRD.read_text(encoding="utf-8"))
     (version,) = crd["spec"]["versions"]
@@ -99,6 +109,8 @@ def render(crd: Obj | None = None) -> str:
     messages = cel_messages(root["spec"], "spec")
     return "\n\n".join([
         BEGIN,
+        "### Printer columns",
+        columns(version),
         "### spec",
         table(fields(root["spec"], "spec"), messages),
         "### status",

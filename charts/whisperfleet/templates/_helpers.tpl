@@ -54,10 +54,11 @@ The namespaced part of the operator's RBAC: exactly what the operator and kopf c
 Used as the rules of the ClusterRole (all namespaces) or of each per-namespace Role.
 */}}
 {{- define "whisperfleet.namespacedRules" -}}
-# The custom resource: kopf lists/watches it, patches its finalizers/annotations and status.
+# The custom resource: kopf lists/watches it, patches its finalizers/annotations and status;
+# the operator deletes a finished one when its spec.ttlSecondsAfterFinished ends.
 - apiGroups: ["whisperfleet.io"]
   resources: ["transcriptionjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["whisperfleet.io"]
   resources: ["transcriptionjobs/status"]
   verbs: ["patch"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from whisperfleet_runner import __version__
+from whisperfleet_runner.cli.forget import forget_state_command
 from whisperfleet_runner.cli.gpus import gpus_command
 from whisperfleet_runner.cli.models import models_command
 from whisperfleet_runner.cli.plan import plan_command
@@ -23,5 +24,5 @@ def main() -> None:
 
 
 for _command in (transcribe_command, gpus_command, models_command, run_shard_command,
-                 plan_command):
+                 plan_command, forget_state_command):
     main.add_command(_command)

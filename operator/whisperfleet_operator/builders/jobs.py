@@ -59,7 +59,7 @@ def build_planner_job(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
     container["resources"] = copy.deepcopy(settings.planner_resources)
     pod_spec = pods.base_pod_spec(job, settings)
     pod_spec["containers"] = [container]
-    labels = naming.labels_for(job, naming.COMPONENT_PLANNER)
+    labels = naming.pod_labels(job, naming.COMPONENT_PLANNER)
     job_spec: Obj = {
         "backoffLimit": settings.planner_backoff_limit,
         "podFailurePolicy": {"rules": [
@@ -123,13 +123,9 @@ def build_worker_job(
     pod_spec["containers"] = [container]
     pod_spec["volumes"] = [*pod_spec["volumes"], *cache_volumes, *hub_volumes]
     pod_spec["tolerations"] = gpu.with_gpu_toleration(workers.tolerations)
-    if workers.node_selector:
-        pod_spec["nodeSelector"] = dict(workers.node_selector)
     affinity = gpu.merge_required_node_terms(workers.affinity, placement.node_selector_terms)
     if affinity:
         pod_spec["affinity"] = affinity
-    if workers.priority_class_name:
-        pod_spec["priorityClassName"] = workers.priority_class_name
     if placement.pod_resource_claims:
         pod_spec["resourceClaims"] = placement.pod_resource_claims
 
@@ -147,20 +143,19 @@ def build_worker_job(
         # Kueue admits a queued Job by unsuspending it, so a queued Job starts suspended.
         "suspend": job.suspend or bool(job.queue_name),
         "template": {
-            "metadata": {"labels": naming.labels_for(job, naming.COMPONENT_WORKER),
+            "metadata": {"labels": naming.pod_labels(job, naming.COMPONENT_WORKER),
                          "annotations": naming.pod_annotations(job)},
             "spec": pod_spec,
         },
     }
-    # 0 means "no limit": every shard runs to the end and the status counts the failed
-    # ones. A positive value stops the whole Job once more shards than that have failed.
-    if job.max_failed_shards > 0:
+    # As for a Job: unset means no limit (every shard runs to the end and the status counts
+    # the failed ones); N stops the whole Job once more than N shards failed, 0 at the first.
+    if job.max_failed_shards is not None:
         job_spec["maxFailedIndexes"] = min(job.max_failed_shards, plan.shards)
     if job.active_deadline_seconds > 0:
         job_spec["activeDeadlineSeconds"] = job.active_deadline_seconds
-    # 0 would mean "delete at once" to Kubernetes; for us it means keep.
-    if job.ttl_seconds_after_finished > 0:
-        job_spec["ttlSecondsAfterFinished"] = job.ttl_seconds_after_finished
+    # No TTL of its own: spec.ttlSecondsAfterFinished deletes the TranscriptionJob (see
+    # reconcile's expiry), and garbage collection this Job with it.
 
     metadata = naming.metadata(job, naming.worker_job_name(job), naming.COMPONENT_WORKER)
     if job.queue_name:

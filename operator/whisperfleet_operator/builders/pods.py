@@ -165,7 +165,9 @@ def base_container(
         "env": [{"name": contract.ENV_WORK_ORDER, "value": work_order_json}, *runtime_env(),
                 # The runner reads its report's path from here: one source with the field.
                 {"name": contract.ENV_TERMINATION_LOG, "value": contract.TERMINATION_MESSAGE_PATH},
-                *env],
+                *env,
+                # The user's own (admission refuses the names above).
+                *({"name": name, "value": value} for name, value in job.workers.env)],
         "securityContext": container_security_context(),
         "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
         # The runner writes its report there; if it dies first, the log tail explains why.
@@ -178,7 +180,10 @@ def base_container(
 
 
 def base_pod_spec(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
-    """Pod spec without containers: no API token, restricted security, scratch volumes."""
+    """Pod spec without containers: no API token, restricted security, scratch volumes,
+    and where the job's pods may run: spec.workers' tolerations, nodeSelector and priority
+    class hold for the planner and cleanup pods too (where every node is tainted, they
+    could not schedule otherwise); the worker adds its GPU toleration and node terms."""
     spec: Obj = {
         "restartPolicy": "Never",  # the Job controller retries; required by podFailurePolicy
         "automountServiceAccountToken": False,
@@ -186,8 +191,16 @@ def base_pod_spec(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
         "securityContext": pod_security_context(settings),
         "volumes": [*scratch_volumes()[0], *data_volume(job)[0]],
     }
-    if settings.worker_service_account:
-        spec["serviceAccountName"] = settings.worker_service_account
+    workers = job.workers
+    if workers.tolerations:
+        spec["tolerations"] = [dict(t) for t in workers.tolerations]
+    if workers.node_selector:
+        spec["nodeSelector"] = dict(workers.node_selector)
+    if workers.priority_class_name:
+        spec["priorityClassName"] = workers.priority_class_name
+    account = workers.service_account_name or settings.worker_service_account
+    if account:
+        spec["serviceAccountName"] = account
     secrets = image_pull_secrets(job, settings)
     if secrets:
         spec["imagePullSecrets"] = secrets

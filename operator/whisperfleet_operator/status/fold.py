@@ -11,7 +11,12 @@ from __future__ import annotations
 from whisperfleet_operator.conditions import clip as _clip
 from whisperfleet_operator.objects import Obj
 from whisperfleet_operator.status import reports
-from whisperfleet_runner.contract import MAX_REPORTED_FAILURES, PlanReport, ShardReport
+from whisperfleet_runner.contract import (
+    MAX_REPORTED_FAILURES,
+    GpuIdentity,
+    PlanReport,
+    ShardReport,
+)
 
 MAX_FAILURES = MAX_REPORTED_FAILURES
 MAX_WORKERS = 32  # status must stay small: one entry per finished shard pod, newest first
@@ -45,15 +50,25 @@ def parse_indexes(text: str | None) -> set[int]:
     return result
 
 
+def _gpu_entry(gpu: GpuIdentity) -> Obj:
+    """A GPU as the status shows it; the optional identities only when the runner knew them."""
+    entry: Obj = {"uuid": _clip(gpu.uuid, MAX_GPU_TEXT), "name": _clip(gpu.name, MAX_GPU_TEXT),
+                  "memoryMiB": max(0, gpu.memory_mib),
+                  "deviceIndex": min(max(0, gpu.device_index), MAX_INT32)}
+    for key, value in (("pciBusId", gpu.pci_bus_id), ("computeCapability",
+                                                      gpu.compute_capability),
+                       ("migProfile", gpu.mig_profile)):
+        if value:
+            entry[key] = _clip(value, MAX_GPU_TEXT)
+    return entry
+
+
 def _worker_entry(report: ShardReport, pod: Obj) -> Obj:
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     return {
         "pod": _clip(report.pod or str(meta.get("name") or ""), MAX_NAME),
         "node": _clip(report.node or str(spec.get("nodeName") or ""), MAX_NAME),
-        "gpus": [{"uuid": _clip(g.uuid, MAX_GPU_TEXT), "name": _clip(g.name, MAX_GPU_TEXT),
-                  "memoryMiB": max(0, g.memory_mib),
-                  "deviceIndex": min(max(0, g.device_index), MAX_INT32)}
-                 for g in report.gpus[:MAX_GPUS]],
+        "gpus": [_gpu_entry(g) for g in report.gpus[:MAX_GPUS]],
     }
 
 

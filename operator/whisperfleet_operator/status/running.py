@@ -93,8 +93,13 @@ def running_conditions(tj: TranscriptionJob, job: Obj, pods: list[Obj], conds: l
     else:
         conds = set_condition(conds, running, False, c.SUSPENDED_REASON,
                               "spec.suspend is true", gen, now)
-    if phase in (c.SUCCEEDED, c.PARTIALLY_SUCCEEDED):
+    # Complete only when every file succeeded, so `kubectl wait --for=condition=Complete`
+    # does not pass over failed files; a partial success has its own condition.
+    if phase == c.SUCCEEDED:
         conds = set_condition(conds, c.COMPLETE_CONDITION, True, phase, text, gen, now)
+    elif phase == c.PARTIALLY_SUCCEEDED:
+        conds = set_condition(conds, c.PARTIALLY_SUCCEEDED_CONDITION, True, phase, text, gen,
+                              now)
     failed = true_condition(job, c.JOB_FAILED)
     if phase == c.FAILED and failed is not None:
         reason = str(failed.get("reason") or c.JOB_FAILED_REASON)
