@@ -12,7 +12,7 @@ another draw of the same kind (held out: not the one the defaults were tuned on)
     python benchmarks/corpus.py long /tmp/bench/long --count 4
     python benchmarks/corpus.py mixed /tmp/bench/mixed --count 12
 
-The mixed corpus (`speech/make_mixed.py`) names each file by its language (`de01.wav`:
+The mixed corpus (`speech/make_mixed.py`) names each file by its language (`01-de.wav`:
 `language`) and says what each means in English (`english`: for `task: translate`).
 """
 
@@ -49,8 +49,8 @@ def committed(kind: str, seed: int) -> dict[str, str]:
 
 
 def language(name: str) -> str:
-    """The language a mixed-corpus file speaks: its name's prefix (`de01.wav` -> de)."""
-    return name[:2]
+    """The language a mixed-corpus file speaks, from its name (`01-de.wav` -> de)."""
+    return Path(name).stem.split("-")[1]
 
 
 def english(seed: int | None = None) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""Fixtures shared by every test folder: paths, the bundled tiny.en and Whisper base models, a
-moto S3 server; and the secret guard every test runs under (tests/support/secret_guard_plugin.py)."""
+"""Fixtures shared by every test folder: paths, the bundled tiny.en and Whisper base models,
+a moto S3 server; and the secret guard every test runs under
+(tests/support/secret_guard_plugin.py)."""
 
 from __future__ import annotations
 

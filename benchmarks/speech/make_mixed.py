@@ -17,9 +17,10 @@ read by the plain `de` voice at 150 words a minute, base took two German sentenc
 eight seconds for Latin and English (German 0.18 and 0.14), where `de+m3` at 175-205 gave
 German 0.6-0.9; Spanish at 185 was taken for Italian once in four files, at 150 never.
 
-The folder `mixed-seed<seed>/` holds `en00.opus`, `de01.opus` ... (the language is the
-name's prefix), `texts.json` ({file name: what espeak-ng read}) and `english.json`
-({file name: the same in English}). Stored as make_speech.py stores the other corpora.
+The folder `mixed-seed<seed>/` holds `00-en.opus`, `01-de.opus` ... (in file order the
+languages take turns; the language follows the number), `texts.json` ({file name: what
+espeak-ng read}) and `english.json` ({file name: the same in English}), stored as
+make_speech.py stores the other corpora.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def draw(work: Path, count: int, seed: int) -> tuple[dict[str, str], dict[str, s
     for index in range(count):
         language = LANGUAGES[index % len(LANGUAGES)]
         sentences = [sentence(rng) for _ in range(rng.choice((2, 3)))]
-        name = f"{language}{index:02d}"
+        name = f"{index:02d}-{language}"
         texts[name] = " ".join(s[LANGUAGES.index(language)] for s in sentences)
         english[name] = " ".join(s[0] for s in sentences)
         speak(texts[name], work / f"{name}.wav", VOICES[language], SPEEDS[language])

@@ -1,0 +1,136 @@
+"""Files in different languages share batches; each keeps its own language and transcript.
+
+Real Whisper base (multilingual; tests/support/base_model.py) on CPU and the committed
+mixed corpus: English, German and Spanish read by espeak-ng (benchmarks/speech/make_mixed.py).
+The baseline is faster-whisper's own `BatchedInferencePipeline`, one file at a time, on the
+same loaded model. A mistake in a cross-file batch (one file's prompt for another's chunk)
+would write one file's transcript in another file's language: these tests catch that.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import pytest
+from faster_whisper import BatchedInferencePipeline, decode_audio
+
+from whisperfleet_runner.contract import JobOptions, ModelOptions, OutputOptions, WorkOrder
+from whisperfleet_runner.decode import chunk_decode
+from whisperfleet_runner.decode.engine import WhisperEngine, get_engine
+from whisperfleet_runner.pipeline.run import run_files
+from whisperfleet_runner.storage import InputFile
+
+pytestmark = pytest.mark.slow
+FILES = 6  # two files of each language, alternating: en, de, es, en, de, es
+
+
+@pytest.fixture(scope="module")
+def engine(base_model_path: Path) -> WhisperEngine:
+    return get_engine(ModelOptions(name=str(base_model_path), compute_type="int8"),
+                      device="cpu", compute_type="int8")
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from benchmarks import corpus
+
+    folder = tmp_path_factory.mktemp("mixed")
+    corpus.build("mixed", folder, FILES)
+    return folder
+
+
+def inputs(folder: Path, names: list[str] | None = None) -> list[InputFile]:
+    paths = [p for p in sorted(folder.glob("*.wav")) if names is None or p.name in names]
+    return [InputFile(uri=str(p), key=p.name, size=p.stat().st_size) for p in paths]
+
+
+def options(out: Path, **transcription: Any) -> JobOptions:
+    order = WorkOrder(job_uid="uid", input_uri="unused",
+                      output=OutputOptions(uri=str(out), formats=("json",)))
+    for name, value in transcription.items():
+        setattr(order.transcription, name, value)
+    return order.options
+
+
+def transcript(out: Path, wav: str) -> dict[str, Any]:
+    return json.loads((out / f"{Path(wav).stem}.json").read_text())
+
+
+def alone(engine: WhisperEngine, path: Path, **kwargs: Any) -> tuple[str, str]:
+    """(language, text) that bare faster-whisper's batched pipeline gives `path` alone."""
+    segments, info = BatchedInferencePipeline(engine.whisper).transcribe(
+        decode_audio(str(path)), batch_size=8, beam_size=5, **kwargs)
+    return info.language, "".join(s.text for s in segments)
+
+
+class Spy:
+    """The real engine, recording the languages each model call's chunks were prompted in."""
+
+    def __init__(self, real: WhisperEngine) -> None:
+        self.real = real
+        self.calls: list[list[tuple[str, str]]] = []  # (file, prompt language) per item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def decode_chunks(self, items: list[chunk_decode.Item], *args: Any) -> Any:
+        self.calls.append([(item.owner.file.key, item.language) for item in items])
+        return self.real.decode_chunks(items, *args)
+
+
+def test_a_mixed_language_batch_gives_each_file_its_own_language_and_text(
+    engine: WhisperEngine, mixed: Path, tmp_path: Path
+) -> None:
+    from benchmarks import corpus
+
+    spy = Spy(engine)
+    report = run_files(inputs(mixed), options(tmp_path, batch_size=4), lambda: spy,
+                       device="cpu")
+    assert report.succeeded == FILES
+    # Each batch held chunks of several files prompted in different languages.
+    assert all(len({lang for _, lang in call}) > 1 for call in spy.calls), spy.calls
+    ours, theirs = [], []
+    for path in sorted(mixed.glob("*.wav")):
+        language, text = alone(engine, path)
+        got = transcript(tmp_path, path.name)
+        assert (got["language"], language) == (corpus.language(path.name),) * 2, path.name
+        ours.append(got["text"])
+        theirs.append(text)
+    # The same words as faster-whisper file by file; a batch's other items may move a
+    # token in CTranslate2's int8 arithmetic, never a language.
+    assert jiwer.wer(theirs, ours) <= 0.02, list(zip(theirs, ours, strict=True))
+
+
+def words(text: str) -> set[str]:
+    return set(jiwer.RemovePunctuation()(text.lower()).split())
+
+
+def test_translate_gives_german_speech_in_english(
+    engine: WhisperEngine, mixed: Path, tmp_path: Path
+) -> None:
+    from benchmarks import corpus
+
+    german = [p.name for p in sorted(mixed.glob("*-de.wav"))]
+    report = run_files(inputs(mixed, german), options(tmp_path, task="translate"),
+                       lambda: engine, device="cpu")
+    assert report.succeeded == len(german)
+    meanings = corpus.english()
+    spoken = {str(Path(n).with_suffix(".wav")): t
+              for n, t in corpus.committed("mixed", corpus.SEEDS["mixed"]).items()}
+    english = german_kept = german_transcribed = 0
+    for name in german:
+        got = transcript(tmp_path, name)
+        assert got["language"] == "de"  # the language spoken, though the text is English
+        assert got["text"] == alone(engine, mixed / name, task="translate")[1].strip()
+        english += len(words(got["text"]) & words(meanings[name]))
+        german_kept += len(words(got["text"]) & words(spoken[name]) - {"in"})
+        german_transcribed += len(words(alone(engine, mixed / name)[1]) & words(spoken[name]))
+    # Base translates espeak-ng's German loosely ("a young heart opened to a heavy kiss"),
+    # but in English: words of the English meaning, hardly a German word of the many that
+    # the same files transcribed (task transcribe) keep.
+    assert english >= 4 * len(german), english
+    assert german_kept <= len(german) < 4 * len(german) <= german_transcribed, (
+        german_kept, german_transcribed)
