@@ -42,6 +42,19 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def bakers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two English files that say "the baker" (00 and 09), alone in a folder."""
+    from benchmarks import corpus
+
+    built = tmp_path_factory.mktemp("mixed-10")
+    corpus.build("mixed", built, 10)
+    folder = tmp_path_factory.mktemp("bakers")
+    for name in ("00-en.wav", "09-en.wav"):
+        (folder / name).write_bytes((built / name).read_bytes())
+    return folder
+
+
 def inputs(folder: Path, names: list[str] | None = None) -> list[InputFile]:
     paths = [p for p in sorted(folder.glob("*.wav")) if names is None or p.name in names]
     return [InputFile(uri=str(p), key=p.name, size=p.stat().st_size) for p in paths]
@@ -134,3 +147,62 @@ def test_translate_gives_german_speech_in_english(
     assert english >= 4 * len(german), english
     assert german_kept <= len(german) < 4 * len(german) <= german_transcribed, (
         german_kept, german_transcribed)
+
+
+def likelier(engine: WhisperEngine, path: Path, candidates: tuple[str, ...]) -> str:
+    """Of `candidates`, the language faster-whisper's batched pipeline scores highest for
+    `path` (its own detection's scores, from TranscriptionInfo)."""
+    _, info = BatchedInferencePipeline(engine.whisper).transcribe(
+        decode_audio(str(path)), batch_size=8, beam_size=5)
+    scores = dict(info.all_language_probs or [])
+    return max(candidates, key=lambda language: scores.get(language, 0.0))
+
+
+def test_language_candidates_restrict_detection_to_that_set(
+    engine: WhisperEngine, mixed: Path, tmp_path: Path
+) -> None:
+    from benchmarks import corpus
+
+    candidates = ("en", "de")
+    report = run_files(inputs(mixed), options(tmp_path / "batched", language_candidates=candidates),
+                       lambda: engine, device="cpu")
+    assert report.succeeded == FILES
+    spanish = [p.name for p in sorted(mixed.glob("*-es.wav"))]
+    ours, theirs = [], []
+    for path in sorted(mixed.glob("*.wav")):
+        got = transcript(tmp_path / "batched", path.name)
+        if path.name in spanish:  # detected as es without candidates (the first test)
+            assert got["language"] == likelier(engine, path, candidates), path.name
+        else:
+            assert got["language"] == corpus.language(path.name), path.name
+        ours.append(got["text"])
+        theirs.append(alone(engine, path, language=got["language"])[1])
+    assert jiwer.wer(theirs, ours) <= 0.02, list(zip(theirs, ours, strict=True))
+    # The sequential mode (batch size 1) restricts its own detection alike.
+    sequential = run_files(inputs(mixed, spanish),
+                           options(tmp_path / "sequential", language_candidates=candidates,
+                                   batch_size=1),
+                           lambda: engine, device="cpu")
+    assert sequential.succeeded == len(spanish)
+    for name in spanish:
+        assert (transcript(tmp_path / "sequential", name)["language"]
+                == transcript(tmp_path / "batched", name)["language"])
+
+
+@pytest.mark.parametrize("lane", [
+    {"batch_size": 8},  # chunks of several files per batch, language detected
+    {"batch_size": 1},  # file by file, faster-whisper's sequential mode
+], ids=["chunks", "sequential"])
+def test_hotwords_reach_the_decoder_in_every_lane(
+    engine: WhisperEngine, bakers: Path, tmp_path: Path, lane: dict[str, Any]
+) -> None:
+    # Base hears espeak-ng's "The baker" as "The maker"; told to expect "baker", it writes it.
+    names = [p.name for p in sorted(bakers.glob("*.wav"))]
+    for name in names:
+        assert "maker" in alone(engine, bakers / name)[1].lower()
+    report = run_files(inputs(bakers), options(tmp_path, hotwords="baker", **lane),
+                       lambda: engine, device="cpu")
+    assert report.succeeded == len(names)
+    for name in names:
+        text = transcript(tmp_path, name)["text"].lower()
+        assert "baker" in text and "maker" not in text, text
