@@ -10,6 +10,7 @@ would write one file's transcript in another file's language: these tests catch 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import jiwer
 import pytest
 from faster_whisper import BatchedInferencePipeline, decode_audio
 
+from tests.support.paths import WHISPERFLEET
 from whisperfleet_runner.contract import JobOptions, ModelOptions, OutputOptions, WorkOrder
 from whisperfleet_runner.decode import chunk_decode
 from whisperfleet_runner.decode.engine import WhisperEngine, get_engine
@@ -80,11 +82,13 @@ def alone(engine: WhisperEngine, path: Path, **kwargs: Any) -> tuple[str, str]:
 
 
 class Spy:
-    """The real engine, recording the languages each model call's chunks were prompted in."""
+    """The real engine, recording the languages each model call's chunks were prompted in,
+    and counting packed calls."""
 
     def __init__(self, real: WhisperEngine) -> None:
         self.real = real
         self.calls: list[list[tuple[str, str]]] = []  # (file, prompt language) per item
+        self.packed_calls = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -92,6 +96,10 @@ class Spy:
     def decode_chunks(self, items: list[chunk_decode.Item], *args: Any) -> Any:
         self.calls.append([(item.owner.file.key, item.language) for item in items])
         return self.real.decode_chunks(items, *args)
+
+    def transcribe_windows(self, *args: Any) -> Any:
+        self.packed_calls += 1
+        return self.real.transcribe_windows(*args)
 
 
 def test_a_mixed_language_batch_gives_each_file_its_own_language_and_text(
@@ -206,3 +214,70 @@ def test_hotwords_reach_the_decoder_in_every_lane(
     for name in names:
         text = transcript(tmp_path, name)["text"].lower()
         assert "baker" in text and "maker" not in text, text
+
+
+def test_short_files_with_a_given_language_are_transcribed_as_alone(
+    engine: WhisperEngine, mixed: Path, tmp_path: Path
+) -> None:
+    # Packing is for English-only models: on base it turned two packed sentences into
+    # "You're". With a language given, base's short files take the per-file path.
+    english = [p.name for p in sorted(mixed.glob("*-en.wav"))]
+    spy = Spy(engine)
+    report = run_files(inputs(mixed, english), options(tmp_path, language="en"),
+                       lambda: spy, device="cpu")
+    assert report.succeeded == len(english)
+    assert spy.packed_calls == 0
+    ours = [transcript(tmp_path, name)["text"] for name in english]
+    theirs = [alone(engine, mixed / name, language="en")[1] for name in english]
+    assert jiwer.wer(theirs, ours) <= 0.02, list(zip(theirs, ours, strict=True))
+
+
+def test_hotwords_reach_packed_clips(bakers: Path, tmp_path: Path) -> None:
+    # Packing is for English-only models: tiny.en, which hears the second file's "baker"
+    # as "maker" too, packed, unless told to expect it.
+    tiny = Spy(get_engine(ModelOptions(name="tiny.en", compute_type="int8"), device="cpu",
+                          compute_type="int8"))
+    said = {}
+    for hotwords in (None, "baker"):
+        out = tmp_path / str(hotwords)
+        report = run_files(inputs(bakers), options(out, hotwords=hotwords), lambda: tiny,
+                           device="cpu")
+        assert report.succeeded == 2
+        said[hotwords] = transcript(out, "09-en.wav")["text"].lower()
+    assert tiny.packed_calls == 2 and tiny.calls == []  # both runs packed both files
+    assert "maker" in said[None] and "baker" not in said[None], said
+    assert "baker" in said["baker"] and "maker" not in said["baker"], said
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(WHISPERFLEET), "transcribe", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--language-candidates", "en,xx"], "xx is not a Whisper language code"),
+    (["--language-candidates", "en,de", "--language", "de"],
+     "--language de and --language-candidates en,de exclude each other"),
+])
+def test_the_cli_refuses_bad_language_candidates(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    result = cli(str(tmp_path), "-o", str(tmp_path / "out"), "--device", "cpu", *args)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_cli_detects_among_language_candidates(
+    base_model_path: Path, mixed: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in [*mixed.glob("*-es.wav"), *mixed.glob("01-de.wav")]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    result = cli(str(folder), "-o", str(out), "--model", str(base_model_path), "--device",
+                 "cpu", "--formats", "json", "--language-candidates", "en,de", "--quiet")
+    assert result.returncode == 0, result.stderr
+    found = {p.name: json.loads(p.read_text())["language"] for p in sorted(out.glob("*.json"))}
+    assert found["01-de.json"] == "de"
+    assert len(found) == 3 and set(found.values()) <= {"en", "de"}, found

@@ -98,7 +98,7 @@ _TRANSCRIPTION_OPTIONS = [
                       "hotwords."),
     click.option("--pack/--no-pack", "pack_short_clips", default=True, show_default=True,
                  help="Transcribe short clips packed together into shared 30 s windows "
-                      "(needs --language or an English-only model)."),
+                      "(English-only models such as tiny.en)."),
 ]
 
 _OUTPUT_OPTIONS = [

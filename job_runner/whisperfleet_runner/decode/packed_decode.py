@@ -195,7 +195,8 @@ def _storage(array: np.ndarray) -> ctranslate2.StorageView:
 
 
 def _language(whisper: WhisperModel, options: TranscriptionOptions) -> str:
-    # Packing runs only with a known language: given, or an English-only model.
+    # Packing runs only on English-only models (packing.can_pack); the language given, if
+    # any, otherwise.
     return options.language if whisper.model.is_multilingual else "en"
 
 
