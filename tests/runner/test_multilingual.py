@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import jiwer
 import pytest
 from faster_whisper import BatchedInferencePipeline, decode_audio
 
-from tests.support.paths import WHISPERFLEET
+from tests.support.paths import REPO, WHISPERFLEET
 from whisperfleet_runner.contract import JobOptions, ModelOptions, OutputOptions, WorkOrder
 from whisperfleet_runner.decode import chunk_decode
 from whisperfleet_runner.decode.engine import WhisperEngine, get_engine
@@ -281,3 +282,18 @@ def test_the_cli_detects_among_language_candidates(
     found = {p.name: json.loads(p.read_text())["language"] for p in sorted(out.glob("*.json"))}
     assert found["01-de.json"] == "de"
     assert len(found) == 3 and set(found.values()) <= {"en", "de"}, found
+
+
+def test_the_mixed_language_benchmark_runs_on_base(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "mixed", "--model", "base",
+         "--count", "3", "--rounds", "1", "--corpus", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split(" = ") for line in result.stdout.splitlines() if " = " in line)
+    assert "whisper-base" in result.stdout.splitlines()[0]  # the model it ran
+    # Every language spoken (en, de, es), detected on both sides; the same words.
+    assert values["languages_whisperfleet"] == values["languages_bare"] == "3/3", values
+    assert values["languages_differ"] == "0"
+    assert abs(float(values["wer_delta"])) <= 0.02, values
