@@ -297,3 +297,16 @@ def test_the_mixed_language_benchmark_runs_on_base(tmp_path: Path) -> None:
     assert values["languages_whisperfleet"] == values["languages_bare"] == "3/3", values
     assert values["languages_differ"] == "0"
     assert abs(float(values["wer_delta"])) <= 0.02, values
+
+
+def test_a_candidate_the_model_does_not_know_is_refused_before_any_file(
+    engine: WhisperEngine,
+) -> None:
+    from whisperfleet_runner.contract import TranscriptionOptions
+
+    # Cantonese came with large-v3: base (like every Whisper before it) lacks it.
+    refusal = engine.unsupported(TranscriptionOptions(language_candidates=("en", "yue")))
+    assert refusal is not None and "yue" in refusal and "en," not in refusal, refusal
+    assert engine.unsupported(TranscriptionOptions(language_candidates=("en", "de"))) is None
+    given = engine.unsupported(TranscriptionOptions(language="yue"))
+    assert given is not None and "'yue' is not one model" in given, given

@@ -16,8 +16,8 @@ COMPUTE_TYPES: tuple[str, ...] = ("auto", "float16", "int8_float16", "int8", "fl
                                   "int8_float32", "int8_bfloat16")
 TASKS: tuple[str, ...] = ("transcribe", "translate")
 # Every language code Whisper knows (faster-whisper 1.2.1's tokenizer; a test keeps them
-# equal, and the CRD's enum of languageCandidates too). A model may know fewer: base lacks
-# yue; the engine refuses a code its model does not know before any file.
+# equal, and the CRD's enum of languageCandidates too). A model may know fewer (yue came
+# with large-v3): the engine refuses a code its model has no token for, before any file.
 WHISPER_LANGUAGES: tuple[str, ...] = (
     "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy",
     "da", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw",

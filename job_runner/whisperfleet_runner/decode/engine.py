@@ -144,7 +144,11 @@ class WhisperEngine:
                 log.warning("model %s is English-only: language %s is ignored",
                             self.options.name, language or "candidates " + ",".join(candidates))
             return None
-        known = self.whisper.supported_languages
+        # faster-whisper lists all 100 codes for any multilingual model; Whisper before
+        # large-v3 has no token for yue, and asking for it would fail every file.
+        tokens = self.whisper.hf_tokenizer
+        known = [c for c in self.whisper.supported_languages
+                 if tokens.token_to_id(f"<|{c}|>") is not None]
         if language and language not in known:
             return (f"language {language!r} is not one model {self.options.name} knows; use a "
                     f"code such as en, de, fr, ja (or none, to detect it per file)")
