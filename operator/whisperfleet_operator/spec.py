@@ -124,6 +124,8 @@ def parse(tj: Obj) -> TranscriptionJob:
     _one_of("spec.model.computeType", [compute_type], contract.COMPUTE_TYPES)
     task = str(tr.get("task") or "transcribe")
     _one_of("spec.transcription.task", [task], contract.TASKS)
+    candidates = tuple(str(c) for c in tr.get("languageCandidates") or ())
+    _one_of("spec.transcription.languageCandidates", candidates, contract.WHISPER_LANGUAGES)
     job = TranscriptionJob(
         name=str(meta["name"]),
         namespace=str(meta.get("namespace") or ""),
@@ -142,6 +144,7 @@ def parse(tj: Obj) -> TranscriptionJob:
                               or ""),
         transcription=contract.TranscriptionOptions(
             language=str(tr.get("language") or "") or None,
+            language_candidates=candidates,
             task=task,
             beam_size=_at_least(tr, "beamSize", contract.DEFAULT_BEAM_SIZE, 1,
                                 "spec.transcription."),
@@ -150,6 +153,7 @@ def parse(tj: Obj) -> TranscriptionJob:
             vad_filter=bool(tr.get("vadFilter", True)),
             word_timestamps=bool(tr.get("wordTimestamps", False)),
             initial_prompt=str(tr.get("initialPrompt") or "") or None,
+            hotwords=str(tr.get("hotwords") or "").strip() or None,
             pack_short_clips=bool(tr.get("packShortClips", True)),
         ),
         storage=_storage(_section(spec, "storage")),

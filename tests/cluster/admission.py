@@ -363,7 +363,8 @@ _KNOWN_MAXIMAL: dict[str, Any] = {
     "spec.output.uri": "s3://out" + "o" * 1016,
     "spec.storage.endpoint": "https://" + "e" * 504,
     "spec.storage.volume.mountPath": "/" + "m" * 511,
-    "spec.transcription.language": "haw",
+    # "": languageCandidates, at its 100 items, excludes a language.
+    "spec.transcription.language": "",
     "spec.workers.gpu.resourceName": "nvidia.com/" + "g" * 242,
     "spec.workers.gpu.minComputeCapability": "10.10",
 }

@@ -188,7 +188,8 @@ def test_the_server_defaults_a_minimal_job_to_the_runner_config(
         "beamSize": contract.DEFAULT_BEAM_SIZE, "batchSize": contract.DEFAULT_BATCH_SIZE,
         "vadFilter": options.vad_filter, "wordTimestamps": options.word_timestamps,
         "packShortClips": options.pack_short_clips,
-        "initialPrompt": options.initial_prompt or ""}
+        "initialPrompt": options.initial_prompt or "", "hotwords": options.hotwords or "",
+        "languageCandidates": list(options.language_candidates)}
     assert stored["workers"] == {"parallelism": spec.DEFAULT_PARALLELISM, "gpusPerWorker": 1,
                                  "gpu": {"resourceName": spec.DEFAULT_RESOURCE}}
     # Unset, as a Job's maxFailedIndexes and TTL: no limit, keep.
@@ -241,6 +242,9 @@ VALUE_REFUSALS = [
             "spec.storage.endpoint must be an http:// or https:// URL"),
     Refusal({"transcription.language": "EN"}, "spec.transcription.language",
             "spec.transcription.language must be"),
+    Refusal({"transcription.language": "de", "transcription.languageCandidates": ["en", "de"]},
+            "spec.transcription.languageCandidates",
+            "spec.transcription.languageCandidates must be empty when"),
     Refusal({"workers.gpusPerWorker": 0}, "spec.workers.gpusPerWorker",
             "spec.workers.gpusPerWorker must be at least 1"),
     Refusal({"workers.gpu.resourceName": "gpu"}, "spec.workers.gpu.resourceName",
@@ -420,6 +424,10 @@ SCHEMA_REFUSALS = [
             'Unsupported value: "int8_float32"'),
     Refusal({"transcription.task": "summarize"}, "spec.transcription.task",
             'Unsupported value: "summarize"'),
+    Refusal({"transcription.languageCandidates": ["en", "xx"]},
+            "spec.transcription.languageCandidates[1]", 'Unsupported value: "xx"'),
+    Refusal({"transcription.languageCandidates": ["en", "EN"]},
+            "spec.transcription.languageCandidates[1]", 'Unsupported value: "EN"'),
     Refusal({"transcription.beamSize": 0}, "spec.transcription.beamSize",
             "should be greater than or equal to 1"),
     Refusal({"workers.parallelism": 0}, "spec.workers.parallelism",

@@ -109,7 +109,7 @@ def test_work_order_maps_every_spec_field() -> None:
         model={"name": "tiny.en", "computeType": "int8", "cacheVolume": {"claimName": "models"}},
         transcription={"language": "de", "task": "translate", "beamSize": 2, "batchSize": 1,
                        "vadFilter": False, "wordTimestamps": True, "initialPrompt": "Hallo",
-                       "packShortClips": False},
+                       "hotwords": "Whisperfleet Kubernetes", "packShortClips": False},
         shards=7,
     )
     order = workorder.work_order_for(tj)
@@ -120,8 +120,16 @@ def test_work_order_maps_every_spec_field() -> None:
     assert (t.language, t.task, t.beam_size, t.batch_size) == ("de", "translate", 2, 1)
     assert (t.vad_filter, t.word_timestamps, t.initial_prompt) == (False, True, "Hallo")
     assert t.pack_short_clips is False
+    assert t.hotwords == "Whisperfleet Kubernetes"
     assert order.shards == 7
     # What the pod receives round-trips through the contract unchanged.
+    assert contract.WorkOrder.from_json(order.to_json()) == order
+
+
+def test_language_candidates_reach_the_work_order() -> None:
+    order = workorder.work_order_for(make_tj(transcription={"languageCandidates": ["en", "de"]}))
+    assert order.transcription.language is None
+    assert order.transcription.language_candidates == ("en", "de")
     assert contract.WorkOrder.from_json(order.to_json()) == order
 
 
@@ -133,6 +141,8 @@ def test_work_order_maps_every_spec_field() -> None:
         ({"output": {"uri": "s3://b/", "formats": ["docx"]}}, "spec.output.formats"),
         ({"model": {"computeType": "fp8"}}, "spec.model.computeType"),
         ({"transcription": {"task": "summarise"}}, "spec.transcription.task"),
+        ({"transcription": {"languageCandidates": ["en", "xx"]}},
+         "spec.transcription.languageCandidates"),
         ({"shards": -1}, "spec.shards"),
     ],
 )

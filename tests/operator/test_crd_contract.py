@@ -166,6 +166,18 @@ def test_defaults_and_enums_match_the_runner_config(schema: dict[str, Any]) -> N
     assert at("transcription.packShortClips")["default"] is options.pack_short_clips
     assert (at("transcription.language")["default"] or None) == options.language
     assert (at("transcription.initialPrompt")["default"] or None) == options.initial_prompt
+    assert (at("transcription.hotwords")["default"] or None) == options.hotwords
+    candidates = at("transcription.languageCandidates")
+    assert tuple(candidates["default"]) == options.language_candidates
+    assert candidates["items"]["enum"] == list(contract.WHISPER_LANGUAGES)
+    assert candidates["maxItems"] == len(contract.WHISPER_LANGUAGES)
+
+
+def test_the_language_codes_are_faster_whispers() -> None:
+    # The operator cannot import faster-whisper: the contract keeps its own copy.
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    assert tuple(_LANGUAGE_CODES) == contract.WHISPER_LANGUAGES
 
 
 # --- examples -------------------------------------------------------------------------------

@@ -356,8 +356,8 @@ def test_short_clip_benchmark_runs_and_prints_ratios(tmp_path: Path) -> None:
         f"clip{i:03d}.wav" for i in range(4)}
 
 
-def test_detected_language_disables_packing_on_multilingual_models() -> None:
+def test_packing_applies_to_english_only_models() -> None:
     assert packing.can_pack(TranscriptionOptions(), multilingual=False)
     assert not packing.can_pack(TranscriptionOptions(), multilingual=True)
-    assert packing.can_pack(TranscriptionOptions(language="de"), multilingual=True)
+    assert not packing.can_pack(TranscriptionOptions(language="de"), multilingual=True)
     assert not packing.can_pack(TranscriptionOptions(pack_short_clips=False), multilingual=False)

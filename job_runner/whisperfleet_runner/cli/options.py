@@ -41,6 +41,19 @@ def _language(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     return None if text in ("", "auto", "detect") else text
 
 
+def _candidates(_ctx: click.Context, _param: click.Parameter, value: str | None
+                ) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(c.strip().lower() for c in (value or "").split(",")
+                                 if c.strip()))
+    unknown = [c for c in chosen if c not in contract.WHISPER_LANGUAGES]
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)} {'is not a' if len(unknown) == 1 else 'are not'} Whisper "
+            f"language code{'' if len(unknown) == 1 else 's'}; use codes such as en,de,fr "
+            "(comma-separated)")
+    return chosen
+
+
 def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
     from whisperfleet_runner.gpu import choice as gpu_choice
 
@@ -67,6 +80,10 @@ _MODEL_OPTIONS = [
 _TRANSCRIPTION_OPTIONS = [
     click.option("--language", default=None, callback=_language,
                  help="Language code (en, de…); default: detect per file."),
+    click.option("--language-candidates", default=None, callback=_candidates,
+                 metavar="CODES",
+                 help="Detect each file's language among these only (comma-separated, "
+                      "e.g. en,de); not with --language."),
     click.option("--task", type=click.Choice(contract.TASKS), default="transcribe",
                  show_default=True),
     click.option("--beam-size", type=click.IntRange(min=1), default=contract.DEFAULT_BEAM_SIZE,
@@ -78,9 +95,12 @@ _TRANSCRIPTION_OPTIONS = [
     click.option("--word-timestamps", is_flag=True, default=False,
                  help="Add per-word timings to the json output."),
     click.option("--initial-prompt", default=None, help="Text to prime the decoder with."),
+    click.option("--hotwords", default=None,
+                 help="Words the decoder should expect (names, jargon), as faster-whisper's "
+                      "hotwords."),
     click.option("--pack/--no-pack", "pack_short_clips", default=True, show_default=True,
                  help="Transcribe short clips packed together into shared 30 s windows "
-                      "(needs --language or an English-only model)."),
+                      "(English-only models such as tiny.en)."),
 ]
 
 _OUTPUT_OPTIONS = [
@@ -157,13 +177,20 @@ def _model(model: str, model_cache: str | None, compute_type: str) -> contract.M
     return contract.ModelOptions(name=model, compute_type=compute_type, cache_dir=model_cache)
 
 
-def _transcription(language: str | None, task: str, beam_size: int, batch_size: int,
-                   vad_filter: bool, word_timestamps: bool, initial_prompt: str | None,
-                   pack_short_clips: bool) -> contract.TranscriptionOptions:
+def _transcription(language: str | None, language_candidates: tuple[str, ...], task: str,
+                   beam_size: int, batch_size: int, vad_filter: bool, word_timestamps: bool,
+                   initial_prompt: str | None, hotwords: str | None, pack_short_clips: bool
+                   ) -> contract.TranscriptionOptions:
+    if language and language_candidates:
+        raise click.UsageError(
+            f"--language {language} and --language-candidates "
+            f"{','.join(language_candidates)} exclude each other: a given language is not "
+            "detected")
     return contract.TranscriptionOptions(
-        language=language, task=task, beam_size=beam_size, batch_size=batch_size,
-        vad_filter=vad_filter, word_timestamps=word_timestamps,
-        initial_prompt=initial_prompt or None, pack_short_clips=pack_short_clips,
+        language=language, language_candidates=language_candidates, task=task,
+        beam_size=beam_size, batch_size=batch_size, vad_filter=vad_filter,
+        word_timestamps=word_timestamps, initial_prompt=initial_prompt or None,
+        hotwords=(hotwords or "").strip() or None, pack_short_clips=pack_short_clips,
     )
 
 

@@ -15,6 +15,18 @@ DEFAULT_FORMATS: tuple[str, ...] = ("json", "txt", "srt", "vtt")
 COMPUTE_TYPES: tuple[str, ...] = ("auto", "float16", "int8_float16", "int8", "float32", "bfloat16",
                                   "int8_float32", "int8_bfloat16")
 TASKS: tuple[str, ...] = ("transcribe", "translate")
+# Every language code Whisper knows (faster-whisper 1.2.1's tokenizer; a test keeps them
+# equal, and the CRD's enum of languageCandidates too). A model may know fewer (yue came
+# with large-v3): the engine refuses a code its model has no token for, before any file.
+WHISPER_LANGUAGES: tuple[str, ...] = (
+    "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy",
+    "da", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw",
+    "he", "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn",
+    "ko", "la", "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt",
+    "my", "ne", "nl", "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si",
+    "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl",
+    "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo", "zh", "yue",
+)
 DEFAULT_MODEL = "large-v3"
 DEFAULT_BEAM_SIZE = 5
 DEFAULT_BATCH_SIZE = 8
@@ -30,12 +42,15 @@ class ModelOptions:
 @dataclass
 class TranscriptionOptions:
     language: str | None = None  # None = detect
+    # Detection picks the likeliest of these (empty: any language); only without `language`.
+    language_candidates: tuple[str, ...] = ()
     task: str = "transcribe"
     beam_size: int = DEFAULT_BEAM_SIZE
     batch_size: int = DEFAULT_BATCH_SIZE  # 1 = sequential
     vad_filter: bool = True
     word_timestamps: bool = False
     initial_prompt: str | None = None
+    hotwords: str | None = None  # words the decoder is primed to expect (faster-whisper's)
     pack_short_clips: bool = True
 
 
@@ -67,7 +82,8 @@ def from_dict(cls: type, data: Any) -> Any:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields in work order: {sorted(unknown)}")
     values = {
-        k: tuple(v) if isinstance(v, list) and k in ("formats", "include") else v
+        k: tuple(v) if isinstance(v, list) and k in ("formats", "include",
+                                                      "language_candidates") else v
         for k, v in data.items()
     }
     return cls(**values)

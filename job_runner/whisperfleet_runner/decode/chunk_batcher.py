@@ -129,7 +129,8 @@ class ChunkBatcher(Generic[Owner]):
                 # The pipeline's rule: the language of the file's first 30 s of speech, here
                 # the first chunks in hand (a chunk is at most 30 s).
                 mine = [x for (f, _, _), x in zip(batch, features, strict=True) if f is file]
-                file.language, file.probability = decoder.detect_language(mine)
+                file.language, file.probability = decoder.detect_language(
+                    mine, self.options.language_candidates)
         items = [Item(chunk, x, f.language, f.owner, f.last_speech)
                  for (f, _, chunk), x in zip(batch, features, strict=True)]
         results = self.engine.decode_chunks(items, self.options, batch[0][0].source)

@@ -2,7 +2,7 @@
 
 faster-whisper's `BatchedInferencePipeline` fills a batch with the chunks of one file and
 gives every item the same prompt. Here each item is a chunk (speech_chunks) with a prompt of
-its own (its file's language, the task, the initial prompt), so files of different
+its own (its file's language, the task, the initial prompt and hotwords), so files of different
 languages share a batch; every chunk still has its own 30 s window, so nothing of one file
 can reach another's transcript. Everything else is faster-whisper 1.2.1's own, step for
 step as `BatchedInferencePipeline.forward` does it: encode, `generate`, split at timestamps,
@@ -27,7 +27,7 @@ from faster_whisper.vad import SpeechTimestampsMap
 
 from whisperfleet_runner.contract import TranscriptionOptions
 from whisperfleet_runner.contract.transcript import Segment, Word
-from whisperfleet_runner.decode import encoder
+from whisperfleet_runner.decode import encoder, languages
 from whisperfleet_runner.media.audio import SAMPLE_RATE
 from whisperfleet_runner.media.speech_chunks import Chunk
 
@@ -57,14 +57,15 @@ class ChunkDecoder:
         """The chunk's log-mel without padding (as the pipeline computes it)."""
         return self.whisper.feature_extractor(chunk.samples)[..., :-1]
 
-    def detect_language(self, features: Sequence[np.ndarray]) -> tuple[str, float]:
+    def detect_language(self, features: Sequence[np.ndarray],
+                        candidates: Sequence[str] = ()) -> tuple[str, float]:
         """The language of a file from its first chunks' features (the pipeline's rule:
-        the first 30 s of speech)."""
+        the first 30 s of speech), the likeliest of `candidates` when there are any."""
         joined = np.concatenate(
             [*features, np.full((self.whisper.model.n_mels, 1), -1.5, np.float32)], axis=1)
-        language, probability, _ = self.whisper.detect_language(
-            features=joined, language_detection_segments=1, language_detection_threshold=0.5)
-        return language, float(probability)
+        return languages.pick(self.whisper.detect_language(
+            features=joined, language_detection_segments=1, language_detection_threshold=0.5),
+            candidates)
 
     def tokenizer(self, language: str, task: str) -> Tokenizer:
         key = (language, task)
@@ -99,7 +100,7 @@ class ChunkDecoder:
     def _prompt(self, tokenizer: Tokenizer, options: TranscriptionOptions) -> list[int]:
         previous = tokenizer.encode(options.initial_prompt) if options.initial_prompt else []
         return self.whisper.get_prompt(tokenizer, previous_tokens=previous,
-                                       without_timestamps=True)
+                                       without_timestamps=True, hotwords=options.hotwords)
 
     def _split(self, item: Item, tokenizer: Tokenizer,
                result: ctranslate2.models.WhisperGenerationResult) -> list[dict[str, Any]]:

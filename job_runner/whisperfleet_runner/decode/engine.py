@@ -24,7 +24,7 @@ from faster_whisper.transcribe import TranscriptionInfo
 
 from whisperfleet_runner.contract import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.contract.transcript import Segment, Transcript, Word
-from whisperfleet_runner.decode import models
+from whisperfleet_runner.decode import languages, models
 from whisperfleet_runner.decode.chunk_decode import ChunkDecoder, Item
 from whisperfleet_runner.decode.packed_decode import PackedDecoder
 from whisperfleet_runner.gpu import cpus, devices
@@ -136,18 +136,27 @@ class WhisperEngine:
 
     def unsupported(self, options: TranscriptionOptions) -> str | None:
         """Why this model cannot honour `options` at all (checked once, before any file),
-        or None. An English-only model ignores a language and only warns, as Whisper does."""
-        language = options.language
-        if not language:
-            return None
+        or None. An English-only model ignores a language (and candidates) and only warns,
+        as Whisper does."""
+        language, candidates = options.language, options.language_candidates
         if not self.multilingual:
-            if language != "en":
-                log.warning("model %s is English-only: language %r is ignored",
-                            self.options.name, language)
+            if (language and language != "en") or candidates:
+                log.warning("model %s is English-only: language %s is ignored",
+                            self.options.name, language or "candidates " + ",".join(candidates))
             return None
-        if language not in self.whisper.supported_languages:
+        # faster-whisper lists all 100 codes for any multilingual model; Whisper before
+        # large-v3 has no token for yue, and asking for it would fail every file.
+        tokens = self.whisper.hf_tokenizer
+        known = [c for c in self.whisper.supported_languages
+                 if tokens.token_to_id(f"<|{c}|>") is not None]
+        if language and language not in known:
             return (f"language {language!r} is not one model {self.options.name} knows; use a "
                     f"code such as en, de, fr, ja (or none, to detect it per file)")
+        unknown = [c for c in candidates if c not in known]
+        if unknown and not language:
+            return (f"language candidates {', '.join(unknown)} are not languages model "
+                    f"{self.options.name} knows (it knows {len(known)}: "
+                    f"{', '.join(known[:8])} ...)")
         return None
 
     @property
@@ -161,12 +170,12 @@ class WhisperEngine:
         """Transcribe 16 kHz mono float32 `audio` alone, in faster-whisper's sequential mode
         (each window conditioned on the text before it); `source` names the file in results
         and logs. A file's chunks batched: chunk_batcher.transcribe_file."""
-        segments, info = self._retrying_oom(
+        segments, info, probability = self._retrying_oom(
             source, 1, lambda _: self._sequential(audio, options))
         return Transcript(
             source=source,
             language=info.language,
-            language_probability=float(info.language_probability),
+            language_probability=probability,
             duration=float(info.duration),
             model=self.options.name,
             compute_type=self.compute_type,
@@ -249,15 +258,24 @@ class WhisperEngine:
                 )
 
     def _sequential(self, audio: np.ndarray, options: TranscriptionOptions
-                    ) -> tuple[list[Segment], TranscriptionInfo]:
+                    ) -> tuple[list[Segment], TranscriptionInfo, float]:
+        """Segments, info and the language's probability in faster-whisper's sequential
+        mode (with candidates: detected first, then given, as faster-whisper detects)."""
+        language, probability = options.language or None, 1.0
+        if language is None and options.language_candidates and self.multilingual:
+            language, probability = languages.detect_sequential(
+                self.whisper, audio, options.vad_filter, options.language_candidates)
         raw, info = self.whisper.transcribe(
-            audio, language=options.language or None, task=options.task,
+            audio, language=language, task=options.task,
             beam_size=options.beam_size, vad_filter=options.vad_filter,
             word_timestamps=options.word_timestamps,
-            initial_prompt=options.initial_prompt or None,
+            initial_prompt=options.initial_prompt or None, hotwords=options.hotwords,
         )
         # Segments are generated lazily: errors (out-of-memory too) surface while iterating.
-        return [_segment(s, options.word_timestamps) for s in raw], info
+        segments = [_segment(s, options.word_timestamps) for s in raw]
+        if language is None or not options.language_candidates:
+            probability = float(info.language_probability)
+        return segments, info, probability
 
 
 def _weights_mib(model_path: str) -> int:

@@ -195,7 +195,8 @@ def _storage(array: np.ndarray) -> ctranslate2.StorageView:
 
 
 def _language(whisper: WhisperModel, options: TranscriptionOptions) -> str:
-    # Packing runs only with a known language: given, or an English-only model.
+    # Packing runs only on English-only models (packing.can_pack); the language given, if
+    # any, otherwise.
     return options.language if whisper.model.is_multilingual else "en"
 
 
@@ -208,7 +209,7 @@ def _fw_options(options: TranscriptionOptions, tokenizer: Tokenizer) -> FwOption
         initial_prompt=options.initial_prompt or None, prefix=None, suppress_blank=True,
         suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
         prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",
-        max_new_tokens=None, hotwords=None, word_timestamps=options.word_timestamps,
+        max_new_tokens=None, hotwords=options.hotwords, word_timestamps=options.word_timestamps,
         hallucination_silence_threshold=None, condition_on_previous_text=False,
         clip_timestamps=[], prompt_reset_on_temperature=0.5, multilingual=False,
         without_timestamps=True, max_initial_timestamp=0.0,
