@@ -357,6 +357,8 @@ def bound_cases(schema: Obj, under: str) -> list[BoundCase]:
     return cases
 
 
+_ABSENT = object()  # a field left out: a rule makes it exclusive with a larger one
+
 # The largest value the CEL rules and patterns allow, where the schema alone cannot tell.
 _KNOWN_MAXIMAL: dict[str, Any] = {
     "spec.input.uri": "s3://in" + "i" * 1017,
@@ -365,6 +367,9 @@ _KNOWN_MAXIMAL: dict[str, Any] = {
     "spec.storage.volume.mountPath": "/" + "m" * 511,
     # "": languageCandidates, at its 100 items, excludes a language.
     "spec.transcription.language": "",
+    # uri (1,024 characters) excludes name (256).
+    "spec.model.name": _ABSENT,
+    "spec.model.uri": "s3://model" + "m" * 1014,
     "spec.workers.gpu.resourceName": "nvidia.com/" + "g" * 242,
     "spec.workers.gpu.minComputeCapability": "10.10",
 }
@@ -386,8 +391,9 @@ def maximal_value(node: Obj, path: str, index: int = 0, repeated: bool = False) 
         return {f"k{i}": maximal_value(extra, f"{path}.*", i, True)
                 for i in range(node["maxProperties"])}
     if kind == "object":
-        return _selector_item(path, {key: maximal_value(sub, f"{path}.{key}", index, repeated)
-                                     for key, sub in (node.get("properties") or {}).items()},
+        values = {key: maximal_value(sub, f"{path}.{key}", index, repeated)
+                  for key, sub in (node.get("properties") or {}).items()}
+        return _selector_item(path, {k: v for k, v in values.items() if v is not _ABSENT},
                               index, True)
     if kind == "array":
         return [maximal_value(node["items"], f"{path}[]", i, True)

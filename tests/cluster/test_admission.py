@@ -902,7 +902,7 @@ def test_kubectl_get_shows_the_printer_columns(
     assert cells["ETA"] == (status.get("progress") or {}).get("eta")
     assert cells["Throughput"] == status.get("throughput")
     assert cells["Workers"] == obj["spec"]["workers"]["parallelism"]
-    assert cells["Model"] == obj["spec"]["model"]["name"]
+    assert cells["Model"] == obj["spec"]["model"].get("name")
     assert cells["Job"] == status.get("jobName")
 
 
