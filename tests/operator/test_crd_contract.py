@@ -206,3 +206,19 @@ def test_a_pvc_shipped_with_an_example_is_the_one_its_job_mounts(path: Path) -> 
     mounted = {d["spec"]["storage"]["volume"]["claimName"] for d in docs
                if d["kind"] == "TranscriptionJob" and "volume" in d["spec"].get("storage", {})}
     assert claims <= mounted
+
+
+def test_no_key_of_the_crd_file_is_a_stray_null(crd: dict[str, Any]) -> None:
+    """A comma inside an unquoted flow-mapping value ({description: a, b}) makes `b` a key
+    with no value: the API server drops it, and the text the user reads is cut short."""
+    def nulls(node: Any, path: str) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if value is None:
+                    yield f"{path}.{key}"
+                yield from nulls(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                yield from nulls(item, f"{path}[{i}]")
+
+    assert list(nulls(crd, "")) == []
