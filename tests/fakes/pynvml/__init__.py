@@ -8,7 +8,8 @@ Devices come from the environment variable WHISPERFLEET_FAKE_NVML, read at nvmlI
 - unset or "none": nvmlInit raises NVMLError_DriverNotLoaded (a machine without a driver);
 - "nolib": nvmlInit raises NVMLError_LibraryNotFound (no libnvidia-ml.so.1);
 - inline JSON (starts with "[") or a path to a JSON file: a list of devices, in NVML
-  index order. See tests/fakes/README.md for the device fields.
+  index order (sorted by pci_bus_id when every device has one, as NVML numbers them).
+  See tests/fakes/README.md for the device fields.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ def _load_devices() -> list[_Handle]:
         for slot, mig in enumerate(spec.get("mig") or []):
             handle.mig_slots[int(mig.get("slot", slot))] = _Handle(mig, parent=handle)
         handles.append(handle)
+    # NVML numbers GPUs in PCI bus order, whatever order a container's devices were
+    # allocated in (the real-node stand-in plugins list them as the kubelet asked).
+    if all(h.spec.get("pci_bus_id") for h in handles):
+        handles.sort(key=lambda h: str(h.spec["pci_bus_id"]).lower())
     return handles
 
 
