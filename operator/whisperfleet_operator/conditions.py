@@ -31,6 +31,7 @@ CONDITION_TYPES = (PLANNED_CONDITION, RUNNING_CONDITION, COMPLETE_CONDITION,
                    PODS_HEALTHY_CONDITION)
 
 # --- reasons the operator writes (conditions and Events) -----------------------------------
+ACCEPTED_REASON = "Accepted"  # the operator has the job; planning comes next
 PLANNING_REASON = "Planning"
 PLANNED_REASON = "Planned"
 PLAN_UNREADABLE_REASON = "PlanUnreadable"

@@ -10,8 +10,10 @@ that may pass are `retries`'.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import kopf
@@ -24,7 +26,12 @@ from whisperfleet_operator.settings import OperatorSettings
 from whisperfleet_operator.status import events, expiry
 from whisperfleet_runner.contract import STATE_DIR, PlanReport
 
+logger = logging.getLogger(__name__)
+
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# First statuses are one small patch each: a few threads of their own keep them off the
+# handler threads, where a burst's last jobs would wait for every reconcile ahead of them.
+ACCEPT_THREADS = 16
 
 
 class Reconciler:
@@ -37,6 +44,7 @@ class Reconciler:
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
         self.retries = RetryTimers()
+        self._acceptor = ThreadPoolExecutor(ACCEPT_THREADS, thread_name_prefix="accept")
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -77,6 +85,24 @@ class Reconciler:
             if status.is_terminal(new):  # just finished: a TTL of 0 ends now
                 self._expire(tj, {**old, **new})
 
+    def accept_soon(self, namespace: str, name: str, resource_version: str,
+                    generation: int) -> None:
+        """Write a new job's first status (`status.accepted_status`) soon, on the acceptor's
+        threads, unless the job changed since `resource_version` (then a reconcile has or
+        will have written one). Best effort: the reconcile writes a status regardless."""
+        self._acceptor.submit(self._accept, namespace, name, resource_version, generation)
+
+    def _accept(self, namespace: str, name: str, resource_version: str, generation: int) -> None:
+        now = datetime.now(timezone.utc).strftime(TIME_FORMAT)
+        patch = {"metadata": {"resourceVersion": resource_version},
+                 "status": status.accepted_status(generation, now)}
+        try:
+            self.kube.patch(kube.TRANSCRIPTION_JOBS, namespace, name, patch, status=True)
+        except kube.Conflict:
+            return  # changed since that event: the reconcile's status comes instead
+        except Exception as exc:  # the reconcile's status will come, only later
+            logger.warning("no early status for %s/%s: %s", namespace, name, kube.summary(exc))
+
     def reconcile_or_retry(self, namespace: str, name: str, uid: str | None = None) -> None:
         """`reconcile`; when an API error that may pass (`kube.transient`) stops it, the same
         reconcile runs again later (see retries). For event handlers, which kopf never
@@ -94,6 +120,7 @@ class Reconciler:
     def close(self) -> None:
         """Cancel pending retries (the operator is stopping; a restart resumes every job)."""
         self.retries.close()
+        self._acceptor.shutdown(wait=False, cancel_futures=True)
 
     def _expire(self, tj: Obj, old: Obj) -> None:
         """spec.ttlSecondsAfterFinished, as a Job's TTL: once it ends, the cleanup Job

@@ -84,6 +84,17 @@ def test_audio_duration_for_the_printer_column(seconds: float, text: str) -> Non
     assert fold.format_duration(seconds) == text
 
 
+def test_a_new_job_is_accepted_pending_then_planning_keeps_its_start_and_says_so() -> None:
+    accepted = st.accepted_status(3, NOW)
+    assert accepted["phase"] == "Pending" and accepted["observedGeneration"] == 3
+    assert cond(accepted, "Planned")["status"] == "False"
+    assert cond(accepted, "Planned")["reason"] == "Accepted"
+    planning = st.planning_status(*tj(accepted), st.PlannerOutcome("running"), "t-plan", LATER)
+    assert planning["phase"] == "Planning" and planning["startTime"] == NOW
+    assert cond(planning, "Planned")["reason"] == "Planning"
+    assert [r for _, r, _ in events.transitions(accepted, planning)] == ["Planning"]
+
+
 def test_planner_running_then_plan_read_from_its_termination_message() -> None:
     assert st.planner_outcome({"status": {"active": 1}}, []).state == "running"
     plan = PlanReport(files=3, shards=1, manifest_uri="s3://b/m")

@@ -5,6 +5,7 @@ counted once), `reports` (termination messages), `stuck` (pods that cannot start
 `events` (the Events a status change posts)."""
 
 from whisperfleet_operator.status.lifecycle import (
+    accepted_status,
     base,
     invalid_spec_status,
     is_planned,
@@ -28,6 +29,7 @@ from whisperfleet_operator.status.running import (
 
 __all__ = [
     "PlannerOutcome",
+    "accepted_status",
     "base",
     "invalid_spec_status",
     "is_planned",

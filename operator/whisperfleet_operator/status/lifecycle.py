@@ -33,6 +33,17 @@ def base(old: Obj, generation: int, now: str) -> tuple[Obj, list[Obj], int]:
     return status, list(old.get("conditions") or []), generation
 
 
+def accepted_status(generation: int, now: str) -> Obj:
+    """The first status of a new job, written before any other work so `kubectl get tj`
+    answers at once, however many jobs arrive together: Pending, not planned yet."""
+    status, conds, gen = base({}, generation, now)
+    status["phase"] = c.PENDING
+    status["conditions"] = set_condition(
+        conds, c.PLANNED_CONDITION, False, c.ACCEPTED_REASON,
+        "the operator accepted the job; the planner Job comes next", gen, now)
+    return status
+
+
 def invalid_spec_status(old: Obj, generation: int, message: str, now: str,
                         reason: str = c.INVALID_SPEC_REASON) -> Obj:
     """A spec the builders (or the API server, reason JobRejected) refuse: Failed, with the
