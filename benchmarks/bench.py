@@ -19,6 +19,8 @@ timed as whole processes (start-up and model load included). Prints each run, th
 and both sides' WER against the espeak-ng scripts (jiwer, lower-cased, no punctuation). On
 the mixed corpus also each side's detected languages against the languages spoken
 (`languages_whisperfleet = 12/12`) and the files where the two sides' languages differ.
+On the CPU the short and mixed corpora also run whisperfleet with `--no-pack`
+(`packed_vs_unpacked`, `wer_no_pack`).
 
 With a GPU (NVML lists one; `--gpu` picks which, default the first), every side runs on that
 one GPU and the same files, and the ratios are printed with the GPU's name
@@ -155,8 +157,11 @@ def prepare_gpu(info: GpuInfo, model: str) -> Gpu:
     return Gpu(info, batch, devices.gpu_on_cpu(os.environ))
 
 
-def cpu_sides() -> list[Side]:
-    return [Side("whisperfleet", "int8"), Side("bare", "int8", bare=True)]
+def cpu_sides(kind: str) -> list[Side]:
+    sides = [Side("whisperfleet", "int8")]
+    if kind != "long":  # packing only touches clips of at most 14 s
+        sides.append(Side("no_pack", "int8", pack=False))
+    return [*sides, Side("bare", "int8", bare=True)]
 
 
 def gpu_sides(kind: str, memory_batch: int) -> list[Side]:
@@ -187,8 +192,8 @@ def whisperfleet_command(folder: Path, model: str, out: Path, side: Side,
     else:
         cmd += ["--device", "cuda", "--gpus", gpu.info.uuid, "--compute-type",
                 side.compute_type, "--batch-size", str(side.batch_size)]
-        if not side.pack:
-            cmd.append("--no-pack")
+    if not side.pack:
+        cmd.append("--no-pack")
     return [*cmd, "--overwrite", "--quiet", "--include", "*.wav"]
 
 
@@ -294,7 +299,7 @@ def main() -> None:
           f"model {model}")
     gpu = prepare_gpu(gpu_info, model) if gpu_info is not None else None
     if gpu is None:
-        sides, prefix, width = cpu_sides(), "", 12
+        sides, prefix, width = cpu_sides(args.kind), "", 12
     else:
         sides, prefix = gpu_sides(args.kind, gpu.memory_batch), f"on {gpu.info.name}: "
         width = max(len(s.name) for s in sides)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.waiting import eventually
 from tests.support.paths import AUDIO, CHART, WHISPERFLEET
 from tests.support.s3_reads import S3Reads
+from whisperfleet_runner import contract
 from whisperfleet_runner.decode.model_store import CHECKSUMS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -69,6 +71,28 @@ def transcripts(cluster: LocalCluster, bucket: str) -> dict[str, dict[str, objec
             if k.endswith(".json") and "/.whisperfleet/" not in f"/{k}"}
 
 
+def model_column(cluster: LocalCluster, namespace: str, name: str) -> str:
+    """The MODEL cell of `kubectl get tj NAME -o wide` (cells may hold spaces: the text
+    under the MODEL header, up to the next column's)."""
+    header, row = cluster.kubectl("get", "tj", name, "-n", namespace,
+                                  "-o", "wide").stdout.splitlines()
+    starts = {m.group(): m.start() for m in re.finditer(r"\S+", header)}
+    after = [at for at in starts.values() if at > starts["MODEL"]]
+    return row[starts["MODEL"]: min(after, default=len(row))].strip()
+
+
+def test_the_model_column_shows_the_default_model_of_a_job_that_names_none(
+        cluster: LocalCluster, job_namespace: str) -> None:
+    # The default is the operator's to apply: the spec holds no model name to show. An
+    # input without files ends the job at planning, before any pod would load the model.
+    bucket = tjs.bucket_with(cluster, {})
+    tjs.create(cluster, job_namespace, "default-model",
+               tjs.job_spec(cluster, bucket, model={}))
+    tjs.wait_for(cluster, job_namespace, "default-model", "Failed", "Succeeded",
+                 "PartiallySucceeded", timeout=120)
+    assert model_column(cluster, job_namespace, "default-model") == contract.DEFAULT_MODEL
+
+
 def test_a_job_reads_its_model_from_s3_once_per_pod(
         cluster: LocalCluster, job_namespace: str, s3_reads: S3Reads) -> None:
     bucket = tjs.bucket_with(cluster, FILES)
@@ -83,6 +107,7 @@ def test_a_job_reads_its_model_from_s3_once_per_pod(
     assert sorted(written) == sorted(STEMS)
     assert "hello" in str(written["hello"]["text"]).lower()
     assert {t["model"] for t in written.values()} == {uri}
+    assert model_column(cluster, job_namespace, "staged-s3") == uri
     # Each worker pod copied the model once, whatever number of files it did.
     ran = [p for p in tjs.pods(cluster, job_namespace, "worker")
            if p["status"].get("phase") == "Succeeded"]

@@ -49,18 +49,26 @@ def test_the_default_batch_is_the_runners() -> None:
 
 
 def test_without_a_gpu_the_commands_are_todays_cpu_run() -> None:
-    assert [s.name for s in bench.cpu_sides()] == ["whisperfleet", "bare"]
-    wf, bare = bench.cpu_sides()
+    assert [s.name for s in bench.cpu_sides("long")] == ["whisperfleet", "bare"]
+    # Packing touches clips of at most 14 s: the short and mixed corpora also run --no-pack.
+    for kind in ("short", "mixed"):
+        assert [s.name for s in bench.cpu_sides(kind)] == ["whisperfleet", "no_pack", "bare"]
+    wf, no_pack, bare = bench.cpu_sides("short")
     assert bench.whisperfleet_command(FOLDER, MODEL, OUT, wf, None) == [
         str(bench.BIN / "whisperfleet"), "transcribe", "in", "-o", "out", "--model", MODEL,
         "--device", "cpu", "--compute-type", "int8", "--overwrite", "--quiet",
+        "--include", "*.wav"]
+    assert bench.whisperfleet_command(FOLDER, MODEL, OUT, no_pack, None) == [
+        str(bench.BIN / "whisperfleet"), "transcribe", "in", "-o", "out", "--model", MODEL,
+        "--device", "cpu", "--compute-type", "int8", "--no-pack", "--overwrite", "--quiet",
         "--include", "*.wav"]
     assert bench.bare_command("loop", FOLDER, MODEL, RESULT, bare, None) == [
         sys.executable, str(bench.HERE / "bare.py"), "loop", "in", "r.json", "--model", MODEL,
         "--threads", str(cpus.available_cpus())]
     assert bench.bare_env(None) is None
-    assert [r.name for r in bench.ratios("short", bench.cpu_sides())] == ["runner_vs_bare_loop"]
-    assert [r.name for r in bench.ratios("long", bench.cpu_sides())] == [
+    assert [r.name for r in bench.ratios("short", bench.cpu_sides("short"))] == [
+        "runner_vs_bare_loop", "packed_vs_unpacked"]
+    assert [r.name for r in bench.ratios("long", bench.cpu_sides("long"))] == [
         "runner_vs_bare_batched"]
 
 
@@ -71,7 +79,7 @@ def test_every_cpu_benchmarks_bare_side_gets_whisperfleets_thread_count(
     # runs its model on 1 thread (gpu.cpus), so bare faster-whisper must too; with the raw
     # affinity it would oversubscribe the quota and every ratio would favour whisperfleet.
     monkeypatch.setattr(cpus, "available_cpus", lambda *_: 1)
-    bare = bench.cpu_sides()[1]
+    bare = bench.cpu_sides("short")[-1]
     assert bench.bare_command("loop", FOLDER, MODEL, RESULT, bare, None)[-2:] == ["--threads", "1"]
     on_cpu = bench.bare_command("loop", FOLDER, MODEL, RESULT, bare, gpu(on_cpu=True))
     assert on_cpu[-2:] == ["--threads", "1"]

@@ -46,6 +46,16 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def mixed_12(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole mixed corpus: four files of each language."""
+    from benchmarks import corpus
+
+    folder = tmp_path_factory.mktemp("mixed-12")
+    corpus.build("mixed", folder, 12)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def bakers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The two English files that say "the baker" (00 and 09), alone in a folder."""
     from benchmarks import corpus
@@ -109,11 +119,13 @@ def test_a_mixed_language_batch_gives_each_file_its_own_language_and_text(
     from benchmarks import corpus
 
     spy = Spy(engine)
-    report = run_files(inputs(mixed), options(tmp_path, batch_size=4), lambda: spy,
-                       device="cpu")
+    # Packing off: the files (5-9 s) take the chunk lane, whose batches this is about.
+    report = run_files(inputs(mixed), options(tmp_path, batch_size=4, pack_short_clips=False),
+                       lambda: spy, device="cpu")
     assert report.succeeded == FILES
     # Each batch held chunks of several files prompted in different languages.
-    assert all(len({lang for _, lang in call}) > 1 for call in spy.calls), spy.calls
+    assert spy.calls and all(len({lang for _, lang in call}) > 1 for call in spy.calls), \
+        spy.calls
     ours, theirs = [], []
     for path in sorted(mixed.glob("*.wav")):
         language, text = alone(engine, path)
@@ -124,6 +136,10 @@ def test_a_mixed_language_batch_gives_each_file_its_own_language_and_text(
     # The same words as faster-whisper file by file; a batch's other items may move a
     # token in CTranslate2's int8 arithmetic, never a language.
     assert jiwer.wer(theirs, ours) <= 0.02, list(zip(theirs, ours, strict=True))
+
+
+def plain(text: str) -> str:
+    return " ".join(jiwer.RemovePunctuation()(text.lower()).split())
 
 
 def words(text: str) -> set[str]:
@@ -190,7 +206,7 @@ def test_language_candidates_restrict_detection_to_that_set(
     # The sequential mode (batch size 1) restricts its own detection alike.
     sequential = run_files(inputs(mixed, spanish),
                            options(tmp_path / "sequential", language_candidates=candidates,
-                                   batch_size=1),
+                                   batch_size=1, pack_short_clips=False),
                            lambda: engine, device="cpu")
     assert sequential.succeeded == len(spanish)
     for name in spanish:
@@ -199,9 +215,10 @@ def test_language_candidates_restrict_detection_to_that_set(
 
 
 @pytest.mark.parametrize("lane", [
-    {"batch_size": 8},  # chunks of several files per batch, language detected
-    {"batch_size": 1},  # file by file, faster-whisper's sequential mode
-], ids=["chunks", "sequential"])
+    {"batch_size": 8},  # short files packed, language detected
+    {"batch_size": 8, "pack_short_clips": False},  # chunks of several files per batch
+    {"batch_size": 1, "pack_short_clips": False},  # file by file, sequential mode
+], ids=["packed", "chunks", "sequential"])
 def test_hotwords_reach_the_decoder_in_every_lane(
     engine: WhisperEngine, bakers: Path, tmp_path: Path, lane: dict[str, Any]
 ) -> None:
@@ -217,25 +234,56 @@ def test_hotwords_reach_the_decoder_in_every_lane(
         assert "baker" in text and "maker" not in text, text
 
 
-def test_short_files_with_a_given_language_are_transcribed_as_alone(
-    engine: WhisperEngine, mixed: Path, tmp_path: Path
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_short_files_of_a_given_language_packed_are_transcribed_as_well_as_alone(
+    engine: WhisperEngine, mixed_12: Path, tmp_path: Path, language: str
 ) -> None:
-    # Packing is for English-only models: on base it turned two packed sentences into
-    # "You're". With a language given, base's short files take the per-file path.
-    english = [p.name for p in sorted(mixed.glob("*-en.wav"))]
+    # Four files of 5-9 s share windows; every one after a window's first was decoded as
+    # "You're" ("Das ist ein" in German) before each clip's decoder was started at its
+    # clip's start: WER 0.67 against the per-file text then.
+    names = [p.name for p in sorted(mixed_12.glob(f"*-{language}.wav"))]
     spy = Spy(engine)
-    report = run_files(inputs(mixed, english), options(tmp_path, language="en"),
+    report = run_files(inputs(mixed_12, names), options(tmp_path, language=language),
                        lambda: spy, device="cpu")
-    assert report.succeeded == len(english)
-    assert spy.packed_calls == 0
-    ours = [transcript(tmp_path, name)["text"] for name in english]
-    theirs = [alone(engine, mixed / name, language="en")[1] for name in english]
+    assert report.succeeded == len(names) == 4
+    assert spy.packed_calls == 1 and spy.calls == []  # all four packed, in one call
+    ours = [plain(transcript(tmp_path, name)["text"]) for name in names]
+    theirs = [plain(alone(engine, mixed_12 / name, language=language)[1]) for name in names]
+    script = json.loads((mixed_12 / "references.json").read_text())
+    said = [plain(script[name]) for name in names]
+    # Base mishears espeak-ng's German differently with other neighbours in the encoder
+    # pass, so packed and alone differ word for word; against what was said, packed is as
+    # good (measured: en 0.158 packed, 0.118 alone; de 0.375 and 0.409; bug: 0.67, 0.86).
+    assert jiwer.wer(said, ours) <= jiwer.wer(said, theirs) + 0.05, list(zip(theirs, ours,
+                                                                            strict=True))
+    for name, text in zip(names, ours, strict=True):
+        assert len(text.split()) >= 10, (name, text)  # two sentences, not a word or two
+
+
+def test_a_mixed_language_batch_of_short_files_packed_keeps_each_files_language(
+    engine: WhisperEngine, mixed_12: Path, tmp_path: Path
+) -> None:
+    from benchmarks import corpus
+
+    spy = Spy(engine)
+    report = run_files(inputs(mixed_12), options(tmp_path), lambda: spy, device="cpu")
+    assert report.succeeded == 12
+    assert spy.packed_calls == 1 and spy.calls == []  # every file took the packed lane
+    ours, theirs = [], []
+    for path in sorted(mixed_12.glob("*.wav")):
+        language, text = alone(engine, path)
+        got = transcript(tmp_path, path.name)
+        assert (got["language"], language) == (corpus.language(path.name),) * 2, path.name
+        ours.append(got["text"])
+        theirs.append(text)
+    # Each language detected from the file alone, and the file decoded from that same
+    # encoder pass: what faster-whisper's batched pipeline gives each file alone.
     assert jiwer.wer(theirs, ours) <= 0.02, list(zip(theirs, ours, strict=True))
 
 
 def test_hotwords_reach_packed_clips(bakers: Path, tmp_path: Path) -> None:
-    # Packing is for English-only models: tiny.en, which hears the second file's "baker"
-    # as "maker" too, packed, unless told to expect it.
+    # tiny.en, which hears the second file's "baker" as "maker" too, packed (the two
+    # files share a window), unless told to expect it.
     tiny = Spy(get_engine(ModelOptions(name="tiny.en", compute_type="int8"), device="cpu",
                           compute_type="int8"))
     said = {}

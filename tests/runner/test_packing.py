@@ -71,7 +71,7 @@ def test_plan_windows_fills_windows_and_respects_capacity() -> None:
         packing.plan_windows([31.0])
 
 
-def test_a_clip_decoded_as_no_words_or_a_loop_is_decoded_again_alone() -> None:
+def test_a_clip_decoded_as_no_words_too_few_or_a_loop_is_decoded_again_alone() -> None:
     def said(text: str) -> list[Segment]:
         return [Segment(id=1, start=0.0, end=2.0, text=text, avg_logprob=0.0,
                         no_speech_prob=0.0)]
@@ -80,6 +80,9 @@ def test_a_clip_decoded_as_no_words_or_a_loop_is_decoded_again_alone() -> None:
     assert packed_decode._implausible([], 2.0)
     assert packed_decode._implausible(said(" the" * 40), 3.0)
     assert not packed_decode._implausible(said(" Please send the quarterly report."), 2.5)
+    # A decoder that gave up after a word: Whisper base said this for 6 s of two sentences.
+    assert packed_decode._implausible(said(" You're"), 6.0)
+    assert not packed_decode._implausible(said(" Yes."), 1.5)
 
 
 @pytest.mark.slow
@@ -140,6 +143,9 @@ KEY_WORDS = {  # words each distinct clip certainly says (tiny.en hears "brown" 
 }
 
 
+CUT = {"hello-2s", "space-2s", "meeting-2.5s"}  # clips that stop mid-sentence
+
+
 def cut(samples: np.ndarray, seconds: float) -> np.ndarray:
     return samples[: int(seconds * audio.SAMPLE_RATE)]
 
@@ -169,10 +175,16 @@ def assert_own_words(packed: list[Any], refs: dict[str, set[str]]) -> None:
         # Cut clips stop mid-word, so alone they decode unreliably too: half of their words.
         assert len(mine & own) >= 0.5 * len(own), (transcript.source, transcript.text, own)
         assert KEY_WORDS[transcript.source] <= mine, (transcript.source, transcript.text)
+        said = words(transcript.text)
+        if transcript.source in CUT:
+            # Its last word is cut mid-way, and any guess: meeting.wav cut at 2.5 s ends in
+            # "fi(nance)", "fight" per file, "five" packed beside nothing but silence.
+            said = said[:-1]
         for other, theirs in refs.items():
             if other != transcript.source:
                 # A content word another clip says, and this clip alone does not.
-                leaked = {w for w in (mine & theirs) - own if len(w) >= 4 or w in NUMBERS}
+                leaked = {w for w in (set(said) & theirs) - own
+                          if len(w) >= 4 or w in NUMBERS}
                 assert not leaked, (transcript.source, other, transcript.text)
 
 
@@ -356,8 +368,9 @@ def test_short_clip_benchmark_runs_and_prints_ratios(tmp_path: Path) -> None:
         f"clip{i:03d}.wav" for i in range(4)}
 
 
-def test_packing_applies_to_english_only_models() -> None:
-    assert packing.can_pack(TranscriptionOptions(), multilingual=False)
-    assert not packing.can_pack(TranscriptionOptions(), multilingual=True)
-    assert not packing.can_pack(TranscriptionOptions(language="de"), multilingual=True)
-    assert not packing.can_pack(TranscriptionOptions(pack_short_clips=False), multilingual=False)
+def test_clips_share_windows_unless_their_language_must_be_detected() -> None:
+    assert packing.can_pack(TranscriptionOptions())
+    assert not packing.can_pack(TranscriptionOptions(pack_short_clips=False))
+    assert packing.shares_windows(TranscriptionOptions(), multilingual=False)
+    assert packing.shares_windows(TranscriptionOptions(language="de"), multilingual=True)
+    assert not packing.shares_windows(TranscriptionOptions(), multilingual=True)

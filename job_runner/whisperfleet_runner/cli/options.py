@@ -100,7 +100,8 @@ _TRANSCRIPTION_OPTIONS = [
                       "hotwords."),
     click.option("--pack/--no-pack", "pack_short_clips", default=True, show_default=True,
                  help="Transcribe short clips packed together into shared 30 s windows "
-                      "(English-only models such as tiny.en)."),
+                      "(with a multilingual model and no --language: one encoder pass per "
+                      "clip, detecting its language and decoding it)."),
 ]
 
 _OUTPUT_OPTIONS = [

@@ -26,7 +26,7 @@ from whisperfleet_runner.contract import ModelOptions, TranscriptionOptions
 from whisperfleet_runner.contract.transcript import Segment, Transcript, Word
 from whisperfleet_runner.decode import languages, models
 from whisperfleet_runner.decode.chunk_decode import ChunkDecoder, Item
-from whisperfleet_runner.decode.packed_decode import PackedDecoder
+from whisperfleet_runner.decode.packed_decode import Decoded, PackedDecoder
 from whisperfleet_runner.gpu import cpus, devices
 
 log = logging.getLogger(__name__)
@@ -208,10 +208,11 @@ class WhisperEngine:
     def transcribe_windows(
         self, windows: Sequence[Sequence[tuple[float, np.ndarray]]],
         options: TranscriptionOptions, source: str,
-    ) -> list[list[Segment]]:
+    ) -> list[Decoded]:
         """Transcribe short clips laid out in windows: each window is `(start seconds, 16 kHz
         samples)` per clip, starts on packed_decode.FRAME_SECONDS, all within 30 s. Returns
-        every clip's segments (windows in order, then clips), in time from the clip's start.
+        every clip's language and segments (windows in order, then clips), in time from the
+        clip's start.
 
         Clips share encoder passes, never a decoder pass: no word can reach another clip (see
         packed_decode). `source` names the work in out-of-memory messages.

@@ -8,9 +8,9 @@ packed_decode): a word is never given to a file it was not spoken in, because th
 for one file never hears another. Timestamps come back relative to each file.
 
 With VAD on, each clip is first reduced to its speech span (leading/trailing silence cut),
-and a clip without speech gets an empty transcript without reaching the model. Packing
-applies to English-only models (`can_pack`); with a multilingual model files take the
-normal per-file path.
+and a clip without speech gets an empty transcript without reaching the model. On a
+multilingual model each clip's language, unless given, is detected from its own frames of
+the shared encoder pass, and clips are decoded grouped by language (packed_decode).
 
 The trade-off: a packed clip's encoder frames attend to the whole window, so its transcript
 can change (a word or so) with what it was packed with. The layout is a function of the set
@@ -30,7 +30,7 @@ import numpy as np
 
 from whisperfleet_runner.contract import TranscriptionOptions
 from whisperfleet_runner.contract.transcript import Segment, Transcript
-from whisperfleet_runner.decode.packed_decode import FRAME_SECONDS
+from whisperfleet_runner.decode.packed_decode import FRAME_SECONDS, Decoded
 from whisperfleet_runner.decode.protocols import ClipPacking
 from whisperfleet_runner.media.audio import SAMPLE_RATE
 
@@ -77,13 +77,20 @@ def is_short(duration: float) -> bool:
     return 0.0 < duration <= MAX_CLIP_SECONDS
 
 
-def can_pack(options: TranscriptionOptions, multilingual: bool) -> bool:
-    """Packing on, and an English-only model: the models packing was measured to hold on.
-    On multilingual Whisper base, even with the language given, clips packed after the
-    first of a window decoded as one or two words ("You're" for two sentences): English
-    WER 0.67 packed against 0.12 per file on the mixed corpus, where tiny.en gave 0.17 both
-    ways (benchmarks/README.md)."""
-    return options.pack_short_clips and not multilingual
+def shares_windows(options: TranscriptionOptions, multilingual: bool) -> bool:
+    """Whether clips share windows, or each has a window of its own. A clip whose language
+    must be detected needs an encoder pass of its own for that (packed_decode); decoding it
+    from that same pass costs nothing more, where packing clips of one language afterwards
+    would add the shared passes: 23.0 s of CPU against 16.7 s for the mixed corpus's 12
+    files on Whisper base (benchmarks/README.md, "Measurements behind design choices")."""
+    return bool(options.language) or not multilingual
+
+
+def can_pack(options: TranscriptionOptions) -> bool:
+    """Whether the run packs short clips: on unless switched off (`--no-pack`), for
+    English-only and multilingual models alike (benchmarks/README.md, "Whisper base and
+    mixed languages")."""
+    return options.pack_short_clips
 
 
 def plan_windows(
@@ -141,7 +148,11 @@ def transcribe_packed(
                       key=lambda i: (-_on_grid(clips[i].packed_seconds), clips[i].source))
     # Clip lengths rounded up to the encoder's frame grid, so every start lies on it.
     lengths = [_on_grid(clips[i].packed_seconds) for i in speaking]
-    windows = plan_windows(lengths, gap=_on_grid(GAP_SECONDS))
+    if shares_windows(options, engine.multilingual):
+        windows = plan_windows(lengths, gap=_on_grid(GAP_SECONDS))
+    else:
+        windows = [Window(members=[n], starts=[0.0], length=length)
+                   for n, length in enumerate(lengths)]
     laid_out: list[list[tuple[float, np.ndarray]]] = []
     owners: list[int] = []  # the clip of each placed piece, in transcribe_windows' order
     for window in windows:
@@ -153,21 +164,25 @@ def transcribe_packed(
             pieces.append((_on_grid(start), part))
             owners.append(speaking[member])
         laid_out.append(pieces)
-    per_clip: dict[int, list[Segment]] = {}
+    per_clip: dict[int, Decoded] = {}
     if laid_out:
         label = f"{len(clips)} packed clips ({clips[0].source} …)"
         results = engine.transcribe_windows(laid_out, options, label)
         per_clip = dict(zip(owners, results, strict=True))
+    # A clip without speech never reaches the model: it has the language asked for, or
+    # English as faster-whisper reports for a file without speech.
+    silent = Decoded(options.language or "en", 1.0, [])
     return [
         Transcript(
             source=clip.source,
-            language=options.language or "en",
-            language_probability=1.0,
+            language=per_clip.get(i, silent).language,
+            language_probability=per_clip.get(i, silent).language_probability,
             duration=clip.duration,
             model=engine.options.name,
             compute_type=engine.compute_type,
             device=engine.device_label,
-            segments=_in_file_time(per_clip.get(i, []), clip.trim_start, clip.duration),
+            segments=_in_file_time(per_clip.get(i, silent).segments, clip.trim_start,
+                                   clip.duration),
         )
         for i, clip in enumerate(clips)
     ]

@@ -18,6 +18,7 @@ from whisperfleet_runner.contract.transcript import Segment, Transcript
 
 if TYPE_CHECKING:
     from whisperfleet_runner.decode.chunk_decode import ChunkDecoder, Item
+    from whisperfleet_runner.decode.packed_decode import Decoded
 
 
 @runtime_checkable
@@ -65,8 +66,9 @@ class ClipPacking(Engine, Protocol):
     """An engine that transcribes short clips laid out in shared 30 s windows."""
 
     def transcribe_windows(self, windows: Sequence[Sequence[tuple[float, np.ndarray]]],
-                           options: TranscriptionOptions, source: str) -> list[list[Segment]]:
-        """Every clip's segments, windows in order, then clips (see packing)."""
+                           options: TranscriptionOptions, source: str) -> list[Decoded]:
+        """Every clip's language and segments, windows in order, then clips (see
+        packing)."""
         ...
 
     def warm_packing(self) -> None:

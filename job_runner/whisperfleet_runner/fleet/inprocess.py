@@ -88,7 +88,8 @@ class ModelPreload:
             if engine_ is not None and self.options is not None:
                 from whisperfleet_runner.decode import packing  # imports faster-whisper
 
-                if packing.can_pack(self.options, engine_.multilingual):
+                if packing.can_pack(self.options) and packing.shares_windows(
+                        self.options, engine_.multilingual):
                     engine_.warm_packing()
         except Exception:  # the first packed call meets the same error, and reports it
             log.debug("warming packing failed", exc_info=True)

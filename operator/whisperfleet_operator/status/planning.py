@@ -79,6 +79,9 @@ def planning_status(job: TranscriptionJob, old: Obj, outcome: PlannerOutcome,
     """Status while planning, when the plan has just succeeded, or when it failed.
     `pods` are the planner's pods: one that cannot start is said loudly (PodsHealthy)."""
     status, conds, gen = base(old, job.generation, now)
+    # What the pods load, resolved (spec.model.uri, or the default when spec names none):
+    # the Model column of `kubectl get tj -o wide` reads it.
+    status["model"] = job.model.name
     suspended = job.suspend
     blocked = stuck.stuck_pods(pods or [])
     if outcome.state == "failed":

@@ -51,7 +51,7 @@ def choose(options: TranscriptionOptions, engine: Engine, publish: Publish,
                         "transcribed alone (sequential mode)", engine.options.name)
         main = WindowLane(engine, options, publish, check_device)
     packed = None
-    if isinstance(engine, ClipPacking) and packing.can_pack(options, engine.multilingual):
+    if isinstance(engine, ClipPacking) and packing.can_pack(options):
         packed = PackedLane(engine, options, publish, check_device, fallback=main)
     return Lanes(main, packed)
 
