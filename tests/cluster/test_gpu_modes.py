@@ -178,9 +178,18 @@ def test_worker_pods_run_under_the_runtime_class_the_job_names(
     try:
         bucket = tjs.bucket_with(cluster, TWO_FILES)
         tjs.create(cluster, ns, "runtime", job(cluster, bucket, runtimeClassName="nvidia-test"))
+        tjs.create(cluster, ns, "absent", job(cluster, bucket, runtimeClassName="absent"))
         succeeded(cluster, ns, "runtime")
-        classes = {pod["metadata"]["labels"]["app.kubernetes.io/component"]:
-                   pod["spec"].get("runtimeClassName") for pod in tjs.pods(cluster, ns)}
-        assert classes == {"planner": None, "worker": "nvidia-test"}
+        classes = {(pod["metadata"]["labels"]["app.kubernetes.io/component"],
+                    pod["spec"].get("runtimeClassName")) for pod in tjs.pods(cluster, ns)}
+        assert classes == {("planner", None), ("worker", "nvidia-test")}
+        # A RuntimeClass that does not exist: the API server refuses the worker pods, and the
+        # worker Job's events say why.
+        refused = eventually(
+            lambda: [e["message"] for e in tjs.listed(cluster, f"/api/v1/namespaces/{ns}/events")
+                     if e.get("reason") == "FailedCreate"
+                     and e["involvedObject"]["name"].startswith("absent-work")],
+            timeout=120, what="a FailedCreate event of the absent job's worker Job")
+        assert 'RuntimeClass "absent" not found' in refused[0], refused
     finally:
         rest.delete("/apis/node.k8s.io/v1/runtimeclasses/nvidia-test", {})
