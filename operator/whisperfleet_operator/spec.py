@@ -19,6 +19,9 @@ from whisperfleet_operator.objects import Obj
 from whisperfleet_runner import contract
 
 DEFAULT_RESOURCE = "nvidia.com/gpu"
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"  # the MIG "mixed" strategy's resources
+SHARED_RESOURCE_SUFFIX = ".shared"  # time-slicing's resource with renameByDefault
+EXCLUSIVE, SHARED = "Exclusive", "Shared"  # spec.workers.gpu.sharing
 DEFAULT_DATA_MOUNT = "/data"  # the CRD's default for spec.storage.volume.mountPath
 DEFAULT_PARALLELISM = 1
 DEFAULT_PER_SHARD_RETRIES = 3
@@ -34,10 +37,21 @@ class GpuSpec:
     min_memory_mib: int = 0
     min_compute_capability: tuple[int, int] | None = None
     device_class_name: str = ""
+    sharing: str = EXCLUSIVE
+    memory_budget_mib: int = 0  # 0: the runner sizes its batch from the GPU's free memory
 
     @property
     def uses_dra(self) -> bool:
         return bool(self.device_class_name)
+
+    @property
+    def mig_resource(self) -> bool:
+        """A MIG device under the "mixed" strategy (a resource per profile)."""
+        return self.resource_name.startswith(MIG_RESOURCE_PREFIX)
+
+    @property
+    def shared(self) -> bool:
+        return self.sharing == SHARED
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,9 @@ class WorkersSpec:
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
     service_account_name: str = ""  # "": the operator's configured one
+    runtime_class_name: str = ""  # worker pods only (e.g. nvidia on k3s and RKE2)
+    volumes: tuple[Obj, ...] = ()  # core/v1 Volumes of every pod of the job
+    volume_mounts: tuple[Obj, ...] = ()  # core/v1 VolumeMounts of the runner container
 
 
 @dataclass(frozen=True)
@@ -234,6 +251,8 @@ def _workers(workers: Obj) -> WorkersSpec:
             min_memory_mib=_at_least(gpu, "minMemoryMiB", 0, 0, "spec.workers.gpu."),
             min_compute_capability=parse_compute_capability(str(cc)) if cc else None,
             device_class_name=str(gpu.get("deviceClassName") or ""),
+            sharing=_sharing(gpu),
+            memory_budget_mib=_at_least(gpu, "memoryBudgetMiB", 0, 0, "spec.workers.gpu."),
         ),
         node_selector=dict(workers.get("nodeSelector") or {}),
         tolerations=tuple(workers.get("tolerations") or ()),
@@ -248,7 +267,19 @@ def _workers(workers: Obj) -> WorkersSpec:
         pod_annotations={str(k): str(v)
                          for k, v in (workers.get("podAnnotations") or {}).items()},
         service_account_name=str(workers.get("serviceAccountName") or ""),
+        runtime_class_name=str(workers.get("runtimeClassName") or ""),
+        volumes=tuple(dict(v) for v in workers.get("volumes") or ()),
+        volume_mounts=tuple(dict(m) for m in workers.get("volumeMounts") or ()),
     )
+
+
+def _sharing(gpu: Obj) -> str:
+    sharing = str(gpu.get("sharing") or EXCLUSIVE)
+    _one_of("spec.workers.gpu.sharing", [sharing], (EXCLUSIVE, SHARED))
+    if sharing == SHARED and not gpu.get("memoryBudgetMiB"):
+        raise ValueError("spec.workers.gpu.memoryBudgetMiB is required when "
+                         "spec.workers.gpu.sharing is Shared")
+    return sharing
 
 
 MODEL_URI_SCHEMES = ("s3://", "gs://", "az://")

@@ -195,7 +195,22 @@ def _toleration(index: int) -> Obj:
             "tolerationSeconds": 60}
 
 
-_ITEM_FACTORIES = {"spec.workers.tolerations[]": _toleration}
+def _volume(index: int) -> Obj:
+    return {"name": f"v{index}", "emptyDir": {}}
+
+
+def _volume_mount(index: int) -> Obj:
+    # Mounts the volume of the same index: a mount must name a volume of the job.
+    return {"name": f"v{index}", "mountPath": f"/mnt/v{index}"}
+
+
+_ITEM_FACTORIES = {"spec.workers.tolerations[]": _toleration,
+                   "spec.workers.volumes[]": _volume,
+                   "spec.workers.volumeMounts[]": _volume_mount}
+# Where a value is refused whatever it holds (a rule says why): no bound of it to break.
+REFUSED_WHOLE = ("spec.workers.volumes[].hostPath.",)
+# A valid object that the spec.workers.volumeMounts[] items made by _volume_mount fit.
+WITH_VOLUME = {"workers__volumes": [_volume(0)]}
 # Extended resources, requests equal to limits (they cannot be overcommitted).
 _RESOURCES = {f"example.com/r{i}": "1" for i in range(16)}
 _KNOWN_MAXIMAL_RESOURCES = {"spec.workers.resources.limits": _RESOURCES,
@@ -321,7 +336,7 @@ def bound_cases(schema: Obj, under: str) -> list[BoundCase]:
     maxProperties, minimum, maximum, enum, pattern) of every node under `under`."""
     cases = []
     for path, node in walk(schema):
-        if not path.startswith(f"{under}."):
+        if not path.startswith(f"{under}.") or path.startswith(REFUSED_WHOLE):
             continue
         items = node.get("items")
         extra = node.get("additionalProperties")

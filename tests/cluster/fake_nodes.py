@@ -2,7 +2,8 @@
 
 Owns the `NodeSpec`/`Gpu`/`MigInstance` dataclasses, the default node list, and what is
 made from them: the Node object (labels as GPU Feature Discovery sets them, extended
-resources as the NVIDIA device plugin advertises them, the GPU Operator's taint), the
+resources as the NVIDIA device plugin advertises them, the GPU Operator's taint — under
+either MIG strategy, and with time-slicing's replicas, renamed or not), the
 ResourceSlice the NVIDIA DRA driver would publish, the DeviceClasses, and the device JSON
 of the fake NVML (tests/fakes/README.md) that processes on that node see.
 """
@@ -16,7 +17,9 @@ from typing import Any
 
 DRA_DRIVER = "gpu.nvidia.com"
 GPU_RESOURCE = "nvidia.com/gpu"
+SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"  # time-slicing with renameByDefault
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+REPLICA_SEPARATOR = "::"  # a time-sliced GPU's replicas: "<uuid>::<replica>"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 # In a cluster with a real node too, every fake node carries this: only pods that say they
 # may run under the stand-in kubelet (a toleration) go there, never the chart's operator.
@@ -104,6 +107,11 @@ class NodeSpec:
     cpu: str = "64"
     memory: str = "512Gi"
     pods: str = "110"
+    # The device plugin's MIG strategy: "mixed" (a resource per profile) or "single" (every
+    # GPU sliced alike, each slice an nvidia.com/gpu).
+    mig_strategy: str = "mixed"
+    replicas: int = 1  # time-slicing: pods per GPU (1: not shared)
+    rename_shared: bool = False  # time-slicing's renameByDefault: nvidia.com/gpu.shared
 
     @property
     def mig_instances(self) -> tuple[MigInstance, ...]:
@@ -114,31 +122,58 @@ class NodeSpec:
         """GPUs handed out whole (MIG "mixed" strategy: a MIG-enabled GPU is not one)."""
         return tuple(gpu for gpu in self.gpus if gpu.mig is None)
 
+    @property
+    def gpu_resource(self) -> str:
+        return SHARED_GPU_RESOURCE if self.replicas > 1 and self.rename_shared else GPU_RESOURCE
+
+    def device_pools(self) -> list[tuple[str, list[str]]]:
+        """(resource, device ids) as the device plugin advertises them: a time-sliced GPU is
+        `replicas` devices "<uuid>::<replica>" (REPLICA_SEPARATOR), one per pod."""
+        single = self.mig_strategy == "single"
+        whole = [m.uuid for m in self.mig_instances] if single else \
+            [gpu.uuid for gpu in self.whole_gpus]
+        if self.replicas > 1:
+            whole = [f"{uuid}{REPLICA_SEPARATOR}{r}" for uuid in whole
+                     for r in range(self.replicas)]
+        pools = [(self.gpu_resource, whole)] if whole else []
+        if not single:
+            for profile in sorted({m.profile for m in self.mig_instances}):
+                pools.append((MIG_RESOURCE_PREFIX + profile,
+                              [m.uuid for m in self.mig_instances if m.profile == profile]))
+        return pools
+
     def extended_resources(self) -> dict[str, str]:
-        resources: dict[str, int] = {}
-        if self.whole_gpus:
-            resources[GPU_RESOURCE] = len(self.whole_gpus)
-        for instance in self.mig_instances:
-            key = MIG_RESOURCE_PREFIX + instance.profile
-            resources[key] = resources.get(key, 0) + 1
-        return {key: str(value) for key, value in resources.items()}
+        return {resource: str(len(devices)) for resource, devices in self.device_pools()}
 
     def gfd_labels(self) -> dict[str, str]:
         if not self.gpus:
             return {}
         first = self.gpus[0]
         major, minor = first.cc.split(".")
+        product, memory, count = first.gfd_product, first.memory_mib, len(self.gpus)
+        if self.mig_strategy == "single" and first.mig:
+            # The slice is the product: its profile appended, its memory, one per slice.
+            product += f"-MIG-{first.mig[0].profile}"
+            memory, count = first.mig[0].memory_mib, len(self.mig_instances)
+        shared = self.replicas > 1
+        if shared and not self.rename_shared:
+            product += "-SHARED"
         labels = {
             "nvidia.com/gpu.present": "true",
-            "nvidia.com/gpu.product": first.gfd_product,
-            "nvidia.com/gpu.memory": str(first.memory_mib),
+            "nvidia.com/gpu.product": product,
+            "nvidia.com/gpu.memory": str(memory),
             "nvidia.com/gpu.compute.major": major,
             "nvidia.com/gpu.compute.minor": minor,
-            "nvidia.com/gpu.count": str(len(self.gpus)),
+            "nvidia.com/gpu.count": str(count),
             "nvidia.com/gpu.family": first.architecture.lower().replace(" ", "-"),
+            "nvidia.com/gpu.replicas": str(self.replicas),
+            "nvidia.com/gpu.sharing-strategy": "time-slicing" if shared else "none",
         }
+        if self.mig_strategy == "single":
+            labels["nvidia.com/mig.strategy"] = "single"
         if self.mig_instances:
             labels["nvidia.com/mig.capable"] = "true"
+        if self.mig_instances and self.mig_strategy != "single":
             labels["nvidia.com/mig.strategy"] = "mixed"
             for instance in self.mig_instances:
                 prefix = f"nvidia.com/mig-{instance.profile}"

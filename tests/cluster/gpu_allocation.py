@@ -1,10 +1,12 @@
 """Which GPU devices a pod gets on its node, as the NVIDIA device plugin and DRA driver decide.
 
-Owns the per-node bookkeeping of held devices: `nvidia.com/gpu: N` takes N whole GPUs and
-`nvidia.com/mig-<profile>: N` takes N MIG instances of that profile, none held by another
-live pod of the node (device-plugin style); a DRA claim's allocation (made by the real
-scheduler) is resolved to device UUIDs through the node's ResourceSlice, as the driver
-does through CDI. Devices are released when the pod's process ends.
+Owns the per-node bookkeeping of held devices: `nvidia.com/gpu: N` takes N whole GPUs (MIG
+slices under the "single" strategy), `nvidia.com/mig-<profile>: N` N MIG instances of that
+profile, and on a time-sliced node each resource unit is one replica of a GPU, none held by
+another live pod of the node (device-plugin style: two pods may then share one GPU); a DRA
+claim's allocation (made by the real scheduler) is resolved to device UUIDs through the
+node's ResourceSlice, as the driver does through CDI. Devices are released when the pod's
+process ends.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tests.cluster.fake_nodes import DRA_DRIVER, GPU_RESOURCE, MIG_RESOURCE_PREFIX, NodeSpec
+from tests.cluster.fake_nodes import DRA_DRIVER, MIG_RESOURCE_PREFIX, REPLICA_SEPARATOR, NodeSpec
 
 Obj = dict[str, Any]
 # GET of an API path (e.g. a ResourceClaim); None when it does not exist.
 ApiGetter = Callable[[str], "Obj | None"]
+
+
+def _gpu(device: str) -> str:
+    """The GPU's UUID of a device id (a time-sliced GPU's replica names its GPU)."""
+    return device.split(REPLICA_SEPARATOR, 1)[0]
 
 
 class AllocationError(Exception):
@@ -47,7 +54,8 @@ class GpuAllocator:
     def allocations(self) -> dict[str, list[str]]:
         """Current assignments: pod key "namespace/name" -> device UUIDs."""
         with self._lock:
-            return {self._pod_names[uid]: list(uuids) for uid, uuids in self._by_pod.items()}
+            return {self._pod_names[uid]: [_gpu(d) for d in devices]
+                    for uid, devices in self._by_pod.items()}
 
     def release(self, pod_uid: str) -> None:
         with self._lock:
@@ -70,16 +78,13 @@ class GpuAllocator:
         dra = self._dra_devices(pod, container, node)  # API reads outside the lock
         with self._lock:
             if key in self._by_pod:
-                return list(self._by_pod[key])
-            pools = [(GPU_RESOURCE, [gpu.uuid for gpu in node.whole_gpus])]
-            for profile in sorted({m.profile for m in node.mig_instances}):
-                pools.append((MIG_RESOURCE_PREFIX + profile,
-                              [m.uuid for m in node.mig_instances if m.profile == profile]))
+                return [_gpu(device) for device in self._by_pod[key]]
             chosen = list(dra)
-            for resource, candidates in pools:
+            for resource, candidates in node.device_pools():
                 wanted = _requested(container, resource)
                 # A device the DRA driver handed out is not the device plugin's to give.
-                free = [u for u in candidates if u not in self._holders and u not in chosen]
+                free = [u for u in candidates if u not in self._holders and u not in chosen
+                        and _gpu(u) not in dra]
                 if wanted > len(free):
                     raise AllocationError(
                         f"Allocate failed due to requested number of devices unavailable for "
@@ -89,7 +94,7 @@ class GpuAllocator:
                 self._holders.setdefault(device, set()).add(key)
             self._by_pod[key] = chosen
             self._pod_names[key] = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
-            return list(chosen)
+            return [_gpu(device) for device in chosen]
 
     def _dra_devices(self, pod: Obj, container: Obj, node: NodeSpec) -> list[str]:
         """UUIDs of the DRA devices allocated to the claims this container uses."""

@@ -1,6 +1,7 @@
 """The CRD's copies of core Kubernetes schemas match the real API server's.
 
-spec.workers.tolerations, .affinity and .resources are hand-typed in the CRD rather than
+spec.workers.tolerations, .affinity, .resources, .volumes and .volumeMounts are hand-typed in
+the CRD rather than
 generated, on purpose: a CRD cannot $ref core types, and the copies carry bounds (maxItems,
 maxLength) that the upstream schemas lack and the API server's CEL cost estimate needs.
 What keeps them honest is this test: every field and type of the copy must be the API
@@ -25,6 +26,18 @@ CORE = "io.k8s.api.core.v1."
 # Fields the copies leave out deliberately (the pods never need them).
 OMITTED: dict[str, set[str]] = {
     "resources": {"claims"},  # DRA claims come from spec.workers.gpu.deviceClassName
+    # Propagation needs a privileged container; subPathExpr, recursiveReadOnly and
+    # bindMountOptions (new in 1.37) no job needs.
+    "volumeMounts": {"mountPropagation", "recursiveReadOnly", "subPathExpr",
+                     "bindMountOptions"},
+    # Owners and modes of projected files and emptyDirs, new in 1.37: no job needs them.
+    "volumes": {"configMap.defaultUser", "configMap.items[].user", "secret.defaultUser",
+                "secret.items[].user", "emptyDir.mode"},
+}
+# Fields the copies keep, where they keep few: the volume types the restricted Pod Security
+# level allows that a job has use for, and hostPath (typed only to be refused by name).
+KEPT: dict[str, set[str]] = {
+    "volumes": {"name", "configMap", "secret", "persistentVolumeClaim", "emptyDir", "hostPath"},
 }
 
 
@@ -65,14 +78,30 @@ def crd_workers() -> Obj:
 
 @pytest.mark.parametrize(("field", "core"), [
     ("tolerations", "Toleration"), ("affinity", "Affinity"),
-    ("resources", "ResourceRequirements")])
+    ("resources", "ResourceRequirements"), ("volumes", "Volume"),
+    ("volumeMounts", "VolumeMount")])
 def test_the_crd_copy_has_exactly_the_api_servers_fields(
     core_schemas: Obj, field: str, core: str
 ) -> None:
     copy = crd_workers()[field]
     upstream = shape(core_schemas[CORE + core], core_schemas)
+    if isinstance(upstream, dict):
+        upstream = {k: v for k, v in upstream.items() if k not in OMITTED.get(field, set())
+                    and k in KEPT.get(field, upstream.keys())}
+        for dotted in OMITTED.get(field, set()):
+            _drop(upstream, dotted)
     if copy.get("type") == "array":
         upstream = ["array", upstream]
-    if isinstance(upstream, dict):
-        upstream = {k: v for k, v in upstream.items() if k not in OMITTED.get(field, set())}
     assert shape(copy, {}) == upstream
+
+
+def _drop(tree: Any, dotted: str) -> None:
+    """Remove the field at `dotted` (`a.items[].b`) from a `shape`, if it is there."""
+    *parents, leaf = dotted.split(".")
+    for step in parents:
+        array = step.endswith("[]")
+        tree = tree.get(step.removesuffix("[]")) if isinstance(tree, dict) else None
+        if array and isinstance(tree, list):
+            tree = tree[1]
+    if isinstance(tree, dict):
+        tree.pop(leaf, None)

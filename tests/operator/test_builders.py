@@ -624,3 +624,19 @@ def test_the_crd_refuses_every_env_name_the_builders_set() -> None:
                              cleanup.build_cleanup_job(tj, SETTINGS))
             for name in env_of(job)}
     assert sorted(n for n in ours if n not in listed and not n.startswith(prefixes)) == []
+
+
+def test_the_users_volumes_reach_every_pod_of_the_job_after_ours() -> None:
+    ca = {"name": "private-ca", "configMap": {"name": "store-ca",
+                                               "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+    mount = {"name": "private-ca", "mountPath": "/etc/ssl/private-ca", "readOnly": True}
+    tj = make_tj(workers={"volumes": [ca], "volumeMounts": [mount],
+                          "env": [{"name": "AWS_CA_BUNDLE",
+                                   "value": "/etc/ssl/private-ca/ca.crt"}]})
+    for job in (jobs.build_planner_job(tj, SETTINGS), jobs.build_worker_job(tj, PLAN, SETTINGS),
+                cleanup.build_cleanup_job(tj, SETTINGS)):
+        validate(job)
+        pod = job["spec"]["template"]["spec"]
+        assert pod["volumes"][-1] == ca
+        assert container(job)["volumeMounts"][-1] == mount
+        assert env_of(job)["AWS_CA_BUNDLE"] == "/etc/ssl/private-ca/ca.crt"

@@ -191,6 +191,11 @@ def test_examples_show_every_documented_scenario() -> None:
     assert any(w.get("gpu", {}).get("resourceName", "").startswith("nvidia.com/mig-")
                for w in workers), "MIG"
     assert any(w.get("gpu", {}).get("deviceClassName") for w in workers), "DRA"
+    assert any("-MIG-" in p for w in workers for p in w.get("gpu", {}).get("products", [])), \
+        "MIG single strategy"
+    assert any(w.get("gpu", {}).get("sharing") == "Shared" for w in workers), "time-slicing"
+    assert any(w.get("runtimeClassName") for w in workers), "runtimeClassName"
+    assert any(w.get("volumeMounts") for w in workers), "a volume of the user's"
     assert any(j["spec"].get("queueName") for j in jobs), "Kueue"
     assert any(j["spec"]["output"]["uri"].startswith("file://") for j in jobs), "PVC"
     names = [j["metadata"]["name"] for j in jobs]

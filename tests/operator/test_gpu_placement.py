@@ -118,11 +118,95 @@ def test_device_plugin_limit(workers: dict[str, Any], resource: str, count: str)
     assert "resourceClaims" not in job["spec"]["template"]["spec"]
 
 
-def test_no_gpu_constraints_means_no_affinity_but_gpu_toleration() -> None:
+def test_no_gpu_constraints_means_any_unshared_gpu_and_the_gpu_toleration() -> None:
     pod = worker_pod()
-    assert "affinity" not in pod
+    assert all(schedulable(pod, n) for n in (H100, A100_40, A10, L4, T4, CPU_NODE))
+    assert schedulable(pod, {**T4, "nvidia.com/gpu.replicas": "1"})
+    assert not schedulable(pod, {**T4, "nvidia.com/gpu.replicas": "4"})
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
         "tolerations"]
+
+
+# --- MIG strategies and shared GPUs, with labels as GPU Feature Discovery writes them ---------
+
+# MIG "mixed": the product and nvidia.com/gpu.memory are the whole GPU's; each profile has
+# its own resource and labels.
+A100_MIXED = gfd_node("NVIDIA-A100-SXM4-80GB", 81920, 8, 0, **{
+    "nvidia.com/mig.strategy": "mixed", "nvidia.com/mig-1g.10gb.count": "7",
+    "nvidia.com/mig-1g.10gb.memory": "9728", "nvidia.com/mig-3g.40gb.count": "2",
+    "nvidia.com/mig-3g.40gb.memory": "40192"})
+# MIG "single": every GPU is sliced alike; the product names the slice and memory is its own.
+A100_SINGLE = gfd_node("NVIDIA-A100-SXM4-80GB-MIG-1g.10gb", 9728, 8, 0, **{
+    "nvidia.com/mig.strategy": "single", "nvidia.com/gpu.count": "7"})
+# Time-slicing without renameByDefault: -SHARED product; with it, the resource is renamed and
+# the product label left alone. Both label the replicas and the strategy.
+T4_SHARED = gfd_node("Tesla-T4-SHARED", 15360, 7, 5, **{
+    "nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
+T4_RENAMED = gfd_node("Tesla-T4", 15360, 7, 5, **{
+    "nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
+
+
+def test_mig_mixed_min_memory_reads_the_profiles_own_label() -> None:
+    pod = worker_pod(resourceName="nvidia.com/mig-3g.40gb", minMemoryMiB=20000)
+    assert schedulable(pod, A100_MIXED)
+    small = worker_pod(resourceName="nvidia.com/mig-1g.10gb", minMemoryMiB=20000)
+    # The whole GPU has 80 GiB, but a 1g.10gb slice does not hold 20000 MiB.
+    assert not schedulable(small, A100_MIXED)
+    assert schedulable(worker_pod(resourceName="nvidia.com/mig-1g.10gb", minMemoryMiB=9728),
+                       A100_MIXED)
+
+
+def test_mig_single_slices_are_products_and_their_memory_is_the_slices() -> None:
+    pod = worker_pod(products=["NVIDIA-A100-SXM4-80GB-MIG-1g.10gb"], minMemoryMiB=9000)
+    assert schedulable(pod, A100_SINGLE)
+    assert not schedulable(pod, A100_MIXED)
+    assert not schedulable(worker_pod(products=["NVIDIA-A100-SXM4-80GB"]), A100_SINGLE)
+    assert not schedulable(worker_pod(minMemoryMiB=16000), A100_SINGLE)
+
+
+def test_exclusive_jobs_stay_off_shared_gpus_and_shared_jobs_accept_both() -> None:
+    exclusive = worker_pod(products=["Tesla-T4"])
+    assert schedulable(exclusive, T4)
+    assert not schedulable(exclusive, T4_SHARED)
+    assert not schedulable(exclusive, T4_RENAMED)
+    shared = worker_pod(products=["Tesla-T4"], sharing="Shared", memoryBudgetMiB=3840,
+                        minComputeCapability="7.5")
+    assert [schedulable(shared, n) for n in (T4, T4_SHARED, T4_RENAMED, L4)] == [
+        True, True, True, False]
+
+
+def test_the_renamed_shared_resource_is_asked_for_as_given() -> None:
+    pod = worker_pod(resourceName="nvidia.com/gpu.shared", sharing="Shared",
+                     memoryBudgetMiB=3840)
+    (runner,) = pod["containers"]
+    assert runner["resources"]["limits"]["nvidia.com/gpu.shared"] == "1"
+    assert "nvidia.com/gpu" not in runner["resources"]["limits"]
+
+
+def test_the_memory_budget_reaches_the_runners_work_order() -> None:
+    pod = worker_pod(sharing="Shared", memoryBudgetMiB=3840)
+    (runner,) = pod["containers"]
+    (order,) = [e["value"] for e in runner["env"] if e["name"] == contract.ENV_WORK_ORDER]
+    assert contract.WorkOrder.from_json(order).gpu_memory_budget_mib == 3840
+    default = worker_pod()["containers"][0]
+    (order,) = [e["value"] for e in default["env"] if e["name"] == contract.ENV_WORK_ORDER]
+    assert contract.WorkOrder.from_json(order).gpu_memory_budget_mib == 0
+
+
+def test_shared_without_a_memory_budget_is_refused_by_the_parser_too() -> None:
+    with pytest.raises(ValueError, match="memoryBudgetMiB is required"):
+        make_tj(workers={"gpu": {"sharing": "Shared"}})
+    with pytest.raises(ValueError, match="sharing: 'Timesliced' is not one of"):
+        make_tj(workers={"gpu": {"sharing": "Timesliced", "memoryBudgetMiB": 1}})
+
+
+def test_runtime_class_is_the_workers_only() -> None:
+    tj = make_tj(workers={"runtimeClassName": "nvidia"})
+    worker = jobs.build_worker_job(tj, PLAN, SETTINGS)
+    validate(worker)
+    assert worker["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+    planner = jobs.build_planner_job(tj, SETTINGS)
+    assert "runtimeClassName" not in planner["spec"]["template"]["spec"]
 
 
 def test_products_select_only_those_nodes() -> None:

@@ -45,6 +45,9 @@ class WorkOrder:
     shards: int = 0  # 0 = planner decides
     device: str = "cuda"  # pods: cuda (GPU required) or cpu
     metrics_port: int = 0  # > 0: serve Prometheus metrics there ($POD_IP, else all interfaces)
+    # > 0: the GPU memory each runner may use (its share of a shared GPU); the batch is sized
+    # from it, never from more than the GPU has free. 0: from the GPU's free memory.
+    gpu_memory_budget_mib: int = 0
 
     @property
     def options(self) -> JobOptions:
@@ -81,4 +84,5 @@ class WorkOrder:
             shards=int(data.get("shards", 0)),
             device=data.get("device", "cuda"),
             metrics_port=int(data.get("metrics_port", 0)),
+            gpu_memory_budget_mib=int(data.get("gpu_memory_budget_mib", 0)),
         )

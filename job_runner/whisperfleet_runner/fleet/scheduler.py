@@ -50,10 +50,11 @@ log = logging.getLogger(__name__)
 
 
 def worker_specs(gpus: Sequence[tuple[str, GpuInfo]], compute_type: str,
-                 environ: Mapping[str, str], *, files: int, shard: int = 0
-                 ) -> list[WorkerSpec]:
+                 environ: Mapping[str, str], *, files: int, shard: int = 0,
+                 memory_budget_mib: int = 0) -> list[WorkerSpec]:
     """One spec per (label, GPU), each bound to its GPU alone, or one CPU worker using every
-    CPU this process may use when `gpus` is empty. At most one worker per file."""
+    CPU this process may use when `gpus` is empty. At most one worker per file.
+    `memory_budget_mib`: each GPU's memory this run may use (0: what is free)."""
     level = logging.getLogger().getEffectiveLevel()
     cores = cpus.available_cpus()  # the affinity mask and cgroup quota, not the host's count
     if not gpus:
@@ -66,7 +67,8 @@ def worker_specs(gpus: Sequence[tuple[str, GpuInfo]], compute_type: str,
     # CPU threads matter only where models run on the CPU (the test switch): split them.
     threads = max(1, cores // len(chosen))
     return [WorkerSpec(index, label,
-                       devices.place_model(gpu, compute_type, environ, cpu_threads=threads),
+                       devices.place_model(gpu, compute_type, environ, cpu_threads=threads,
+                                           memory_budget_mib=memory_budget_mib),
                        env=devices.bind_environment([gpu]), gpu=devices.to_identity(gpu, 0),
                        max_in_hand=share, shard=shard, log_level=level)
             for index, (label, gpu) in enumerate(chosen)]

@@ -294,14 +294,21 @@ class ModelPlacement:
     device_index: int = 0  # the CUDA ordinal in this process's view
     compute_type: str = "int8"  # concrete ("auto" resolved)
     cpu_threads: int = 0  # 0: every CPU this process may use
-    free_memory_mib: int | None = None  # NVML's free memory before loading: bounds the batch
+    # NVML's free memory before loading, within the memory budget if one is given: bounds the
+    # batch
+    free_memory_mib: int | None = None
 
 
 def place_model(gpu: GpuInfo | None, compute_type: str, environ: Mapping[str, str], *,
-                device_index: int = 0, cpu_threads: int = 0) -> ModelPlacement:
+                device_index: int = 0, cpu_threads: int = 0,
+                memory_budget_mib: int = 0) -> ModelPlacement:
     """The one path from a device to a model placement, for pods and local workers alike:
     the CPU when `gpu` is None; under the test switch (the only place it is read) a GPU
-    keeps its binding but the model runs on the CPU, with CPU compute types."""
+    keeps its binding but the model runs on the CPU, with CPU compute types.
+
+    `memory_budget_mib` (> 0) is this process's share of a GPU others use too: what is free
+    now may be what another tenant allocates next, so the batch is sized from the budget
+    (and never from more than is free)."""
     if gpu is None or gpu_on_cpu(environ):
         if gpu is not None:
             log.warning("test switch %s: the model for %s runs on the CPU", ENV_GPU_ON_CPU,
@@ -309,9 +316,15 @@ def place_model(gpu: GpuInfo | None, compute_type: str, environ: Mapping[str, st
             compute_type = "auto"  # GPU compute types make no sense there
         return ModelPlacement("cpu", 0, resolve_compute_type(compute_type, "cpu", None),
                               cpu_threads)
+    room = gpu.memory_free_mib
+    if memory_budget_mib > 0:
+        if memory_budget_mib > room:
+            log.warning("GPU %s has %d MiB free, less than the memory budget of %d MiB: the "
+                        "batch is sized from what is free", gpu.uuid, room, memory_budget_mib)
+        room = min(room, memory_budget_mib)
     return ModelPlacement("cuda", device_index,
                           resolve_compute_type(compute_type, "cuda", gpu.compute_capability),
-                          cpu_threads, gpu.memory_free_mib)
+                          cpu_threads, room)
 
 
 def bind_environment(gpus: Sequence[GpuInfo]) -> dict[str, str]:

@@ -113,7 +113,8 @@ def _run_here(order: WorkOrder, files: list[storage.InputFile], selection: Devic
     gpu = selection.gpus[0] if selection.gpus else None
     ordinal = selection.device_index[0] if selection.device_index else 0
     placement = devices.place_model(gpu, order.model.compute_type, environ,
-                                    device_index=ordinal)
+                                    device_index=ordinal,
+                                    memory_budget_mib=order.gpu_memory_budget_mib)
 
     def check_gpu() -> None:
         if gpu is not None:
@@ -152,7 +153,8 @@ def _run_on_each_gpu(order: WorkOrder, files: list[storage.InputFile],
     labeled = [(f"cuda:{i}", g) for i, g in zip(selection.device_index, selection.gpus,
                                                   strict=True)]
     specs = scheduler.worker_specs(labeled, order.model.compute_type, environ,
-                                   files=len(files), shard=shard)
+                                   files=len(files), shard=shard,
+                                   memory_budget_mib=order.gpu_memory_budget_mib)
     summary: RunSummary | None = None
     try:
         summary = scheduler.run(files, order.options, specs, _PodLog(shard),

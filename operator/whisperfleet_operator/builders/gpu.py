@@ -1,9 +1,14 @@
 """How worker pods ask for specific GPUs.
 
 Two modes, chosen by `spec.workers.gpu.deviceClassName`:
-- device plugin (default): an extended-resource limit (`nvidia.com/gpu`, or a MIG resource
-  such as `nvidia.com/mig-1g.10gb`) plus required node affinity on the labels GPU Feature
-  Discovery puts on nodes (`nvidia.com/gpu.product`, `.memory` in MiB, `.compute.major/minor`);
+- device plugin (default): an extended-resource limit (`nvidia.com/gpu`, a MIG resource of
+  the "mixed" strategy such as `nvidia.com/mig-1g.10gb`, or time-slicing's renamed
+  `nvidia.com/gpu.shared`) plus required node affinity on the labels GPU Feature Discovery
+  puts on nodes (`nvidia.com/gpu.product`, `.memory` in MiB or the MIG profile's own
+  `nvidia.com/mig-<profile>.memory`, `.compute.major/minor`, `.replicas`). Under the MIG
+  "single" strategy a MIG device is an `nvidia.com/gpu` whose product label ends in
+  `-MIG-<profile>`: a product like any other here. Shared GPUs (time-slicing) only for
+  `sharing: Shared`, whose product labels may carry GFD's `-SHARED` suffix;
 - Dynamic Resource Allocation: a ResourceClaimTemplate whose CEL selectors match the
   attributes the NVIDIA DRA driver publishes per device (productName, cudaComputeCapability
   as a semver, capacity `memory` as a quantity) — then no limit and no GFD affinity, because
@@ -27,42 +32,69 @@ GFD_PRODUCT = "nvidia.com/gpu.product"
 GFD_MEMORY = "nvidia.com/gpu.memory"
 GFD_CC_MAJOR = "nvidia.com/gpu.compute.major"
 GFD_CC_MINOR = "nvidia.com/gpu.compute.minor"
+GFD_REPLICAS = "nvidia.com/gpu.replicas"  # > 1: time-slicing or MPS shares each GPU
+SHARED_SUFFIX = "-SHARED"  # GFD's product label on a shared GPU (without renameByDefault)
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 # --- device-plugin mode -------------------------------------------------------------------
 
 
+def gfd_products(req: GpuSpec) -> list[str]:
+    """The product labels that mean one of `req.products`: on a shared GPU GFD appends
+    -SHARED (unless the device plugin renames the resource instead), so a Shared request
+    accepts both spellings; an Exclusive one only the plain name."""
+    if not req.shared:
+        return list(req.products)
+    return [name for product in req.products for name in (product, product + SHARED_SUFFIX)]
+
+
+def gfd_memory_label(req: GpuSpec) -> str:
+    """Where GFD puts the memory of what the pod gets: a MIG resource of the "mixed"
+    strategy has its own label (`nvidia.com/mig-1g.10gb.memory`); `nvidia.com/gpu.memory`
+    is the whole GPU there, and under the "single" strategy already the MIG device's."""
+    return f"{req.resource_name}.memory" if req.mig_resource else GFD_MEMORY
+
+
+def _cross(left: list[list[Obj]], right: list[list[Obj]]) -> list[list[Obj]]:
+    """(L1 or L2) and (R1 or R2) as ORed lists of ANDed expressions."""
+    return [[*a, *b] for a in left for b in right]
+
+
 def gfd_node_selector_terms(req: GpuSpec) -> list[Obj]:
     """Node selector terms (ORed) that together mean product ∈ products AND memory ≥ min AND
-    compute capability ≥ min. [] when nothing is asked for."""
+    compute capability ≥ min AND, unless the job accepts shared GPUs, GPUs that are not
+    shared. [] when nothing is asked for."""
     common: list[Obj] = []
     if req.products:
-        common.append({"key": GFD_PRODUCT, "operator": "In", "values": list(req.products)})
+        common.append({"key": GFD_PRODUCT, "operator": "In", "values": gfd_products(req)})
     if req.min_memory_mib > 0:
         # Gt is strict: memory > min-1 is memory >= min for integer MiB.
-        common.append(
-            {"key": GFD_MEMORY, "operator": "Gt", "values": [str(req.min_memory_mib - 1)]}
-        )
-    if req.min_compute_capability is None:
-        return [{"matchExpressions": common}] if common else []
-    major, minor = req.min_compute_capability
-    if minor == 0:
-        # >= X.0 is just major >= X, i.e. major > X-1: one term suffices.
-        return [{"matchExpressions": [
-            *common, {"key": GFD_CC_MAJOR, "operator": "Gt", "values": [str(major - 1)]}
-        ]}]
-    # >= X.Y  ==  major > X  OR  (major == X AND minor > Y-1)
-    return [
-        {"matchExpressions": [
-            *common, {"key": GFD_CC_MAJOR, "operator": "Gt", "values": [str(major)]},
-        ]},
-        {"matchExpressions": [
-            *common,
-            {"key": GFD_CC_MAJOR, "operator": "In", "values": [str(major)]},
-            {"key": GFD_CC_MINOR, "operator": "Gt", "values": [str(minor - 1)]},
-        ]},
-    ]
+        common.append({"key": gfd_memory_label(req), "operator": "Gt",
+                       "values": [str(req.min_memory_mib - 1)]})
+    terms: list[list[Obj]] = [common]
+    if req.min_compute_capability is not None:
+        major, minor = req.min_compute_capability
+        if minor == 0:
+            # >= X.0 is just major >= X, i.e. major > X-1: one term suffices.
+            capability = [[{"key": GFD_CC_MAJOR, "operator": "Gt", "values": [str(major - 1)]}]]
+        else:
+            # >= X.Y  ==  major > X  OR  (major == X AND minor > Y-1)
+            capability = [
+                [{"key": GFD_CC_MAJOR, "operator": "Gt", "values": [str(major)]}],
+                [{"key": GFD_CC_MAJOR, "operator": "In", "values": [str(major)]},
+                 {"key": GFD_CC_MINOR, "operator": "Gt", "values": [str(minor - 1)]}],
+            ]
+        terms = _cross(terms, capability)
+    if not req.shared:
+        # A time-sliced (or MPS) GPU's free memory belongs to its other tenants too: only a
+        # job that opted in, with a memory budget, goes there. GFD labels every node it
+        # knows with its replicas (1: not shared); a node without GFD has no label.
+        terms = _cross(terms, [
+            [{"key": GFD_REPLICAS, "operator": "DoesNotExist"}],
+            [{"key": GFD_REPLICAS, "operator": "In", "values": ["1"]}],
+        ])
+    return [{"matchExpressions": term} for term in terms if term]
 
 
 def merge_required_node_terms(

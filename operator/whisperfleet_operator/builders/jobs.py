@@ -128,6 +128,9 @@ def build_worker_job(
         pod_spec["affinity"] = affinity
     if placement.pod_resource_claims:
         pod_spec["resourceClaims"] = placement.pod_resource_claims
+    if workers.runtime_class_name:
+        # Only the GPU pods: the planner and cleanup pods need no GPU runtime.
+        pod_spec["runtimeClassName"] = workers.runtime_class_name
 
     job_spec: Obj = {
         "completionMode": "Indexed",

@@ -4,7 +4,10 @@ Every pod runs under the `restricted` Pod Security Standard with a read-only roo
 filesystem; the few writable paths (/tmp, a home for library caches) are emptyDirs.
 Storage credentials reach pods only through `envFrom` of the user's Secret: the operator
 never reads, copies or inlines them. `file://` URIs point into the user's PVC
-(spec.storage.volume), mounted at the same path in the planner and every worker.
+(spec.storage.volume), mounted at the same path in the planner and every worker. The user's
+own volumes (spec.workers.volumes and volumeMounts: a private CA for an S3-compatible store,
+a config file) reach every pod too, after ours; admission keeps them to the volume types
+the `restricted` level allows and off the names and paths used here.
 """
 
 from __future__ import annotations
@@ -172,7 +175,8 @@ def base_container(
         "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
         # The runner writes its report there; if it dies first, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [*scratch_volumes()[1], *data_volume(job)[1]],
+        "volumeMounts": [*scratch_volumes()[1], *data_volume(job)[1],
+                         *(dict(m) for m in job.workers.volume_mounts)],
     }
     if env_from:
         container["envFrom"] = env_from
@@ -189,7 +193,8 @@ def base_pod_spec(job: TranscriptionJob, settings: OperatorSettings) -> Obj:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,  # keep the env small and free of unrelated services
         "securityContext": pod_security_context(settings),
-        "volumes": [*scratch_volumes()[0], *data_volume(job)[0]],
+        "volumes": [*scratch_volumes()[0], *data_volume(job)[0],
+                    *(dict(v) for v in job.workers.volumes)],
     }
     workers = job.workers
     if workers.tolerations:

@@ -28,4 +28,5 @@ def work_order_for(job: TranscriptionJob, settings: OperatorSettings | None = No
         shards=job.shards,
         device="cuda",
         metrics_port=settings.metrics_port if settings else 0,
+        gpu_memory_budget_mib=job.workers.gpu.memory_budget_mib,
     )
