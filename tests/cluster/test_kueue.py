@@ -276,3 +276,43 @@ def test_a_job_queued_while_the_operator_is_away_runs_when_kueue_admits_it(
                 if j["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"]) == 2
     blocker = tjs.wait_for(cluster, ns, "blocker", *TERMINAL)
     assert_every_file_done_once(cluster, blocker_bucket, blocker, 8)
+
+
+def test_dra_claims_count_against_the_same_gpu_quota(
+    cluster: LocalCluster, kueue_namespace: str
+) -> None:
+    # Kueue's deviceClassMappings (kueue.py) count the DeviceClass gpu.nvidia.com as
+    # nvidia.com/gpu: a DRA job uses up the T4 flavor's quota that a device-plugin job needs.
+    # No product in the DRA job: Kueue v0.17 refuses claims with CEL selectors (next test).
+    ns = kueue_namespace
+    claims_bucket, plugin_bucket = tjs.bucket_with(cluster, talks(12)), tjs.bucket_with(
+        cluster, talks(2))
+    spec = t4_job(cluster, claims_bucket)
+    spec["workers"]["gpu"] = {"deviceClassName": "gpu.nvidia.com"}
+    tjs.create(cluster, ns, "claims", spec, labels=queued())
+    tjs.wait_for(cluster, ns, "claims", "Running")
+    (admitted,) = [w for w in workloads(cluster, ns) if w["status"].get("admission")]
+    (assignment,) = admitted["status"]["admission"]["podSetAssignments"]
+    assert assignment["flavors"]["nvidia.com/gpu"] == "tesla-t4", assignment
+    assert assignment["resourceUsage"]["nvidia.com/gpu"] == "2", assignment
+    tjs.create(cluster, ns, "plugin", t4_job(cluster, plugin_bucket, shards=2),
+               labels=queued())
+    queued_because(cluster, ns, "plugin", NO_QUOTA)
+    claims = tjs.wait_for(cluster, ns, "claims", *TERMINAL, timeout=600)
+    plugin = tjs.wait_for(cluster, ns, "plugin", *TERMINAL, timeout=600)
+    assert_every_file_done_once(cluster, claims_bucket, claims, 12)
+    assert_every_file_done_once(cluster, plugin_bucket, plugin, 2)
+
+
+def test_a_dra_job_with_gpu_selectors_shows_why_kueue_v0_17_cannot_admit_it(
+    cluster: LocalCluster, kueue_namespace: str
+) -> None:
+    # The operator turns products, memory and compute capability into CEL selectors of the
+    # claim; Kueue v0.17 does not count such claims and says so. The job waits, saying why.
+    ns, bucket = kueue_namespace, tjs.bucket_with(cluster, talks(1))
+    spec = t4_job(cluster, bucket, shards=1)
+    spec["workers"]["gpu"] = {"deviceClassName": "gpu.nvidia.com", "products": ["Tesla-T4"]}
+    tjs.create(cluster, ns, "selective", spec, labels=queued())
+    waiting = queued_because(cluster, ns, "selective", "CEL selectors are not supported")
+    assert waiting["status"]["files"]["total"] == 1 and not pods_of(cluster, ns, "selective")
+    cluster.kubectl("delete", "tj", "selective", "-n", ns, "--wait=true", timeout=120)
