@@ -172,8 +172,9 @@ class Kube:
             _request_timeout=TIMEOUT)).get("items") or [])
 
 
-    def list_workloads(self, namespace: str, job_uid: str) -> list[Obj]:
-        """Kueue's Workloads of one Job (by the Job's uid); [] where Kueue is not installed."""
+    def list_workloads(self, namespace: str, job_uid: str) -> list[Obj] | None:
+        """Kueue's Workloads of one Job (by the Job's uid); None where the API server does
+        not serve Kueue's Workloads (Kueue is not installed)."""
         try:
             response = self.objects.list_namespaced_custom_object(
                 *kueue.WORKLOADS[:2], namespace, kueue.WORKLOADS[2],
@@ -181,7 +182,7 @@ class Kube:
                 _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
-                return []
+                return None
             raise
         return list(_json(response).get("items") or [])
 

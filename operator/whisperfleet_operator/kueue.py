@@ -26,6 +26,9 @@ ANNOTATION_ELASTIC = f"{GROUP}/elastic-job"
 LABEL_JOB_UID = f"{GROUP}/job-uid"
 WORKLOADS = (GROUP, "v1beta2", "workloads")
 
+# Said while a job waits in a cluster whose API server serves no Workloads.
+NOT_INSTALLED = (f"the API server serves no {WORKLOADS[2]}.{GROUP}/{WORKLOADS[1]}: "
+                 "is Kueue (v0.17 or newer) installed?")
 QUOTA_RESERVED = "QuotaReserved"
 ADMITTED = "Admitted"
 EVICTED = "Evicted"

@@ -217,8 +217,10 @@ class Reconciler:
         if not job.queue_name or not (waiting or job.suspend):
             return ""
         uid = str((worker.get("metadata") or {}).get("uid") or "")
-        workload = kueue.current_workload(self.kube.list_workloads(job.namespace, uid)) \
-            if uid else None
+        found = self.kube.list_workloads(job.namespace, uid) if uid else []
+        if found is None:
+            return kueue.NOT_INSTALLED  # and nothing to poll for
+        workload = kueue.current_workload(found)
         patch = kueue.activation_patch(job.suspend, workload)
         if workload is not None and patch:
             self.kube.patch(kueue.WORKLOADS, job.namespace, workload["metadata"]["name"], patch)
