@@ -69,9 +69,9 @@ def manager_config(*, webhook_port: int, health_port: int, metrics_port: int,
         "internalCertManagement": {"enable": False},
         # Only Jobs carrying kueue.x-k8s.io/queue-name are Kueue's (its default).
         "manageJobsWithoutQueueName": False,
-        # Off (Kueue's default): the stand-in kubelet starts pods at once, and a queued
-        # TranscriptionJob must wait for quota, not for its pods' readiness.
         "integrations": {"frameworks": ["batch/job"]},
+        # No waitForPodsReady (off, Kueue's default): it would hold admissions until the
+        # admitted pods are ready, which only adds delay where pods start at once.
         "resources": {"deviceClassMappings": DEVICE_CLASS_MAPPINGS},
         "featureGates": FEATURE_GATES,
     }
