@@ -36,6 +36,7 @@ from tests.cluster.admission import (
     tj,
     version_schema,
 )
+from tests.cluster.kueue import KueueManager
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.transcription_jobs import tj_path
 from tests.cluster.whisperfleet_release import CRD_NAME, Release
@@ -145,10 +146,11 @@ def unfilled_defaults(node: Obj, value: Any, path: str = "spec") -> list[str]:
 
 
 def test_every_example_is_accepted_and_stored_with_its_defaults(
-    cluster: LocalCluster, namespace: str, release: Release, schema: Obj,
+    cluster: LocalCluster, namespace: str, release: Release, schema: Obj, kueue: KueueManager,
 ) -> None:
     """`kubectl apply --dry-run=server -f examples/X.yaml`, as the README tells users to apply
-    them (without the dry run), including the Secret and PVC some examples ship."""
+    them (without the dry run), including the Secret and PVC some examples ship, and the
+    queues of examples/kueue.yaml (Kueue's CRDs and webhooks judge those: `kueue`)."""
     spec_schema = schema["properties"]["spec"]
     kinds = set()
     for path in EXAMPLE_FILES:
