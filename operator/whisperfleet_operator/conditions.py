@@ -15,6 +15,7 @@ MAX_MESSAGE = 32768  # the CRD's bound on a condition message
 
 # --- phases (status.phase: for display; conditions are the API) --------------------------
 PENDING, PLANNING, RUNNING, SUSPENDED = "Pending", "Planning", "Running", "Suspended"
+QUEUED = "Queued"  # a phase: the worker Job waits for Kueue to admit it
 SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED = "Succeeded", "PartiallySucceeded", "Failed"
 TERMINAL_PHASES = frozenset({SUCCEEDED, PARTIALLY_SUCCEEDED, FAILED})
 

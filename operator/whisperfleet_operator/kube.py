@@ -16,7 +16,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from whisperfleet_operator import naming
+from whisperfleet_operator import kueue, naming
 from whisperfleet_operator.objects import Obj
 
 logger = logging.getLogger(__name__)
@@ -170,6 +170,21 @@ class Kube:
         return list(_json(self.core.list_namespaced_pod(
             namespace, label_selector=selector, _preload_content=False,
             _request_timeout=TIMEOUT)).get("items") or [])
+
+
+    def list_workloads(self, namespace: str, job_uid: str) -> list[Obj] | None:
+        """Kueue's Workloads of one Job (by the Job's uid); None where the API server does
+        not serve Kueue's Workloads (Kueue is not installed)."""
+        try:
+            response = self.objects.list_namespaced_custom_object(
+                *kueue.WORKLOADS[:2], namespace, kueue.WORKLOADS[2],
+                label_selector=f"{kueue.LABEL_JOB_UID}={job_uid}", _preload_content=False,
+                _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return list(_json(response).get("items") or [])
 
 
 def _json(response: Any) -> Obj:

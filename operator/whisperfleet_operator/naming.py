@@ -17,7 +17,7 @@ import re
 import kopf
 
 from whisperfleet_operator.objects import Obj
-from whisperfleet_operator.spec import TranscriptionJob
+from whisperfleet_operator.spec import KUEUE_QUEUE_LABEL, TranscriptionJob
 
 GROUP = "whisperfleet.io"
 VERSION = "v1alpha1"
@@ -27,7 +27,7 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_JOB_UID = f"{GROUP}/job-uid"  # the TranscriptionJob's uid (names may exceed 63 chars)
-LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_QUEUE = KUEUE_QUEUE_LABEL
 # On pods (via the Job templates): the TranscriptionJob's name, so a pod event finds its
 # TranscriptionJob with one GET. An annotation, as names may exceed a label value's 63 chars.
 ANNOTATION_TJ_NAME = f"{GROUP}/transcriptionjob"

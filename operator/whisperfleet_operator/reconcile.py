@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import kopf
 
-from whisperfleet_operator import conditions, kube, naming, progress, spec, status
+from whisperfleet_operator import conditions, kube, kueue, naming, progress, spec, status
 from whisperfleet_operator.builders import cleanup, gpu, jobs
 from whisperfleet_operator.objects import Obj
 from whisperfleet_operator.retries import Key, RetryTimers
@@ -32,6 +32,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # First statuses are one small patch each: a few threads of their own keep them off the
 # handler threads, where a burst's last jobs would wait for every reconcile ahead of them.
 ACCEPT_THREADS = 16
+QUEUE_RECHECK_SECONDS = 5.0
 
 
 class Reconciler:
@@ -189,9 +190,10 @@ class Reconciler:
         _check_owned(job, worker_name, worker)
         # 3. ... and follows the spec's mutable fields (suspend, parallelism).
         worker = self._sync_worker_job(job, old, worker)
+        kueue_says = self._follow_kueue(job, worker)
         # 4. Report: the Job's state and its pods' shard reports become the status.
         pods = self.kube.list_pods(job.namespace, job.uid, naming.COMPONENT_WORKER)
-        return status.running_status(job, old, worker, pods, now)
+        return status.running_status(job, old, worker, pods, now, kueue_says)
 
     def _plan(self, job: spec.TranscriptionJob, old: Obj, now: str) -> tuple[Obj, bool]:
         """The planning status, and whether the plan succeeded (the planner Job made once)."""
@@ -232,6 +234,27 @@ class Reconciler:
         body = jobs.build_worker_job(job, status.plan_from_status(old), self.settings)
         self.kube.create(kube.JOBS, job.namespace, body)
         return self.kube.get(kube.JOBS, job.namespace, naming.worker_job_name(job)) or body
+
+    def _follow_kueue(self, job: spec.TranscriptionJob, worker: Obj) -> str:
+        """A queued job's Workload follows spec.suspend (`spec.active`, as Kueue honours);
+        returns why Kueue holds the Job ("" when it does not, or said nothing yet). While
+        the Job waits, the reconcile comes back every QUEUE_RECHECK_SECONDS: Kueue's
+        reasons change on its Workload, which the operator does not watch."""
+        waiting = bool((worker.get("spec") or {}).get("suspend"))
+        if not job.queue_name or not (waiting or job.suspend):
+            return ""
+        uid = str((worker.get("metadata") or {}).get("uid") or "")
+        found = self.kube.list_workloads(job.namespace, uid) if uid else []
+        if found is None:
+            return kueue.NOT_INSTALLED  # and nothing to poll for
+        workload = kueue.current_workload(found)
+        patch = kueue.activation_patch(job.suspend, workload)
+        if workload is not None and patch:
+            self.kube.patch(kueue.WORKLOADS, job.namespace, workload["metadata"]["name"], patch)
+        if (waiting and not job.suspend) or (job.suspend and (workload is None or patch)):
+            key = (job.namespace, job.name, job.uid)
+            self.retries.at(key, QUEUE_RECHECK_SECONDS, lambda: self.reconcile_or_retry(*key))
+        return kueue.waiting_reason(workload)
 
     def _sync_worker_job(self, job: spec.TranscriptionJob, old: Obj, worker: Obj) -> Obj:
         drift = jobs.worker_job_drift(job, status.operator_holds_suspension(old), worker)

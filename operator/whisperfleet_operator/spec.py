@@ -18,6 +18,10 @@ from typing import Any
 from whisperfleet_operator.objects import Obj
 from whisperfleet_runner import contract
 
+# Where a TranscriptionJob names Kueue's LocalQueue and WorkloadPriorityClass: Kueue's own
+# labels, read on the parent object as Kueue's JobSet and KubeRay integrations read them.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 DEFAULT_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"  # the MIG "mixed" strategy's resources
 SHARED_RESOURCE_SUFFIX = ".shared"  # time-slicing's resource with renameByDefault
@@ -111,7 +115,8 @@ class TranscriptionJob:
     active_deadline_seconds: int = 0
     ttl_seconds_after_finished: int | None = None  # unset: keep (as a Job's TTL)
     suspend: bool = False
-    queue_name: str = ""
+    queue_name: str = ""  # Kueue's LocalQueue (label kueue.x-k8s.io/queue-name or queueName)
+    priority_class: str = ""  # Kueue's WorkloadPriorityClass (its label on the TJ)
     generation: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)  # metadata.labels
     api_version: str = ""
@@ -185,9 +190,21 @@ def parse(tj: Obj) -> TranscriptionJob:
                                     if spec.get("ttlSecondsAfterFinished") is not None
                                     else None),
         suspend=bool(spec.get("suspend", False)),
-        queue_name=str(spec.get("queueName") or ""),
+        queue_name=_queue_name(meta.get("labels") or {}, spec),
+        priority_class=str((meta.get("labels") or {}).get(KUEUE_PRIORITY_LABEL) or ""),
     )
     return job
+
+
+def _queue_name(labels: Obj, spec: Obj) -> str:
+    """Kueue's LocalQueue: the label Kueue's own integrations read on a parent object
+    (JobSet, RayJob), or the older spec.queueName; both may be set only to the same queue."""
+    label = str(labels.get(KUEUE_QUEUE_LABEL) or "")
+    named = str(spec.get("queueName") or "")
+    if label and named and label != named:
+        raise ValueError(f"metadata.labels[{KUEUE_QUEUE_LABEL}] ({label!r}) and spec.queueName "
+                         f"({named!r}) name different queues; set only the label")
+    return label or named
 
 
 def _section(parent: Obj, key: str, prefix: str = "spec.") -> Obj:

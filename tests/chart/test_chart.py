@@ -64,6 +64,7 @@ NAMESPACED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},
     ("resource.k8s.io", "resourceclaimtemplates"): {"create", "get", "list", "delete"},
+    ("kueue.x-k8s.io", "workloads"): {"list", "patch"},
 }
 CLUSTER_ONLY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 

@@ -4,11 +4,13 @@ from tests.cluster.fixtures import (
     built_images,
     cluster,
     job_namespace,
+    kueue,
+    kueue_namespace,
     namespace,
     node_binaries,
     operator,
     release,
 )
 
-__all__ = ["built_images", "cluster", "job_namespace", "namespace", "node_binaries",
-           "operator", "release"]
+__all__ = ["built_images", "cluster", "job_namespace", "kueue", "kueue_namespace", "namespace",
+           "node_binaries", "operator", "release"]

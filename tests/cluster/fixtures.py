@@ -25,14 +25,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import build, images, node_build
+from tests.cluster import build, images, kueue_build, node_build
+from tests.cluster.kueue import KueueManager
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.manifests import POD_SECURITY_LABELS
 from tests.cluster.transcription_jobs import storage_secret
 from tests.cluster.waiting import eventually
 from tests.cluster.whisperfleet_release import OperatorProcess, Release, install_chart
+from tests.support.paths import REPO
 
 REQUIRE_ENV = "WHISPERFLEET_REQUIRE_CLUSTER"
+KUEUE_EXAMPLE = REPO / "examples" / "kueue.yaml"
+# The example's TranscriptionJob carries it; the queues it needs do not.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KEEP_STATE_ENV = "WHISPERFLEET_KEEP_CLUSTER_STATE"
 SKIP_REASON = (
     "local-cluster tests need Go >= 1.26 on PATH to build Kubernetes, etcd and helm from Go "
@@ -52,8 +57,10 @@ def _can_build() -> bool:
 BINARY_FIXTURES = ("cluster", "helm_bin")
 IMAGE_FIXTURES = ("built_images",)
 NODE_FIXTURES = ("node_binaries",)
+KUEUE_FIXTURES = ("kueue",)
 _prebuilt_images: dict[str, dict[str, images.BuiltImage] | BaseException] = {}
 _prebuilt_node: dict[str, dict[str, Path] | BaseException] = {}
+_prebuilt_kueue: dict[str, Path | BaseException] = {}
 
 
 def needs_binaries(item: pytest.Item) -> bool:
@@ -66,6 +73,10 @@ def needs_images(item: pytest.Item) -> bool:
 
 def needs_node_binaries(item: pytest.Item) -> bool:
     return any(name in getattr(item, "fixturenames", ()) for name in NODE_FIXTURES)
+
+
+def needs_kueue(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in KUEUE_FIXTURES)
 
 
 def run_binary_tests_last(items: list[pytest.Item]) -> None:
@@ -84,6 +95,11 @@ def build_before(item: pytest.Item) -> None:
             _prebuilt_images["images"] = images.build_images()
         except Exception as error:
             _prebuilt_images["error"] = error
+    if needs_kueue(item) and not _prebuilt_kueue and (_can_build() or _cluster_required()):
+        try:
+            _prebuilt_kueue["bin_dir"] = kueue_build.ensure_kueue()
+        except Exception as error:
+            _prebuilt_kueue["error"] = error
     if needs_node_binaries(item) and not _prebuilt_node:
         try:
             _prebuilt_node["binaries"] = node_build.ensure_node_binaries()
@@ -170,6 +186,29 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     # Not waited for: the namespace controller takes ~5 s per namespace, and the cluster's
     # stop() ends whatever is still running at the end of the session.
     rest.delete(f"/api/v1/namespaces/{name}", {"propagationPolicy": "Background"})
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: LocalCluster) -> Iterator[KueueManager]:
+    """Kueue's manager (kueue.py), started for the first test that asks for it and kept for
+    the rest of the session; modules that do not ask never pay for it."""
+    error = _prebuilt_kueue.get("error")
+    if isinstance(error, BaseException):
+        raise error
+    found = _prebuilt_kueue.get("bin_dir")
+    manager = KueueManager(cluster, found if isinstance(found, Path)
+                           else kueue_build.ensure_kueue()).start()
+    yield manager
+    manager.stop()
+
+
+@pytest.fixture
+def kueue_namespace(job_namespace: str, cluster: LocalCluster, kueue: KueueManager) -> str:
+    """A job namespace with the queues of examples/kueue.yaml, applied as a user would (the
+    cluster-wide flavors, ClusterQueue and priority classes once; the LocalQueue here)."""
+    cluster.kubectl("apply", "-n", job_namespace, "-f", str(KUEUE_EXAMPLE),
+                    "--selector", f"!{KUEUE_QUEUE_LABEL}")
+    return job_namespace
 
 
 @pytest.fixture(scope="session")

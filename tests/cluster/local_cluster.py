@@ -39,6 +39,7 @@ from tests.cluster.kubeconfigs import write_token_kubeconfig
 from tests.cluster.kubelet import StandInKubelet
 from tests.cluster.node_gpus import real_node_spec
 from tests.cluster.node_sandbox import NodeSandbox
+from tests.cluster.pki import Pki
 from tests.cluster.processes import free_port
 from tests.cluster.real_node import RealNode
 from tests.cluster.rest import Rest
@@ -210,6 +211,10 @@ class LocalCluster:
         if self.control_plane is None:
             raise RuntimeError("the cluster is not running")
         return self.control_plane
+
+    def pki(self) -> Pki:
+        """The control plane's CA, keys and tokens (pki.issue signs more certificates)."""
+        return self._plane().pki
 
     @property
     def bin_dir(self) -> Path:

@@ -47,6 +47,10 @@ class Rest:
     def create(self, path: str, body: Obj) -> Obj:
         return self._call("POST", path, body)
 
+    def replace(self, path: str, body: Obj) -> Obj:
+        """PUT: the whole object (with its resourceVersion)."""
+        return self._call("PUT", path, body)
+
     def strategic_merge_patch(self, path: str, patch: Obj) -> Obj:
         return self._call("PATCH", path, patch, "application/strategic-merge-patch+json")
 

@@ -38,6 +38,7 @@ from tests.cluster.admission import (
     tj,
     version_schema,
 )
+from tests.cluster.kueue import KueueManager
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.transcription_jobs import tj_path
 from tests.cluster.whisperfleet_release import CRD_NAME, Release
@@ -150,10 +151,11 @@ def unfilled_defaults(node: Obj, value: Any, path: str = "spec") -> list[str]:
 
 
 def test_every_example_is_accepted_and_stored_with_its_defaults(
-    cluster: LocalCluster, namespace: str, release: Release, schema: Obj,
+    cluster: LocalCluster, namespace: str, release: Release, schema: Obj, kueue: KueueManager,
 ) -> None:
     """`kubectl apply --dry-run=server -f examples/X.yaml`, as the README tells users to apply
-    them (without the dry run), including the Secret and PVC some examples ship."""
+    them (without the dry run), including the Secret and PVC some examples ship, and the
+    queues of examples/kueue.yaml (Kueue's CRDs and webhooks judge those: `kueue`)."""
     spec_schema = schema["properties"]["spec"]
     kinds = set()
     for path in EXAMPLE_FILES:
@@ -800,6 +802,9 @@ def operator_status() -> Obj:
         "phase": "PartiallySucceeded", "observedGeneration": 1,
         "conditions": [{"type": "Complete", "status": "True", "reason": "SomeFilesFailed",
                         "message": "1 of 3 files failed", "observedGeneration": 1,
+                        "lastTransitionTime": "2024-11-02T10:00:00Z"},
+                       {"type": "Running", "status": "False", "reason": "PartiallySucceeded",
+                        "message": "2 of 3 files done", "observedGeneration": 1,
                         "lastTransitionTime": "2024-11-02T10:00:00Z"}],
         "files": {"total": 3, "succeeded": 2, "failed": 1, "skipped": 0},
         "filesSummary": "2/3", "audioSeconds": 3725.5, "audioDuration": "1h02m",
@@ -955,15 +960,15 @@ def test_kubectl_get_shows_the_printer_columns(
     assert answer.accepted, answer
     header = cluster.kubectl("get", "tj", "shown", "-n", namespace).stdout.splitlines()[0]
     assert header.split() == ["NAME", "PHASE", "FILES", "FAILED", "AUDIO", "PROGRESS", "ETA",
-                              "AGE"]
+                              "AGE", "MESSAGE"]
     wide = cluster.kubectl("get", "tj", "shown", "-n", namespace, "-o", "wide").stdout
-    assert wide.splitlines()[0].split()[8:] == ["THROUGHPUT", "WORKERS", "MODEL", "JOB"]
+    assert wide.splitlines()[0].split()[9:] == ["THROUGHPUT", "WORKERS", "MODEL", "JOB"]
 
     table = admission.get(f"{tjs}/shown", accept=TABLE, params={"includeObject": "Object"})
     assert table.accepted, table
     names = [c["name"] for c in table.body["columnDefinitions"]]
     assert names == ["Name", "Phase", "Files", "Failed", "Audio", "Progress", "ETA", "Age",
-                     "Throughput", "Workers", "Model", "Job"]
+                     "Message", "Throughput", "Workers", "Model", "Job"]
     [row] = table.body["rows"]
     cells = dict(zip(names, row["cells"], strict=True))
     obj = row["object"]
@@ -975,6 +980,8 @@ def test_kubectl_get_shows_the_printer_columns(
     assert cells["Audio"] == status.get("audioDuration")
     assert cells["Progress"] == (status.get("progress") or {}).get("summary")
     assert cells["ETA"] == (status.get("progress") or {}).get("eta")
+    running = [c for c in status.get("conditions") or [] if c["type"] == "Running"]
+    assert cells["Message"] == (running[0]["message"] if running else None)
     assert cells["Throughput"] == status.get("throughput")
     assert cells["Workers"] == obj["spec"]["workers"]["parallelism"]
     assert cells["Model"] == status.get("model") and cells["Model"]  # ours, or the operator's

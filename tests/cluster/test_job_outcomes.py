@@ -4,7 +4,6 @@ waiting for Kueue, and a namesake re-created after a finished job."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -87,23 +86,6 @@ def test_a_worker_job_deleted_mid_run_ends_the_job_and_is_not_run_again(
     assert failed["reason"] == "WorkerJobDeleted" and name in failed["message"]
     assert "ledger" in failed["message"]
     assert cluster.rest().get(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}") is None
-
-
-def test_a_queued_job_waits_for_kueue_and_runs_once_admitted(
-    cluster: LocalCluster, job_namespace: str
-) -> None:
-    ns, bucket = job_namespace, tjs.bucket_with(cluster, TWO_FILES)
-    tjs.create(cluster, ns, "queued", tjs.job_spec(cluster, bucket, queueName="gpu-queue"))
-    job = worker_job(cluster, ns)
-    assert job["spec"]["suspend"] is True
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-    pending = tjs.wait_for(cluster, ns, "queued", "Pending")
-    assert tjs.condition(pending, "Running")["reason"] == "Queued"
-    # What Kueue does when it admits a workload: unsuspend the Job.
-    cluster.kubectl("patch", "job", str(job["metadata"]["name"]), "-n", ns, "--type=merge",
-                    "-p", '{"spec": {"suspend": false}}')
-    done = tjs.wait_for(cluster, ns, "queued", *TERMINAL)
-    assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"], indent=1)
 
 
 def test_a_namesake_created_after_a_finished_job_starts_afresh_and_skips_the_done(

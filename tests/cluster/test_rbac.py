@@ -34,11 +34,17 @@ def test_cluster_wide_operator_reads_no_secrets_and_writes_only_what_it_makes(
                ("create", "events", "-n", "x"),
                ("create", "resourceclaimtemplates.resource.k8s.io", "-n", "x"),
                # the TTL of a finished TranscriptionJob
-               ("delete", "transcriptionjobs.whisperfleet.io", "-n", "x")]
+               ("delete", "transcriptionjobs.whisperfleet.io", "-n", "x"),
+               # a queued job's Kueue Workload: Kueue's reason, and spec.active for suspend
+               ("list", "workloads.kueue.x-k8s.io", "-n", "x"),
+               ("patch", "workloads.kueue.x-k8s.io", "-n", "x")]
     denied = [("get", "secrets", "-n", "x"), ("list", "secrets", "-A"),
               ("get", "configmaps", "-n", "x"), ("delete", "pods", "-n", "x"),
               ("create", "pods", "-n", "x"), ("patch", "nodes"), ("create", "clusterroles"),
-              ("impersonate", "serviceaccounts"), ("create", "pods/exec", "-n", "x")]
+              ("impersonate", "serviceaccounts"), ("create", "pods/exec", "-n", "x"),
+              ("create", "workloads.kueue.x-k8s.io", "-n", "x"),
+              ("delete", "workloads.kueue.x-k8s.io", "-n", "x"),
+              ("patch", "clusterqueues.kueue.x-k8s.io")]
     assert [a for a in allowed if not can(cluster, release, *a)] == []
     assert [d for d in denied if can(cluster, release, *d)] == []
 

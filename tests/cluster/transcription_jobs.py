@@ -23,10 +23,12 @@ def tj_path(namespace: str, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
-def create(cluster: LocalCluster, namespace: str, name: str, spec: Obj) -> Obj:
+def create(cluster: LocalCluster, namespace: str, name: str, spec: Obj,
+           labels: dict[str, str] | None = None) -> Obj:
+    metadata: Obj = {"name": name, **({"labels": labels} if labels else {})}
     return cluster.rest().create(tj_path(namespace), {
         "apiVersion": "whisperfleet.io/v1alpha1", "kind": "TranscriptionJob",
-        "metadata": {"name": name}, "spec": spec})
+        "metadata": metadata, "spec": spec})
 
 
 def get(cluster: LocalCluster, namespace: str, name: str) -> Obj:

@@ -21,6 +21,10 @@ and fake GPUs, in namespaces of its own), builds the operator and runner images 
 Dockerfiles (tests/cluster/images.py), loads them into the node's containerd and installs the
 chart with only the image references set: its operator runs as the Deployment's pod there.
 The JSON line then names the images too.
+
+`--kueue` adds Kueue v0.17 (its manager built from sigs.k8s.io/kueue, tests/cluster/kueue.py)
+and applies examples/kueue.yaml's flavors, ClusterQueue and priority classes, plus its
+LocalQueue `gpu-batch` in the namespace `demo` (with --demo) or `default`.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.cluster import kueue_build  # noqa: E402
 from tests.cluster import real_node_release as rnr  # noqa: E402
 from tests.cluster import transcription_jobs as tjs  # noqa: E402
 from tests.cluster.images import BuiltImage, build_images  # noqa: E402
+from tests.cluster.kueue import KueueManager  # noqa: E402
 from tests.cluster.local_cluster import LocalCluster  # noqa: E402
 from tests.cluster.manifests import POD_SECURITY_LABELS  # noqa: E402
 from tests.cluster.node_gpus import REAL_NODE_NAME  # noqa: E402
@@ -127,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-node", action="store_true",
                         help="(root) a real node, the images built here loaded into it, and "
                              "the chart's operator running as a pod there")
+    parser.add_argument("--kueue", action="store_true",
+                        help="Kueue v0.17 and the queues of examples/kueue.yaml")
     args = parser.parse_args(argv)
     if args.real_node and os.geteuid() != 0:
         parser.error("--real-node makes network, mount and PID namespaces, cgroups and a "
@@ -138,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     kubeconfig = args.kubeconfig.resolve()
     images = build_images() if args.real_node else None  # before the cluster idles
+    kueue_bin = kueue_build.ensure_kueue() if args.kueue else None
     with LocalCluster(kubeconfig=kubeconfig, keep_state=args.keep_state,
                       real_node=args.real_node) as cluster:
-        operator = None
+        operator, kueue = None, None
         if images is not None:
             took = rnr.load_images(cluster, images)
             release = rnr.install(cluster, images)
@@ -155,14 +164,26 @@ def main(argv: list[str] | None = None) -> int:
             operator = OperatorProcess(cluster, release, cluster.state_dir / "operator").start()
             print(f"  operator:  running as {release.namespace}/{release.service_account} "
                   f"(log {operator.log_path})", file=sys.stderr, flush=True)
-        if args.demo:
+        demo = _demo(cluster, args.real_node) if args.demo else None
+        if kueue_bin is not None:
+            kueue = KueueManager(cluster, kueue_bin).start()
+            queue_namespace = "demo" if demo else "default"
+            cluster.kubectl("apply", "-n", queue_namespace, "-f",
+                            str(REPO / "examples" / "kueue.yaml"),
+                            "--selector", "!kueue.x-k8s.io/queue-name")
+            print(f"  kueue:     v0.17 (log {cluster.logs_dir / 'kueue.log'}); LocalQueue "
+                  f"gpu-batch in {queue_namespace}: label a TranscriptionJob "
+                  "kueue.x-k8s.io/queue-name=gpu-batch", file=sys.stderr, flush=True)
+        if demo:
             print("  demo: apply this TranscriptionJob, then watch it:\n"
-                  f"    kubectl apply -f - <<'EOF'\n{_demo(cluster, args.real_node)}EOF\n"
+                  f"    kubectl apply -f - <<'EOF'\n{demo}EOF\n"
                   "    kubectl -n demo get tj -w", file=sys.stderr, flush=True)
         stop.wait()
         print("stopping the local cluster ...", file=sys.stderr, flush=True)
         if operator is not None:
             operator.stop()
+        if kueue is not None:
+            kueue.stop()
     return 0
 
 

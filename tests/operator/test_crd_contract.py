@@ -41,9 +41,13 @@ def rules(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def resolve(schema: dict[str, Any], dotted: str) -> dict[str, Any]:
+    """The schema node at a printer column's JSONPath; a list filter (`[?(...)]`, as in
+    `.status.conditions[?(@.type=="Running")].message`) steps into the list's items."""
     node = schema
-    for key in dotted.strip(".").split("."):
-        node = node["properties"][key]
+    for key in re.sub(r"\[\?\(.*?\)\]", "[]", dotted).strip(".").split("."):
+        node = node["properties"][key.removesuffix("[]")]
+        if key.endswith("[]"):
+            node = node["items"]
     return node
 
 
@@ -120,7 +124,7 @@ def test_printer_columns_and_scale_paths_point_at_schema_fields(
     [version] = crd["spec"]["versions"]
     columns = version["additionalPrinterColumns"]
     assert [c["name"] for c in columns if not c.get("priority")] == [
-        "Phase", "Files", "Failed", "Audio", "Progress", "ETA", "Age"]
+        "Phase", "Files", "Failed", "Audio", "Progress", "ETA", "Age", "Message"]
     for column in columns:
         if column["jsonPath"] == ".metadata.creationTimestamp":
             assert column["type"] == "date"
@@ -196,17 +200,24 @@ def test_examples_show_every_documented_scenario() -> None:
     assert any(w.get("gpu", {}).get("sharing") == "Shared" for w in workers), "time-slicing"
     assert any(w.get("runtimeClassName") for w in workers), "runtimeClassName"
     assert any(w.get("volumeMounts") for w in workers), "a volume of the user's"
-    assert any(j["spec"].get("queueName") for j in jobs), "Kueue"
+    assert any("kueue.x-k8s.io/queue-name" in (j["metadata"].get("labels") or {})
+               for j in jobs), "Kueue"
     assert any(j["spec"]["output"]["uri"].startswith("file://") for j in jobs), "PVC"
     names = [j["metadata"]["name"] for j in jobs]
     assert len(names) == len(set(names))
+
+
+KUEUE_KINDS = frozenset({"ResourceFlavor", "ClusterQueue", "LocalQueue", "WorkloadPriorityClass"})
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=[p.name for p in EXAMPLE_FILES])
 def test_a_pvc_shipped_with_an_example_is_the_one_its_job_mounts(path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs, f"{path.name} holds no manifest"
-    assert {d["kind"] for d in docs} <= {"TranscriptionJob", "Secret", "PersistentVolumeClaim"}
+    assert {d["kind"] for d in docs} <= {"TranscriptionJob", "Secret", "PersistentVolumeClaim",
+                                         *KUEUE_KINDS}
+    # Kueue v0.17 serves v1beta2 (v1beta1 only through its conversion webhook, deprecated).
+    assert {d["apiVersion"] for d in docs if d["kind"] in KUEUE_KINDS} <= {"kueue.x-k8s.io/v1beta2"}
     claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
     mounted = {d["spec"]["storage"]["volume"]["claimName"] for d in docs
                if d["kind"] == "TranscriptionJob" and "volume" in d["spec"].get("storage", {})}

@@ -26,6 +26,8 @@ FOREIGN = {
     ("operator/whisperfleet_operator/status/stuck.py", "InvalidImageName"),
     # The Job API's podReplacementPolicy value, not a phase.
     ("operator/whisperfleet_operator/builders/jobs.py", "Failed"),
+    # Kueue's Workload condition type, read there.
+    ("operator/whisperfleet_operator/kueue.py", "Finished"),
     # A class exported by name (__all__), not a reason.
     ("job_runner/whisperfleet_runner/storage/__init__.py", "StorageError"),
 }

@@ -83,6 +83,11 @@ Used as the rules of the ClusterRole (all namespaces) or of each per-namespace R
 - apiGroups: ["resource.k8s.io"]
   resources: ["resourceclaimtemplates"]
   verbs: ["create", "get", "list", "delete"]
+# Kueue: a queued job's Workload is read for Kueue's reason and, to suspend or resume an
+# admitted job the way Kueue honours, its spec.active is patched.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
 {{- if and .Values.peering.enabled .Values.watchNamespaces }}
 # kopf peering (namespaced mode): the KopfPeering object of this namespace only.
 - apiGroups: ["kopf.dev"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from whisperfleet_operator import naming
+from whisperfleet_operator import kueue, naming
 from whisperfleet_operator.builders import gpu, pods
 from whisperfleet_operator.builders.hub import hub_settings
 from whisperfleet_operator.builders.workorder import model_cache_claim, work_order_for
@@ -162,7 +162,12 @@ def build_worker_job(
 
     metadata = naming.metadata(job, naming.worker_job_name(job), naming.COMPONENT_WORKER)
     if job.queue_name:
-        metadata["labels"][naming.LABEL_KUEUE_QUEUE] = job.queue_name
+        metadata["labels"][kueue.LABEL_QUEUE] = job.queue_name
+        if job.priority_class:
+            metadata["labels"][kueue.LABEL_PRIORITY_CLASS] = job.priority_class
+        # `kubectl scale` of an admitted job then becomes a new Workload slice that Kueue
+        # admits beside the running pods, instead of a mismatch that requeues the Job.
+        metadata.setdefault("annotations", {})[kueue.ANNOTATION_ELASTIC] = "true"
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
@@ -172,8 +177,9 @@ def worker_job_drift(tj: TranscriptionJob, held: bool, job: Obj) -> Obj:
 
     Only parallelism and suspend may change (the planner only lists storage and needs no
     GPU, so it is never suspended). Resuming unsuspends the Job only if the operator held
-    it (`held`: its Suspended condition is True): Kueue admits a queued Job by unsuspending
-    it, and another controller's suspension is not ours to lift.
+    it (`held`: its Suspended condition is True): another controller's suspension is not
+    ours to lift. A queued Job's suspend is Kueue's alone (it would undo ours): its
+    Workload's `spec.active` carries spec.suspend instead (kueue.activation_patch).
     """
     if true_condition(job, JOB_COMPLETE) or true_condition(job, JOB_FAILED):
         return {}
@@ -181,8 +187,10 @@ def worker_job_drift(tj: TranscriptionJob, held: bool, job: Obj) -> Obj:
     drift: Obj = {}
     if current.get("parallelism") != tj.workers.parallelism:
         drift["parallelism"] = tj.workers.parallelism
+    if tj.queue_name:
+        return drift
     if tj.suspend and not current.get("suspend"):
         drift["suspend"] = True
-    elif not tj.suspend and current.get("suspend") and held and not tj.queue_name:
+    elif not tj.suspend and current.get("suspend") and held:
         drift["suspend"] = False
     return drift

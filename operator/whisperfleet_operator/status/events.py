@@ -33,6 +33,9 @@ def transitions(old: Obj | None, new: Obj) -> list[tuple[str, str, str]]:
         reason = c.RESUMED_REASON if before == c.SUSPENDED else c.RUNNING_REASON
         events.append((c.EVENT_NORMAL, reason,
                        f"worker Job {new.get('jobName', '')} is running"))
+    elif after == c.QUEUED:
+        events.append((c.EVENT_NORMAL, c.QUEUED_REASON,
+                       str(_condition(new, c.RUNNING_CONDITION).get("message") or "queued")))
     elif after == c.SUSPENDED:
         events.append((c.EVENT_NORMAL, c.SUSPENDED_REASON,
                        "spec.suspend is true; Jobs are suspended"))

@@ -13,8 +13,10 @@ from whisperfleet_operator.status.lifecycle import base, summary, suspension
 from whisperfleet_operator.status.planning import plan_from_status
 
 
-def running_status(tj: TranscriptionJob, old: Obj, job: Obj, pods: list[Obj], now: str) -> Obj:
-    """Aggregate the worker Job and its pods' shard reports into the status."""
+def running_status(tj: TranscriptionJob, old: Obj, job: Obj, pods: list[Obj], now: str,
+                   kueue_says: str = "") -> Obj:
+    """Aggregate the worker Job and its pods' shard reports into the status. `kueue_says`:
+    why Kueue has not admitted the Job (its Workload's words), for a queued job."""
     status, conds, gen = base(old, tj.generation, now)
     plan = plan_from_status(old)
     js = job.get("status") or {}
@@ -41,7 +43,8 @@ def running_status(tj: TranscriptionJob, old: Obj, job: Obj, pods: list[Obj], no
     if phase in c.TERMINAL_PHASES:
         complete = true_condition(job, c.JOB_COMPLETE) is not None
         status["completionTime"] = (js.get("completionTime") if complete else None) or now
-    status["conditions"] = running_conditions(tj, job, pods, conds, status, gen, now)
+    status["conditions"] = running_conditions(tj, job, pods, conds, status, gen, now,
+                                              kueue_says)
     return status
 
 
@@ -61,12 +64,14 @@ def running_phase(tj: TranscriptionJob, job: Obj, files: Obj, shards: Obj) -> st
     if tj.suspend:
         return c.SUSPENDED
     if (job.get("spec") or {}).get("suspend"):
-        return c.PENDING  # the Job waits for admission (Kueue unsuspends it)
+        # Queued: it waits for Kueue to admit it (again, after a preemption); otherwise
+        # another controller holds it.
+        return c.QUEUED if tj.queue_name else c.PENDING
     return c.RUNNING
 
 
 def running_conditions(tj: TranscriptionJob, job: Obj, pods: list[Obj], conds: list[Obj],
-                       status: Obj, gen: int, now: str) -> list[Obj]:
+                       status: Obj, gen: int, now: str, kueue_says: str = "") -> list[Obj]:
     """The conditions that go with `status["phase"]`: Running (or why not), Complete,
     Failed, PodsHealthy and Suspended."""
     phase, shards = status["phase"], status["shards"]
@@ -86,9 +91,11 @@ def running_conditions(tj: TranscriptionJob, job: Obj, pods: list[Obj], conds: l
         if blocked:
             msg += f"; {len(blocked)} pods cannot start ({blocked[0].reason})"
         conds = set_condition(conds, running, True, c.SHARDS_RUNNING_REASON, msg, gen, now)
-    elif phase == c.PENDING:
+    elif phase in (c.QUEUED, c.PENDING):
         why = (f"waiting for Kueue to admit the Job from queue {tj.queue_name}" if tj.queue_name
                else "the worker Job is suspended by another controller")
+        if kueue_says:
+            why += f": {kueue_says}"
         conds = set_condition(conds, running, False, c.QUEUED_REASON, why, gen, now)
     else:
         conds = set_condition(conds, running, False, c.SUSPENDED_REASON,
