@@ -12,6 +12,7 @@ The Helm chart sets these variables; every one has a default that works out of t
 | WHISPERFLEET_PLANNER_RESOURCES            | planner_resources (JSON)    |
 | WHISPERFLEET_WORKER_SERVICE_ACCOUNT       | worker_service_account      |
 | WHISPERFLEET_RUN_AS_USER / _RUN_AS_GROUP  | run_as_user / run_as_group  |
+|   (a number, or `platform`: None)         |                             |
 | WHISPERFLEET_PLANNER_BACKOFF_LIMIT        | planner_backoff_limit       |
 | WHISPERFLEET_PLANNER_DEADLINE_SECONDS     | planner_deadline_seconds    |
 | WHISPERFLEET_CLEANUP_DEADLINE_SECONDS     | cleanup_deadline_seconds    |
@@ -37,6 +38,8 @@ from whisperfleet_runner import contract
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 DEFAULT_RUNNER_IMAGE = "ghcr.io/whisperfleet/whisperfleet-runner:0.1.0"
+# The value of WHISPERFLEET_RUN_AS_USER/_GROUP that leaves the id to the platform.
+PLATFORM_ASSIGNED = "platform"
 
 
 def _default_worker_resources() -> dict[str, dict[str, str]]:
@@ -58,8 +61,10 @@ class OperatorSettings:
     worker_resources: Obj = field(default_factory=_default_worker_resources)
     planner_resources: Obj = field(default_factory=_default_planner_resources)
     worker_service_account: str = ""  # "" = namespace default; its token is never mounted
-    run_as_user: int = 1000
-    run_as_group: int = 1000
+    # None: pods name no uid (gid and fsGroup) and the platform assigns one, as OpenShift's
+    # restricted-v2 does from the namespace's range (it refuses a fixed one).
+    run_as_user: int | None = 1000
+    run_as_group: int | None = 1000
     planner_backoff_limit: int = 2
     planner_deadline_seconds: int = 3600
     # How long the TTL's cleanup Job may take before the job is deleted without it.
@@ -88,7 +93,7 @@ class OperatorSettings:
                 f"got {self.image_pull_policy!r}"
             )
         # The restricted Pod Security Standard refuses uid/gid 0 with runAsNonRoot.
-        if self.run_as_user <= 0 or self.run_as_group <= 0:
+        if any(i is not None and i <= 0 for i in (self.run_as_user, self.run_as_group)):
             raise ValueError("WHISPERFLEET_RUN_AS_USER/GROUP must be positive (non-root)")
         if self.planner_backoff_limit < 0 or self.planner_deadline_seconds < 0:
             raise ValueError("planner backoff limit and deadline must not be negative")
@@ -139,13 +144,19 @@ class OperatorSettings:
         for var, name in {
             "WHISPERFLEET_RUN_AS_USER": "run_as_user",
             "WHISPERFLEET_RUN_AS_GROUP": "run_as_group",
+        }.items():
+            if env.get(var, "").strip() == PLATFORM_ASSIGNED:
+                kwargs[name] = None
+        for var, name in {
+            "WHISPERFLEET_RUN_AS_USER": "run_as_user",
+            "WHISPERFLEET_RUN_AS_GROUP": "run_as_group",
             "WHISPERFLEET_PLANNER_BACKOFF_LIMIT": "planner_backoff_limit",
             "WHISPERFLEET_PLANNER_DEADLINE_SECONDS": "planner_deadline_seconds",
             "WHISPERFLEET_CLEANUP_DEADLINE_SECONDS": "cleanup_deadline_seconds",
             "WHISPERFLEET_METRICS_PORT": "metrics_port",
             "WHISPERFLEET_PROGRESS_INTERVAL_SECONDS": "progress_interval_seconds",
         }.items():
-            if env.get(var, "").strip():
+            if env.get(var, "").strip() and name not in kwargs:
                 try:
                     kwargs[name] = int(env[var])
                 except ValueError:

@@ -33,11 +33,12 @@ TWO_NAMESPACES = {"watchNamespaces": ["team-a", "team-b"], "peering": {"enabled"
 CUSTOM_IMAGES = {
     "image": {"repository": "registry.example.com/ml/wf-operator", "tag": "1.2.3",
               "pullPolicy": "Always"},
-    "imagePullSecrets": ["regcred"],
+    "imagePullSecrets": [{"name": "regcred"}],
     "runner": {
         "image": {"repository": "registry.example.com/ml/wf-runner", "tag": "1.2.3-cuda12",
                   "digest": "sha256:" + "ab" * 32, "pullPolicy": "Always"},
-        "imagePullSecrets": ["regcred", "mirror"],
+        # The chart's first form (plain names) still works, mixed with the pod spec's.
+        "imagePullSecrets": ["regcred", {"name": "mirror"}],
         "modelCacheClaim": "whisper-models",
         "workerResources": {"requests": {"cpu": "4", "memory": "12Gi"}},
     },
@@ -71,6 +72,12 @@ CLUSTER_ONLY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"l
 def operator_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     (deployment,) = of_kind(docs, "Deployment")
     return deployment
+
+
+def operator_cluster_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ClusterRoles bound to the operator (not the user roles the chart also ships)."""
+    bound = {b["roleRef"]["name"] for b in of_kind(docs, "ClusterRoleBinding")}
+    return [r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"] in bound]
 
 
 def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -122,7 +129,7 @@ def test_all_namespaces_uses_a_cluster_role_with_exactly_the_operators_verbs(
     rendered: dict[str, list[dict]],
 ) -> None:
     docs = rendered["defaults"]
-    (role,) = of_kind(docs, "ClusterRole")
+    (role,) = operator_cluster_roles(docs)
     assert rules_of(role) == NAMESPACED_RULES | CLUSTER_ONLY_RULES
     (binding,) = of_kind(docs, "ClusterRoleBinding")
     (sa,) = of_kind(docs, "ServiceAccount")
@@ -143,7 +150,7 @@ def test_watched_namespaces_get_roles_and_no_cluster_scoped_rights(
 ) -> None:
     docs = rendered[scenario]
     watched = SCENARIOS[scenario]["watchNamespaces"]
-    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    assert not operator_cluster_roles(docs) and not of_kind(docs, "ClusterRoleBinding")
     roles = of_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
     peering = SCENARIOS[scenario].get("peering", {}).get("enabled", False)
@@ -188,7 +195,7 @@ def test_peering_is_standalone_by_default_and_scoped_when_enabled(
     docs = rendered["custom-images"]  # all namespaces + peering
     args = operator_deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--peering=wf-peers" in args and "--standalone" not in args
-    (role,) = of_kind(docs, "ClusterRole")
+    (role,) = operator_cluster_roles(docs)
     assert rules_of(role)[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
     assert [d["metadata"]["name"] for d in of_kind(docs, "ClusterKopfPeering")] == ["wf-peers"]
     namespaced = of_kind(rendered["two-namespaces-peering"], "KopfPeering")
