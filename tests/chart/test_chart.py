@@ -49,11 +49,36 @@ CUSTOM_IMAGES = {
     "logLevel": "debug",
     "metrics": {"port": 9100, "progressIntervalSeconds": 5},
 }
+# The uid and gid left to the platform (OpenShift restricted-v2), with the staging Job.
+PLATFORM_IDS = {
+    "podSecurityContext": {"runAsUser": None, "runAsGroup": None},
+    "runner": {"runAsUser": None, "runAsGroup": None, "modelCacheClaim": "models"},
+    "modelStaging": {"enabled": True, "models": ["tiny.en"]},
+}
+# A second, renamed release with the operator's scheduling and security contexts set.
+RENAMED_AND_SCHEDULED = {
+    "fullnameOverride": "speech", "userRoles": {"enabled": False},
+    "watchNamespaces": ["team-a"],
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                   "whenUnsatisfiable": "DoNotSchedule",
+                                   "labelSelector": {"matchLabels": {
+                                       "app.kubernetes.io/instance": "wf"}}}],
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                         "labelSelector": {"matchLabels": {
+                                             "app.kubernetes.io/instance": "wf"}}}}]}},
+    "priorityClassName": "system-cluster-critical",
+    "podAnnotations": {"example.com/owner": "speech"}, "podLabels": {"team": "speech"},
+    "podSecurityContext": {"fsGroup": 1000, "supplementalGroups": [4000]},
+    "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2"}},
+}
 SCENARIOS = {
     "defaults": ALL_NAMESPACES,
     "one-namespace": ONE_NAMESPACE,
     "two-namespaces-peering": TWO_NAMESPACES,
     "custom-images": CUSTOM_IMAGES,
+    "platform-ids": PLATFORM_IDS,
+    "renamed-and-scheduled": RENAMED_AND_SCHEDULED,
 }
 
 # The operator's RBAC, rule by rule: (apiGroup, resource) -> verbs. Nothing more, nothing less.
@@ -224,7 +249,9 @@ def test_operator_pod_meets_the_restricted_pod_security_standard(
 ) -> None:
     pod = operator_deployment(rendered[scenario])["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] > 0
+    # A uid, when named, is not root (platform-ids names none: the platform assigns one).
+    assert pod["securityContext"].get("runAsUser", 1) > 0
+    assert ("runAsUser" in pod["securityContext"]) == (scenario != "platform-ids")
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
     volumes = {v["name"]: v for v in pod["volumes"]}
