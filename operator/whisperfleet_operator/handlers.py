@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from whisperfleet_operator import kube, naming
+from whisperfleet_operator import kube, metrics, naming
 from whisperfleet_operator.changes import ChangeFilter, job_signature
 from whisperfleet_operator.progress import ProgressPoller
 from whisperfleet_operator.reconcile import Reconciler
@@ -61,6 +61,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
                                   operator_settings.progress_interval_seconds).start()
                    if operator_settings.metrics_port else None)
     memo.reconciler = Reconciler(api, operator_settings, memo.poller)
+    if operator_settings.operator_metrics_port:
+        metrics.serve(operator_settings.operator_metrics_port,
+                      operator_settings.operator_metrics_host, memo.reconciler.retries.pending)
     memo.jobs_seen = ChangeFilter()  # Job uid -> changes.job_signature last reconciled
     memo.pods_seen = ChangeFilter()  # pod uid -> why it cannot start (stuck pods only)
 
@@ -105,6 +108,15 @@ def suspend_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> N
 @kopf.on.update(*TJ, field="spec.workers.parallelism", id="parallelism")
 def parallelism_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     _reconcile_tj(body, memo, retry)
+
+
+@kopf.on.event(*TJ)
+def phase_seen(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> None:
+    # The operator's jobs-by-phase metric follows the watch stream (an event handler adds
+    # no finalizer): every job's latest phase, forgotten when it is deleted.
+    gone = event.get("type") == "DELETED"
+    metrics.track_phase(body.metadata.namespace or "", body.metadata.name or "",
+                        None if gone else str((body.get("status") or {}).get("phase") or ""))
 
 
 @kopf.on.event(*JOBS, labels=MANAGED)

@@ -19,6 +19,8 @@ The Helm chart sets these variables; every one has a default that works out of t
 | WHISPERFLEET_DRA_ATTRIBUTE_DOMAIN         | dra_attribute_domain        |
 | WHISPERFLEET_METRICS_PORT                 | metrics_port (0: none)      |
 | WHISPERFLEET_PROGRESS_INTERVAL_SECONDS    | progress_interval_seconds   |
+| WHISPERFLEET_OPERATOR_METRICS_PORT        | operator_metrics_port (0: off) |
+| WHISPERFLEET_OPERATOR_METRICS_HOST        | operator_metrics_host       |
 | WHISPERFLEET_HUB_ENDPOINT                 | hub_endpoint (HF_ENDPOINT)  |
 | WHISPERFLEET_HUB_TOKEN_SECRET / _KEY      | hub_token_secret / _key     |
 | WHISPERFLEET_HUB_CA_CONFIGMAP / _KEY      | hub_ca_configmap / _key     |
@@ -74,6 +76,9 @@ class OperatorSettings:
     # every progress_interval_seconds (0: metrics off, progress from finished shards only).
     metrics_port: int = contract.DEFAULT_METRICS_PORT
     progress_interval_seconds: int = 30
+    # The operator's own /metrics (reconciles, errors, API latency, jobs by phase); 0: off.
+    operator_metrics_port: int = 8081
+    operator_metrics_host: str = "0.0.0.0"
     # The Hugging Face hub, for worker pods that download a model by name: a mirror, a
     # token (a Secret's key, passed by reference: the operator never reads it), a CA bundle
     # (a ConfigMap's key), or no hub at all (air-gapped: fail at once instead of retrying).
@@ -101,6 +106,8 @@ class OperatorSettings:
             raise ValueError("WHISPERFLEET_CLEANUP_DEADLINE_SECONDS must be at least 1")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("WHISPERFLEET_METRICS_PORT must be a port number (0: off)")
+        if not 0 <= self.operator_metrics_port <= 65535:
+            raise ValueError("WHISPERFLEET_OPERATOR_METRICS_PORT must be a port number (0: off)")
         if self.progress_interval_seconds < 1:
             raise ValueError("WHISPERFLEET_PROGRESS_INTERVAL_SECONDS must be at least 1")
         for name in ("worker_resources", "planner_resources"):
@@ -127,6 +134,7 @@ class OperatorSettings:
             "WHISPERFLEET_HUB_TOKEN_KEY": "hub_token_key",
             "WHISPERFLEET_HUB_CA_CONFIGMAP": "hub_ca_configmap",
             "WHISPERFLEET_HUB_CA_KEY": "hub_ca_key",
+            "WHISPERFLEET_OPERATOR_METRICS_HOST": "operator_metrics_host",
         }
         for var, name in strings.items():
             if var in env:
@@ -155,6 +163,7 @@ class OperatorSettings:
             "WHISPERFLEET_CLEANUP_DEADLINE_SECONDS": "cleanup_deadline_seconds",
             "WHISPERFLEET_METRICS_PORT": "metrics_port",
             "WHISPERFLEET_PROGRESS_INTERVAL_SECONDS": "progress_interval_seconds",
+            "WHISPERFLEET_OPERATOR_METRICS_PORT": "operator_metrics_port",
         }.items():
             if env.get(var, "").strip() and name not in kwargs:
                 try:

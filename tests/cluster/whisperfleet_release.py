@@ -72,6 +72,7 @@ class OperatorProcess:
     starts: int = 0
     server: str | None = None  # where it reaches the API server; None: directly
     log_path: Path = field(init=False)
+    metrics_url: str = ""  # the operator's own /metrics, on a free loopback port
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,12 @@ class OperatorProcess:
         args = [f"--liveness=http://127.0.0.1:{port}/healthz" if a.startswith("--liveness=")
                 else a for a in self.release.args]
         executable = Path(sys.executable).parent / args[0]  # kopf, from this environment
+        metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {"PATH": f"{executable.parent}{os.pathsep}/usr/bin:/bin", "HOME": str(self.workdir),
-               "KUBECONFIG": str(kubeconfig), **self.release.env}
+               "KUBECONFIG": str(kubeconfig), **self.release.env,
+               "WHISPERFLEET_OPERATOR_METRICS_PORT": str(metrics_port),
+               "WHISPERFLEET_OPERATOR_METRICS_HOST": "127.0.0.1"}
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts} ---\n".encode())
