@@ -4,12 +4,14 @@ No finalizer, deliberately: there is no deletion handler, Jobs and claim templat
 owner references, so the garbage collector removes them, and a deleted TranscriptionJob
 never waits for a running (or absent) operator. kopf adds finalizers only for deletion
 handlers, daemons and timers, so none of those are registered here. Peering is kopf's own
-command-line choice (`--standalone` or `--peering NAME`, set by the chart).
+command-line choice (`--standalone` or `--peering NAME`, set by the chart); with several
+replicas peered, the oldest live one is active and the others pause (`peering_priority`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -34,6 +36,14 @@ MANAGED = {naming.LABEL_JOB_UID: kopf.PRESENT}
 HANDLER_THREADS = 16
 
 
+def peering_priority(started: float) -> int:
+    """kopf pauses every peer that sees a live one of higher priority (and ALL peers of an
+    equal one): a replica started earlier ranks higher, so the oldest live replica is the
+    active one and a new replica (a rollout's, a restarted one) never preempts it. Negative,
+    so a developer's `kopf run --dev` (priority 666) still pauses the cluster's."""
+    return -int(started * 1000)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # kopf's bookkeeping lives in annotations, so status stays ours alone.
@@ -54,6 +64,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.label_selectors[PODS] = naming.LABEL_JOB_UID
     settings.watching.label_selectors[JOBS] = naming.LABEL_JOB_UID
     operator_settings = OperatorSettings.from_env()
+    settings.peering.priority = peering_priority(time.time())
+    settings.peering.lifetime = operator_settings.peering_lifetime_seconds
     api = kube.Kube.from_environment()
     # Live progress needs the workers' metrics port; without it, status.progress counts
     # finished shards only.

@@ -21,6 +21,7 @@ The Helm chart sets these variables; every one has a default that works out of t
 | WHISPERFLEET_PROGRESS_INTERVAL_SECONDS    | progress_interval_seconds   |
 | WHISPERFLEET_OPERATOR_METRICS_PORT        | operator_metrics_port (0: off) |
 | WHISPERFLEET_OPERATOR_METRICS_HOST        | operator_metrics_host       |
+| WHISPERFLEET_PEERING_LIFETIME_SECONDS     | peering_lifetime_seconds    |
 | WHISPERFLEET_HUB_ENDPOINT                 | hub_endpoint (HF_ENDPOINT)  |
 | WHISPERFLEET_HUB_TOKEN_SECRET / _KEY      | hub_token_secret / _key     |
 | WHISPERFLEET_HUB_CA_CONFIGMAP / _KEY      | hub_ca_configmap / _key     |
@@ -79,6 +80,9 @@ class OperatorSettings:
     # The operator's own /metrics (reconciles, errors, API latency, jobs by phase); 0: off.
     operator_metrics_port: int = 8081
     operator_metrics_host: str = "0.0.0.0"
+    # With kopf peering (several replicas): how long a replica's keep-alive counts, and so
+    # how soon a standby takes over from an active replica that died without saying so.
+    peering_lifetime_seconds: int = 60
     # The Hugging Face hub, for worker pods that download a model by name: a mirror, a
     # token (a Secret's key, passed by reference: the operator never reads it), a CA bundle
     # (a ConfigMap's key), or no hub at all (air-gapped: fail at once instead of retrying).
@@ -108,6 +112,9 @@ class OperatorSettings:
             raise ValueError("WHISPERFLEET_METRICS_PORT must be a port number (0: off)")
         if not 0 <= self.operator_metrics_port <= 65535:
             raise ValueError("WHISPERFLEET_OPERATOR_METRICS_PORT must be a port number (0: off)")
+        if self.peering_lifetime_seconds < 10:
+            # kopf renews a record 5-10 s before it expires.
+            raise ValueError("WHISPERFLEET_PEERING_LIFETIME_SECONDS must be at least 10")
         if self.progress_interval_seconds < 1:
             raise ValueError("WHISPERFLEET_PROGRESS_INTERVAL_SECONDS must be at least 1")
         for name in ("worker_resources", "planner_resources"):
@@ -164,6 +171,7 @@ class OperatorSettings:
             "WHISPERFLEET_METRICS_PORT": "metrics_port",
             "WHISPERFLEET_PROGRESS_INTERVAL_SECONDS": "progress_interval_seconds",
             "WHISPERFLEET_OPERATOR_METRICS_PORT": "operator_metrics_port",
+            "WHISPERFLEET_PEERING_LIFETIME_SECONDS": "peering_lifetime_seconds",
         }.items():
             if env.get(var, "").strip() and name not in kwargs:
                 try:

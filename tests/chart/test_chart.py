@@ -72,8 +72,16 @@ RENAMED_AND_SCHEDULED = {
     "podSecurityContext": {"fsGroup": 1000, "supplementalGroups": [4000]},
     "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2"}},
 }
+# Two operator replicas, one active (kopf peering), spread over nodes.
+REPLICATED = {"replicaCount": 2, "peering": {"enabled": True, "lifetimeSeconds": 20},
+              "watchNamespaces": ["team-a", "team-b"],
+              "topologySpreadConstraints": [{
+                  "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                  "whenUnsatisfiable": "ScheduleAnyway",
+                  "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}}}]}
 SCENARIOS = {
     "defaults": ALL_NAMESPACES,
+    "replicated": REPLICATED,
     "one-namespace": ONE_NAMESPACE,
     "two-namespaces-peering": TWO_NAMESPACES,
     "custom-images": CUSTOM_IMAGES,
@@ -115,7 +123,7 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +240,13 @@ def test_operator_runs_kopf_once_with_a_liveness_probe(
     rendered: dict[str, list[dict]], scenario: str
 ) -> None:
     deployment = operator_deployment(rendered[scenario])
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    if scenario == "replicated":  # peered: one active, the others paused (test_conventions)
+        assert deployment["spec"]["replicas"] == 2
+        assert "--peering=wf-whisperfleet" in deployment["spec"]["template"]["spec"][
+            "containers"][0]["args"]
+    else:
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["kopf"]
     assert container["args"][:2] == ["run", "--module=whisperfleet_operator"]

@@ -180,3 +180,55 @@ def test_user_roles_aggregate_into_edit_admin_and_view(helm: Any, tmp_path: Path
         assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
     off = render(helm, tmp_path / "off", {"userRoles": {"enabled": False}})
     assert [r["metadata"]["name"] for r in of_kind(off, "ClusterRole")] == ["wf-whisperfleet"]
+
+
+def test_several_replicas_are_peered_rolled_one_by_one_and_kept_through_drains(
+        helm: Any, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, {"replicaCount": 3, "peering": {"enabled": True,
+                                                                  "lifetimeSeconds": 15}})
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--peering=wf-whisperfleet" in container["args"]
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        container["env"])
+    assert OperatorSettings.from_env(operator_env(docs)).peering_lifetime_seconds == 15
+    (budget,) = of_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (peering,) = of_kind(docs, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "wf-whisperfleet"
+    for doc in docs:
+        if not doc["apiVersion"].startswith("kopf.dev/"):
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    # One replica: no budget (it would block every drain), Recreate.
+    single = render(helm, tmp_path / "one", {})
+    assert not of_kind(single, "PodDisruptionBudget")
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"replicaCount": 2}, "replicaCount > 1 needs peering.enabled=true"),
+    ({"replicaCount": 2, "peering": {"enabled": True},
+      "podDisruptionBudget": {"minAvailable": 2}},
+     "podDisruptionBudget.minAvailable must be below replicaCount"),
+])
+def test_replicas_that_would_clash_or_block_drains_are_refused(
+        helm: Any, tmp_path: Path, values: Obj, message: str) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = helm("template", "wf", str(CHART), "-f", str(path), check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_chart_ships_kopfs_peering_crds() -> None:
+    crds = {d["metadata"]["name"]: d for d in yaml.safe_load_all(
+        (CHART / "crds" / "kopf-peering.yaml").read_text()) if d}
+    assert {name: (crd["spec"]["scope"], crd["spec"]["names"]["kind"])
+            for name, crd in crds.items()} == {
+        "clusterkopfpeerings.kopf.dev": ("Cluster", "ClusterKopfPeering"),
+        "kopfpeerings.kopf.dev": ("Namespaced", "KopfPeering")}
+    for crd in crds.values():
+        kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)

@@ -522,7 +522,7 @@ def test_the_operator_pod_monitor_scrapes_the_operators_metrics_port(
         operator_metrics.PORT_NAME, operator_metrics.PATH, "15s")
     (container,) = template["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     settings = OperatorSettings.from_env(env)
     assert ports[operator_metrics.PORT_NAME] == settings.operator_metrics_port == 8081
 
@@ -533,7 +533,7 @@ def test_operator_metrics_off_serve_nothing_and_refuse_a_monitor(
     (deployment,) = of_kind(docs, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert [p["name"] for p in container["ports"]] == ["health"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert OperatorSettings.from_env(env).operator_metrics_port == 0
     result = helm("template", "wf", str(CHART), "-f", values_file(tmp_path / "monitor", {
         "metrics": {"operator": {"port": 0, "podMonitor": {"enabled": True}}}}), check=False)

@@ -120,7 +120,8 @@ def operator_pod(docs: list[Obj]) -> Obj:
 
 def settings_of(docs: list[Obj]) -> OperatorSettings:
     (container,) = operator_pod(docs)["spec"]["containers"]
-    return OperatorSettings.from_env({e["name"]: e["value"] for e in container["env"]})
+    return OperatorSettings.from_env({e["name"]: e["value"] for e in container["env"]
+                                      if "value" in e})
 
 
 def runner_pods(admission: Admission, namespace: str, settings: OperatorSettings) -> list[Obj]:
