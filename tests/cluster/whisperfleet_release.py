@@ -39,7 +39,7 @@ class Release:
 
 
 def install_chart(cluster: LocalCluster, name: str, namespace: str,
-                  values: dict[str, Any] | None = None) -> Release:
+                  values: dict[str, Any] | None = None, chart: Path = CHART) -> Release:
     """`helm install` into `namespace` (created, PodSecurity restricted), then read back the
     Deployment helm made: the operator is started from exactly its command and env."""
     if cluster.rest().get(f"/api/v1/namespaces/{namespace}") is None:
@@ -48,8 +48,13 @@ def install_chart(cluster: LocalCluster, name: str, namespace: str,
             "metadata": {"name": namespace, "labels": POD_SECURITY_LABELS}})
     values_file = cluster.state_dir / f"values-{name}.json"
     values_file.write_text(json.dumps(values or {}))
-    cluster.helm("install", name, str(CHART), "--namespace", namespace, "-f", str(values_file))
+    cluster.helm("install", name, str(chart), "--namespace", namespace, "-f", str(values_file))
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    return release_of(cluster, name, namespace)
+
+
+def release_of(cluster: LocalCluster, name: str, namespace: str) -> Release:
+    """The release as its Deployment stands now (after an install or an upgrade)."""
     deployments = json.loads(cluster.kubectl(
         "get", "deployments", "-n", namespace, "-l", f"app.kubernetes.io/instance={name}",
         "-o", "json").stdout)["items"]
