@@ -4,17 +4,19 @@ No finalizer, deliberately: there is no deletion handler, Jobs and claim templat
 owner references, so the garbage collector removes them, and a deleted TranscriptionJob
 never waits for a running (or absent) operator. kopf adds finalizers only for deletion
 handlers, daemons and timers, so none of those are registered here. Peering is kopf's own
-command-line choice (`--standalone` or `--peering NAME`, set by the chart).
+command-line choice (`--standalone` or `--peering NAME`, set by the chart); with several
+replicas peered, the oldest live one is active and the others pause (`peering_priority`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
 
-from whisperfleet_operator import kube, naming
+from whisperfleet_operator import kube, metrics, naming
 from whisperfleet_operator.changes import ChangeFilter, job_signature
 from whisperfleet_operator.progress import ProgressPoller
 from whisperfleet_operator.reconcile import Reconciler
@@ -32,6 +34,14 @@ MANAGED = {naming.LABEL_JOB_UID: kopf.PRESENT}
 # Handlers are sync and wait on API calls: kopf's default pool (CPU count + 4 threads)
 # makes a burst of hundreds of new TranscriptionJobs queue behind a handful of threads.
 HANDLER_THREADS = 16
+
+
+def peering_priority(started: float) -> int:
+    """kopf pauses every peer that sees a live one of higher priority (and ALL peers of an
+    equal one): a replica started earlier ranks higher, so the oldest live replica is the
+    active one and a new replica (a rollout's, a restarted one) never preempts it. Negative,
+    so a developer's `kopf run --dev` (priority 666) still pauses the cluster's."""
+    return -int(started * 1000)
 
 
 @kopf.on.startup()
@@ -54,6 +64,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.label_selectors[PODS] = naming.LABEL_JOB_UID
     settings.watching.label_selectors[JOBS] = naming.LABEL_JOB_UID
     operator_settings = OperatorSettings.from_env()
+    settings.peering.priority = peering_priority(time.time())
+    settings.peering.lifetime = operator_settings.peering_lifetime_seconds
     api = kube.Kube.from_environment()
     # Live progress needs the workers' metrics port; without it, status.progress counts
     # finished shards only.
@@ -61,6 +73,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
                                   operator_settings.progress_interval_seconds).start()
                    if operator_settings.metrics_port else None)
     memo.reconciler = Reconciler(api, operator_settings, memo.poller)
+    if operator_settings.operator_metrics_port:
+        metrics.serve(operator_settings.operator_metrics_port,
+                      operator_settings.operator_metrics_host, memo.reconciler.retries.pending)
     memo.jobs_seen = ChangeFilter()  # Job uid -> changes.job_signature last reconciled
     memo.pods_seen = ChangeFilter()  # pod uid -> why it cannot start (stuck pods only)
 
@@ -118,6 +133,17 @@ def suspend_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> N
 @kopf.on.update(*TJ, field="spec.workers.parallelism", id="parallelism")
 def parallelism_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     _reconcile_tj(body, memo, retry)
+
+
+@kopf.on.event(*TJ)
+async def phase_seen(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> None:
+    # The operator's jobs-by-phase metric follows the watch stream (an event handler adds
+    # no finalizer): every job's latest phase, forgotten when it is deleted. On the event
+    # loop (a sync handler would queue in the handler threads, and `start` of a new job
+    # with it).
+    gone = event.get("type") == "DELETED"
+    metrics.track_phase(body.metadata.namespace or "", body.metadata.name or "",
+                        None if gone else str((body.get("status") or {}).get("phase") or ""))
 
 
 @kopf.on.event(*JOBS, labels=MANAGED)

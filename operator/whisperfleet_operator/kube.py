@@ -16,7 +16,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from whisperfleet_operator import kueue, naming
+from whisperfleet_operator import kueue, metrics, naming
 from whisperfleet_operator.objects import Obj
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,23 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status in (409, 429) or (exc.status or 0) >= 500
     return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
+
+
+def error_reason(exc: BaseException) -> str:
+    """What stopped a call, in one word (the operator's errors metric): conflict, throttled,
+    api_server_error, api_refused (another 4xx), api_unreachable, internal (not the API's)."""
+    if isinstance(exc, Conflict):
+        return "conflict"
+    if isinstance(exc, Rejected):
+        return "api_refused"
+    if isinstance(exc, ApiException):
+        code = exc.status or 0
+        if code in (409, 429):
+            return "conflict" if code == 409 else "throttled"
+        if code >= 500:
+            return "api_server_error"
+        return "api_refused" if code else "api_unreachable"
+    return "api_unreachable" if transient(exc) else "internal"
 
 
 def summary(exc: BaseException) -> str:
@@ -92,7 +109,7 @@ class Kube:
             total=4, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
             allowed_methods=None, raise_on_status=False,
         )
-        return cls(client.ApiClient(configuration))
+        return cls(metrics.instrument(client.ApiClient(configuration)))
 
     def close(self) -> None:
         self.api.close()

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 import kopf
 
-from whisperfleet_operator import conditions, kube, kueue, naming, progress, spec, status
+from whisperfleet_operator import conditions, kube, kueue, metrics, naming, progress, spec, status
 from whisperfleet_operator.builders import cleanup, gpu, jobs
 from whisperfleet_operator.objects import Obj
 from whisperfleet_operator.retries import Key, RetryTimers
@@ -53,17 +53,26 @@ class Reconciler:
 
     def reconcile(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Bring one TranscriptionJob a step forward and publish its status. With `uid`,
-        only that incarnation (a re-created namesake owns none of the old Jobs)."""
+        only that incarnation (a re-created namesake owns none of the old Jobs). Counted
+        here, once per call: its outcome, or the error that stopped it."""
+        try:
+            outcome = self._reconcile(namespace, name, uid)
+        except Exception as exc:
+            metrics.failed(kube.error_reason(exc))
+            raise
+        metrics.reconciled(outcome)
+
+    def _reconcile(self, namespace: str, name: str, uid: str | None) -> str:
         with self._lock(namespace, name):
             tj = self.kube.get(kube.TRANSCRIPTION_JOBS, namespace, name)
             meta = (tj or {}).get("metadata") or {}
             if tj is None or meta.get("deletionTimestamp") or (uid and meta.get("uid") != uid):
-                return
+                return metrics.GONE
             old = tj.get("status") or {}
             if status.is_terminal(old):
                 self._track(namespace, name, meta, old)
                 self._expire(tj, old)
-                return  # final; the Jobs' pods may be gone, so never recount
+                return metrics.FINISHED  # final; the Jobs' pods may be gone: never recount
             clock = datetime.now(timezone.utc)
             now = clock.strftime(TIME_FORMAT)
             generation = int(meta.get("generation") or 0)
@@ -77,7 +86,8 @@ class Reconciler:
                     reason=conditions.JOB_REJECTED_REASON)
             new = progress.finished_shards_progress(old, new, clock,
                                                     polling=self.poller is not None)
-            if any(old.get(key) != value for key, value in new.items()):
+            changed = any(old.get(key) != value for key, value in new.items())
+            if changed:
                 self.kube.patch(kube.TRANSCRIPTION_JOBS, namespace, name, {"status": new},
                                 status=True)
             for event_type, reason, message in events.transitions(old, new):
@@ -85,6 +95,7 @@ class Reconciler:
             self._track(namespace, name, meta, {**old, **new})
             if status.is_terminal(new):  # just finished: a TTL of 0 ends now
                 self._expire(tj, {**old, **new})
+            return metrics.UPDATED if changed else metrics.UNCHANGED
 
     def accept_soon(self, namespace: str, name: str, resource_version: str,
                     generation: int) -> None:

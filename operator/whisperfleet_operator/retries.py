@@ -74,6 +74,11 @@ class RetryTimers:
         except Exception:
             logger.exception("reconciling %s/%s failed", key[0], key[1])
 
+    def pending(self) -> int:
+        """Reconciles waiting for a retry after an API error (the operator's queue depth)."""
+        with self._guard:
+            return len(self._timers)
+
     def succeeded(self, key: Key) -> None:
         """`key` got through: its next failure starts the backoff afresh."""
         with self._guard:

@@ -12,12 +12,16 @@ The Helm chart sets these variables; every one has a default that works out of t
 | WHISPERFLEET_PLANNER_RESOURCES            | planner_resources (JSON)    |
 | WHISPERFLEET_WORKER_SERVICE_ACCOUNT       | worker_service_account      |
 | WHISPERFLEET_RUN_AS_USER / _RUN_AS_GROUP  | run_as_user / run_as_group  |
+|   (a number, or `platform`: None)         |                             |
 | WHISPERFLEET_PLANNER_BACKOFF_LIMIT        | planner_backoff_limit       |
 | WHISPERFLEET_PLANNER_DEADLINE_SECONDS     | planner_deadline_seconds    |
 | WHISPERFLEET_CLEANUP_DEADLINE_SECONDS     | cleanup_deadline_seconds    |
 | WHISPERFLEET_DRA_ATTRIBUTE_DOMAIN         | dra_attribute_domain        |
 | WHISPERFLEET_METRICS_PORT                 | metrics_port (0: none)      |
 | WHISPERFLEET_PROGRESS_INTERVAL_SECONDS    | progress_interval_seconds   |
+| WHISPERFLEET_OPERATOR_METRICS_PORT        | operator_metrics_port (0: off) |
+| WHISPERFLEET_OPERATOR_METRICS_HOST        | operator_metrics_host       |
+| WHISPERFLEET_PEERING_LIFETIME_SECONDS     | peering_lifetime_seconds    |
 | WHISPERFLEET_HUB_ENDPOINT                 | hub_endpoint (HF_ENDPOINT)  |
 | WHISPERFLEET_HUB_TOKEN_SECRET / _KEY      | hub_token_secret / _key     |
 | WHISPERFLEET_HUB_CA_CONFIGMAP / _KEY      | hub_ca_configmap / _key     |
@@ -37,6 +41,8 @@ from whisperfleet_runner import contract
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 DEFAULT_RUNNER_IMAGE = "ghcr.io/whisperfleet/whisperfleet-runner:0.1.0"
+# The value of WHISPERFLEET_RUN_AS_USER/_GROUP that leaves the id to the platform.
+PLATFORM_ASSIGNED = "platform"
 
 
 def _default_worker_resources() -> dict[str, dict[str, str]]:
@@ -58,8 +64,10 @@ class OperatorSettings:
     worker_resources: Obj = field(default_factory=_default_worker_resources)
     planner_resources: Obj = field(default_factory=_default_planner_resources)
     worker_service_account: str = ""  # "" = namespace default; its token is never mounted
-    run_as_user: int = 1000
-    run_as_group: int = 1000
+    # None: pods name no uid (gid and fsGroup) and the platform assigns one, as OpenShift's
+    # restricted-v2 does from the namespace's range (it refuses a fixed one).
+    run_as_user: int | None = 1000
+    run_as_group: int | None = 1000
     planner_backoff_limit: int = 2
     planner_deadline_seconds: int = 3600
     # How long the TTL's cleanup Job may take before the job is deleted without it.
@@ -69,6 +77,12 @@ class OperatorSettings:
     # every progress_interval_seconds (0: metrics off, progress from finished shards only).
     metrics_port: int = contract.DEFAULT_METRICS_PORT
     progress_interval_seconds: int = 30
+    # The operator's own /metrics (reconciles, errors, API latency, jobs by phase); 0: off.
+    operator_metrics_port: int = 8081
+    operator_metrics_host: str = "0.0.0.0"
+    # With kopf peering (several replicas): how long a replica's keep-alive counts, and so
+    # how soon a standby takes over from an active replica that died without saying so.
+    peering_lifetime_seconds: int = 60
     # The Hugging Face hub, for worker pods that download a model by name: a mirror, a
     # token (a Secret's key, passed by reference: the operator never reads it), a CA bundle
     # (a ConfigMap's key), or no hub at all (air-gapped: fail at once instead of retrying).
@@ -88,7 +102,7 @@ class OperatorSettings:
                 f"got {self.image_pull_policy!r}"
             )
         # The restricted Pod Security Standard refuses uid/gid 0 with runAsNonRoot.
-        if self.run_as_user <= 0 or self.run_as_group <= 0:
+        if any(i is not None and i <= 0 for i in (self.run_as_user, self.run_as_group)):
             raise ValueError("WHISPERFLEET_RUN_AS_USER/GROUP must be positive (non-root)")
         if self.planner_backoff_limit < 0 or self.planner_deadline_seconds < 0:
             raise ValueError("planner backoff limit and deadline must not be negative")
@@ -96,6 +110,11 @@ class OperatorSettings:
             raise ValueError("WHISPERFLEET_CLEANUP_DEADLINE_SECONDS must be at least 1")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("WHISPERFLEET_METRICS_PORT must be a port number (0: off)")
+        if not 0 <= self.operator_metrics_port <= 65535:
+            raise ValueError("WHISPERFLEET_OPERATOR_METRICS_PORT must be a port number (0: off)")
+        if self.peering_lifetime_seconds < 10:
+            # kopf renews a record 5-10 s before it expires.
+            raise ValueError("WHISPERFLEET_PEERING_LIFETIME_SECONDS must be at least 10")
         if self.progress_interval_seconds < 1:
             raise ValueError("WHISPERFLEET_PROGRESS_INTERVAL_SECONDS must be at least 1")
         for name in ("worker_resources", "planner_resources"):
@@ -122,6 +141,7 @@ class OperatorSettings:
             "WHISPERFLEET_HUB_TOKEN_KEY": "hub_token_key",
             "WHISPERFLEET_HUB_CA_CONFIGMAP": "hub_ca_configmap",
             "WHISPERFLEET_HUB_CA_KEY": "hub_ca_key",
+            "WHISPERFLEET_OPERATOR_METRICS_HOST": "operator_metrics_host",
         }
         for var, name in strings.items():
             if var in env:
@@ -139,13 +159,21 @@ class OperatorSettings:
         for var, name in {
             "WHISPERFLEET_RUN_AS_USER": "run_as_user",
             "WHISPERFLEET_RUN_AS_GROUP": "run_as_group",
+        }.items():
+            if env.get(var, "").strip() == PLATFORM_ASSIGNED:
+                kwargs[name] = None
+        for var, name in {
+            "WHISPERFLEET_RUN_AS_USER": "run_as_user",
+            "WHISPERFLEET_RUN_AS_GROUP": "run_as_group",
             "WHISPERFLEET_PLANNER_BACKOFF_LIMIT": "planner_backoff_limit",
             "WHISPERFLEET_PLANNER_DEADLINE_SECONDS": "planner_deadline_seconds",
             "WHISPERFLEET_CLEANUP_DEADLINE_SECONDS": "cleanup_deadline_seconds",
             "WHISPERFLEET_METRICS_PORT": "metrics_port",
             "WHISPERFLEET_PROGRESS_INTERVAL_SECONDS": "progress_interval_seconds",
+            "WHISPERFLEET_OPERATOR_METRICS_PORT": "operator_metrics_port",
+            "WHISPERFLEET_PEERING_LIFETIME_SECONDS": "peering_lifetime_seconds",
         }.items():
-            if env.get(var, "").strip():
+            if env.get(var, "").strip() and name not in kwargs:
                 try:
                     kwargs[name] = int(env[var])
                 except ValueError:

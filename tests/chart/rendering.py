@@ -17,13 +17,15 @@ NAMESPACE = "whisperfleet-system"
 
 
 def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump(values))
     return str(path)
 
 
-def render(helm: Any, tmp_path: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
-    out = helm("template", "wf", str(CHART), "--namespace", NAMESPACE,
+def render(helm: Any, tmp_path: Path, values: dict[str, Any],
+           release: str = "wf") -> list[dict[str, Any]]:
+    out = helm("template", release, str(CHART), "--namespace", NAMESPACE,
                "--kube-version", KUBE_VERSION, "-f", values_file(tmp_path, values)).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 

@@ -33,11 +33,12 @@ TWO_NAMESPACES = {"watchNamespaces": ["team-a", "team-b"], "peering": {"enabled"
 CUSTOM_IMAGES = {
     "image": {"repository": "registry.example.com/ml/wf-operator", "tag": "1.2.3",
               "pullPolicy": "Always"},
-    "imagePullSecrets": ["regcred"],
+    "imagePullSecrets": [{"name": "regcred"}],
     "runner": {
         "image": {"repository": "registry.example.com/ml/wf-runner", "tag": "1.2.3-cuda12",
                   "digest": "sha256:" + "ab" * 32, "pullPolicy": "Always"},
-        "imagePullSecrets": ["regcred", "mirror"],
+        # The chart's first form (plain names) still works, mixed with the pod spec's.
+        "imagePullSecrets": ["regcred", {"name": "mirror"}],
         "modelCacheClaim": "whisper-models",
         "workerResources": {"requests": {"cpu": "4", "memory": "12Gi"}},
     },
@@ -48,11 +49,44 @@ CUSTOM_IMAGES = {
     "logLevel": "debug",
     "metrics": {"port": 9100, "progressIntervalSeconds": 5},
 }
+# The uid and gid left to the platform (OpenShift restricted-v2), with the staging Job.
+PLATFORM_IDS = {
+    "podSecurityContext": {"runAsUser": None, "runAsGroup": None},
+    "runner": {"runAsUser": None, "runAsGroup": None, "modelCacheClaim": "models"},
+    "modelStaging": {"enabled": True, "models": ["tiny.en"]},
+}
+# A second, renamed release with the operator's scheduling and security contexts set.
+RENAMED_AND_SCHEDULED = {
+    "fullnameOverride": "speech", "userRoles": {"enabled": False},
+    "watchNamespaces": ["team-a"],
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                   "whenUnsatisfiable": "DoNotSchedule",
+                                   "labelSelector": {"matchLabels": {
+                                       "app.kubernetes.io/instance": "wf"}}}],
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                         "labelSelector": {"matchLabels": {
+                                             "app.kubernetes.io/instance": "wf"}}}}]}},
+    "priorityClassName": "system-cluster-critical",
+    "podAnnotations": {"example.com/owner": "speech"}, "podLabels": {"team": "speech"},
+    "podSecurityContext": {"fsGroup": 1000, "supplementalGroups": [4000]},
+    "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2"}},
+}
+# Two operator replicas, one active (kopf peering), spread over nodes.
+REPLICATED = {"replicaCount": 2, "peering": {"enabled": True, "lifetimeSeconds": 20},
+              "watchNamespaces": ["team-a", "team-b"],
+              "topologySpreadConstraints": [{
+                  "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                  "whenUnsatisfiable": "ScheduleAnyway",
+                  "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}}}]}
 SCENARIOS = {
     "defaults": ALL_NAMESPACES,
+    "replicated": REPLICATED,
     "one-namespace": ONE_NAMESPACE,
     "two-namespaces-peering": TWO_NAMESPACES,
     "custom-images": CUSTOM_IMAGES,
+    "platform-ids": PLATFORM_IDS,
+    "renamed-and-scheduled": RENAMED_AND_SCHEDULED,
 }
 
 # The operator's RBAC, rule by rule: (apiGroup, resource) -> verbs. Nothing more, nothing less.
@@ -74,6 +108,12 @@ def operator_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return deployment
 
 
+def operator_cluster_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ClusterRoles bound to the operator (not the user roles the chart also ships)."""
+    bound = {b["roleRef"]["name"] for b in of_kind(docs, "ClusterRoleBinding")}
+    return [r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"] in bound]
+
+
 def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     found: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
@@ -84,7 +124,7 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +163,7 @@ def test_all_namespaces_uses_a_cluster_role_with_exactly_the_operators_verbs(
     rendered: dict[str, list[dict]],
 ) -> None:
     docs = rendered["defaults"]
-    (role,) = of_kind(docs, "ClusterRole")
+    (role,) = operator_cluster_roles(docs)
     assert rules_of(role) == NAMESPACED_RULES | CLUSTER_ONLY_RULES
     (binding,) = of_kind(docs, "ClusterRoleBinding")
     (sa,) = of_kind(docs, "ServiceAccount")
@@ -144,7 +184,7 @@ def test_watched_namespaces_get_roles_and_no_cluster_scoped_rights(
 ) -> None:
     docs = rendered[scenario]
     watched = SCENARIOS[scenario]["watchNamespaces"]
-    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    assert not operator_cluster_roles(docs) and not of_kind(docs, "ClusterRoleBinding")
     roles = of_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
     peering = SCENARIOS[scenario].get("peering", {}).get("enabled", False)
@@ -189,7 +229,7 @@ def test_peering_is_standalone_by_default_and_scoped_when_enabled(
     docs = rendered["custom-images"]  # all namespaces + peering
     args = operator_deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--peering=wf-peers" in args and "--standalone" not in args
-    (role,) = of_kind(docs, "ClusterRole")
+    (role,) = operator_cluster_roles(docs)
     assert rules_of(role)[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
     assert [d["metadata"]["name"] for d in of_kind(docs, "ClusterKopfPeering")] == ["wf-peers"]
     namespaced = of_kind(rendered["two-namespaces-peering"], "KopfPeering")
@@ -201,8 +241,13 @@ def test_operator_runs_kopf_once_with_a_liveness_probe(
     rendered: dict[str, list[dict]], scenario: str
 ) -> None:
     deployment = operator_deployment(rendered[scenario])
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    if scenario == "replicated":  # peered: one active, the others paused (test_conventions)
+        assert deployment["spec"]["replicas"] == 2
+        assert "--peering=wf-whisperfleet" in deployment["spec"]["template"]["spec"][
+            "containers"][0]["args"]
+    else:
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["kopf"]
     assert container["args"][:2] == ["run", "--module=whisperfleet_operator"]
@@ -218,7 +263,9 @@ def test_operator_pod_meets_the_restricted_pod_security_standard(
 ) -> None:
     pod = operator_deployment(rendered[scenario])["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] > 0
+    # A uid, when named, is not root (platform-ids names none: the platform assigns one).
+    assert pod["securityContext"].get("runAsUser", 1) > 0
+    assert ("runAsUser" in pod["securityContext"]) == (scenario != "platform-ids")
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -66,7 +66,8 @@ def test_the_job_and_the_worker_pods_get_the_same_hub_settings(
     docs = render(helm, tmp_path, ON_PVC)
     (deployment,) = of_kind(docs, "Deployment")
     operator_env = {e["name"]: e["value"]
-                    for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+                    for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+                    if "value" in e}
     settings = OperatorSettings.from_env(operator_env)
     assert (settings.hub_endpoint, settings.hub_token_secret, settings.hub_ca_configmap) == (
         "https://hf-mirror.example.com", "hub-token", "corp-ca")

@@ -28,7 +28,7 @@ from tests.chart.rendering import (
     render,
     values_file,
 )
-from tests.support import runner_metrics
+from tests.support import operator_metrics, runner_metrics
 from tests.support.paths import REPO
 from tests.support.transcription_jobs import parsed
 from whisperfleet_operator import naming
@@ -57,11 +57,20 @@ WATCHED_NAMESPACES = {
         "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
     },
 }
+# The operator's own metrics scraped too, with two replicas (each serves its own).
+OPERATOR = {
+    "replicaCount": 2, "peering": {"enabled": True},
+    "metrics": {"operator": {"port": 9090, "podMonitor": {
+        "enabled": True, "interval": "30s", "scrapeTimeout": "5s",
+        "labels": {"release": "kube-prometheus-stack"}}},
+                "grafanaDashboard": {"enabled": True}},
+}
 SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "defaults-one-namespace": {"watchNamespaces": ["team-a"]},
     "monitoring-all-namespaces": ALL_NAMESPACES,
     "monitoring-watched-namespaces": WATCHED_NAMESPACES,
+    "monitoring-operator": OPERATOR,
 }
 
 # monitoring.coreos.com/v1: the fields the chart may set, and the CRD's own patterns.
@@ -178,7 +187,7 @@ def test_nothing_for_monitoring_is_rendered_by_default(
 
 
 @pytest.mark.parametrize("scenario", ["monitoring-all-namespaces",
-                                      "monitoring-watched-namespaces"])
+                                      "monitoring-watched-namespaces", "monitoring-operator"])
 def test_helm_lint_is_clean_with_monitoring(helm: Any, tmp_path: Path, scenario: str) -> None:
     result = helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE,
                   "-f", values_file(tmp_path, SCENARIOS[scenario]))
@@ -186,7 +195,7 @@ def test_helm_lint_is_clean_with_monitoring(helm: Any, tmp_path: Path, scenario:
 
 
 @pytest.mark.parametrize("scenario", ["monitoring-all-namespaces",
-                                      "monitoring-watched-namespaces"])
+                                      "monitoring-watched-namespaces", "monitoring-operator"])
 def test_standard_objects_are_valid_kubernetes_and_monitors_have_the_crd_shape(
     rendered: dict[str, list[dict]], scenario: str
 ) -> None:
@@ -201,7 +210,7 @@ def test_standard_objects_are_valid_kubernetes_and_monitors_have_the_crd_shape(
             (endpoint,) = doc["spec"].get("podMetricsEndpoints") or doc["spec"]["endpoints"]
             check_endpoint(endpoint)
             assert set(doc["spec"]["namespaceSelector"]) <= {"any", "matchNames"}
-        else:
+        elif not doc["apiVersion"].startswith("kopf.dev/"):  # kopf's CRD: no upstream schema
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
     assert {"PodMonitor", "ConfigMap"} <= kinds
 
@@ -394,22 +403,26 @@ def test_the_dashboard_is_a_well_formed_grafana_dashboard() -> None:
             assert name in variables or name.startswith("__"), (name, expr)
 
 
-def test_the_dashboard_queries_exactly_the_metrics_the_runner_serves() -> None:
+# What the dashboard may query: the runner's metrics and the operator's own.
+SERVED = {**runner_metrics.METRICS, **operator_metrics.METRICS}
+
+
+def test_the_dashboard_queries_exactly_the_metrics_the_runner_and_operator_serve() -> None:
     used = {m for expr in queries(dashboard()) for m in METRIC_NAME.findall(expr)}
-    assert used - set(runner_metrics.METRICS) == set(), "not served by the runner"
-    assert set(runner_metrics.METRICS) - used == set(), "served but shown in no panel"
+    assert used - set(SERVED) == set(), "served by neither the runner nor the operator"
+    assert set(SERVED) - used == set(), "served but shown in no panel"
 
 
 def test_dashboard_queries_use_only_labels_the_series_carry(
     rendered: dict[str, list[dict]],
 ) -> None:
     targets = scraped_target_labels(rendered)
-    every_label = targets | {label for m in runner_metrics.METRICS.values() for label in m.labels}
+    every_label = targets | {label for m in SERVED.values() for label in m.labels}
     board = dashboard()
     for expr in queries(board):
         for metric, matchers in SELECTOR.findall(expr):
             for label, _op, value in MATCHER.findall(matchers):
-                assert label in targets | runner_metrics.METRICS[metric].labels, (label, expr)
+                assert label in targets | SERVED[metric].labels, (label, expr)
                 if label == "status":
                     assert value in runner_metrics.FILE_STATUSES, expr
         for group in GROUPING.findall(expr):
@@ -417,7 +430,7 @@ def test_dashboard_queries_use_only_labels_the_series_carry(
                 assert label in every_label, (label, expr)
         # rate() and increase() only make sense on counters.
         for function, metric in RANGE_FUNCTION.findall(expr):
-            assert runner_metrics.METRICS[metric].kind == "counter", (function, expr)
+            assert SERVED[metric].kind == "counter", (function, expr)
     for panel in panels(board):
         for target in panel.get("targets", []):
             for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")):
@@ -495,3 +508,43 @@ def test_bad_monitoring_values_are_refused_with_the_field_named(
 ) -> None:
     values, field = BAD_VALUES[case]
     refused_by_schema(helm, tmp_path, values, field)
+
+
+# --- the operator's own metrics ------------------------------------------------------------
+
+
+def test_the_operator_pod_monitor_scrapes_the_operators_metrics_port(
+        helm: Any, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, {"metrics": {"operator": {"podMonitor": {
+        "enabled": True, "interval": "15s", "labels": {"release": "prom"}}}}})
+    (monitor,) = [m for m in of_kind(docs, "PodMonitor")
+                  if m["metadata"]["name"].endswith("-operator")]
+    (deployment,) = of_kind(docs, "Deployment")
+    template = deployment["spec"]["template"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()
+    assert selector["app.kubernetes.io/component"] == "operator"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == (
+        operator_metrics.PORT_NAME, operator_metrics.PATH, "15s")
+    (container,) = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = OperatorSettings.from_env(env)
+    assert ports[operator_metrics.PORT_NAME] == settings.operator_metrics_port == 8081
+
+
+def test_operator_metrics_off_serve_nothing_and_refuse_a_monitor(
+        helm: Any, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, {"metrics": {"operator": {"port": 0}}})
+    (deployment,) = of_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert [p["name"] for p in container["ports"]] == ["health"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert OperatorSettings.from_env(env).operator_metrics_port == 0
+    result = helm("template", "wf", str(CHART), "-f", values_file(tmp_path / "monitor", {
+        "metrics": {"operator": {"port": 0, "podMonitor": {"enabled": True}}}}), check=False)
+    assert result.returncode != 0
+    assert "metrics.operator.podMonitor.enabled needs metrics.operator.port" in result.stderr

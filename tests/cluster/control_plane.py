@@ -40,6 +40,8 @@ CONTROLLERS = (
     "persistentvolume-binder-controller",
     "persistentvolume-protection-controller",
     "persistentvolumeclaim-protection-controller",
+    # The chart's user roles are aggregated into the built-in edit/view/admin roles.
+    "clusterrole-aggregation-controller",
 )
 # Only with a real node: the chart's Deployment becomes a pod there, and every pod with a
 # service-account token (the operator's) mounts the kube-root-ca.crt ConfigMap beside it.

@@ -39,7 +39,7 @@ class Release:
 
 
 def install_chart(cluster: LocalCluster, name: str, namespace: str,
-                  values: dict[str, Any] | None = None) -> Release:
+                  values: dict[str, Any] | None = None, chart: Path = CHART) -> Release:
     """`helm install` into `namespace` (created, PodSecurity restricted), then read back the
     Deployment helm made: the operator is started from exactly its command and env."""
     if cluster.rest().get(f"/api/v1/namespaces/{namespace}") is None:
@@ -48,8 +48,13 @@ def install_chart(cluster: LocalCluster, name: str, namespace: str,
             "metadata": {"name": namespace, "labels": POD_SECURITY_LABELS}})
     values_file = cluster.state_dir / f"values-{name}.json"
     values_file.write_text(json.dumps(values or {}))
-    cluster.helm("install", name, str(CHART), "--namespace", namespace, "-f", str(values_file))
+    cluster.helm("install", name, str(chart), "--namespace", namespace, "-f", str(values_file))
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    return release_of(cluster, name, namespace)
+
+
+def release_of(cluster: LocalCluster, name: str, namespace: str) -> Release:
+    """The release as its Deployment stands now (after an install or an upgrade)."""
     deployments = json.loads(cluster.kubectl(
         "get", "deployments", "-n", namespace, "-l", f"app.kubernetes.io/instance={name}",
         "-o", "json").stdout)["items"]
@@ -72,6 +77,7 @@ class OperatorProcess:
     starts: int = 0
     server: str | None = None  # where it reaches the API server; None: directly
     log_path: Path = field(init=False)
+    metrics_url: str = ""  # the operator's own /metrics, on a free loopback port
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +92,12 @@ class OperatorProcess:
         args = [f"--liveness=http://127.0.0.1:{port}/healthz" if a.startswith("--liveness=")
                 else a for a in self.release.args]
         executable = Path(sys.executable).parent / args[0]  # kopf, from this environment
+        metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {"PATH": f"{executable.parent}{os.pathsep}/usr/bin:/bin", "HOME": str(self.workdir),
-               "KUBECONFIG": str(kubeconfig), **self.release.env}
+               "KUBECONFIG": str(kubeconfig), **self.release.env,
+               "WHISPERFLEET_OPERATOR_METRICS_PORT": str(metrics_port),
+               "WHISPERFLEET_OPERATOR_METRICS_HOST": "127.0.0.1"}
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts} ---\n".encode())

@@ -118,7 +118,8 @@ def test_the_operator_imports_only_the_runners_contract() -> None:
 # other), then the API edge and what runs beside the handlers, then the reconciler, then kopf.
 OPERATOR_LAYERS = {"objects": 0, "conditions": 1, "settings": 1, "spec": 1, "naming": 2,
                    "kueue": 2,
-                   "builders": 3, "status": 3, "kube": 4, "changes": 4, "retries": 4,
+                   "builders": 3, "status": 3, "metrics": 3, "kube": 4, "changes": 4,
+                   "retries": 4,
                    "progress": 5, "reconcile": 6, "handlers": 7}
 
 

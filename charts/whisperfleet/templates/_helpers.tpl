@@ -1,14 +1,51 @@
 {{/* Names, labels and images shared by the templates. */}}
 
 {{- define "whisperfleet.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* <release>-<name>, or the release name alone when it already holds the name. */}}
 {{- define "whisperfleet.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "whisperfleet.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The (Cluster)KopfPeering's name: its own value, else the release's full name. */}}
+{{- define "whisperfleet.peeringName" -}}
+{{- default (include "whisperfleet.fullname" .) .Values.peering.name -}}
+{{- end -}}
+
+{{/*
+Names of pull Secrets, comma-separated, from a list of {name: …} (or of plain names, the
+chart's first form). Call with the list.
+*/}}
+{{- define "whisperfleet.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range . -}}
+{{- if kindIs "map" . -}}
+{{- $names = append $names .name -}}
+{{- else -}}
+{{- $names = append $names . -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
+{{/* A pod spec's imagePullSecrets field, or nothing for an empty list; call with the list. */}}
+{{- define "whisperfleet.imagePullSecrets" -}}
+{{- with include "whisperfleet.pullSecretNames" . }}
+imagePullSecrets:
+{{- range splitList "," . }}
+  - name: {{ . }}
+{{- end }}
 {{- end -}}
 {{- end -}}
 

@@ -26,17 +26,20 @@ FILE_SCHEME = "file://"
 
 
 def pod_security_context(settings: OperatorSettings) -> Obj:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": settings.run_as_user,
-        "runAsGroup": settings.run_as_group,
+    """Restricted; the uid and gid are fixed unless the settings leave them to the platform
+    (which then also assigns the fsGroup, e.g. OpenShift's restricted-v2)."""
+    context: Obj = {"runAsNonRoot": True}
+    if settings.run_as_user is not None:
+        context["runAsUser"] = settings.run_as_user
+    if settings.run_as_group is not None:
+        context["runAsGroup"] = settings.run_as_group
         # The kubelet gives writable volumes (the data PVC) to this group, so the non-root
         # runner can write transcripts there. OnRootMismatch: a PVC full of audio is not
         # re-chowned file by file at every pod start, only when its root is not ours yet.
-        "fsGroup": settings.run_as_group,
-        "fsGroupChangePolicy": "OnRootMismatch",
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+        context["fsGroup"] = settings.run_as_group
+        context["fsGroupChangePolicy"] = "OnRootMismatch"
+    context["seccompProfile"] = {"type": "RuntimeDefault"}
+    return context
 
 
 def container_security_context() -> Obj:
