@@ -156,4 +156,5 @@ def test_packed_short_clips_each_keep_their_own_words(
     texts = {n: (out / f"{n}.txt").read_text(encoding="utf-8").lower() for n in "abc"}
     assert "hello" in texts["a"] and "quick" not in texts["a"], texts
     assert "quick" in texts["b"] and "hello" not in texts["b"], texts
-    assert "5" in texts["c"] and "hello" not in texts["c"], texts
+    # tiny.en writes the counting as digits or as words, depending on the host's kernels.
+    assert ("5" in texts["c"] or "five" in texts["c"]) and "hello" not in texts["c"], texts
