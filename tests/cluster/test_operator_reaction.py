@@ -4,27 +4,16 @@ minimal kopf operator writes one on the same cluster in the same run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from types import ModuleType
 
 import pytest
 
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.whisperfleet_release import OperatorProcess, Release
-from tests.support.paths import REPO
+from tests.support.benchmark_scripts import benchmark_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 JOBS = 40
-
-
-def benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "operator_reaction", REPO / "benchmarks" / "operator_reaction.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_burst_of_new_jobs_gets_statuses_before_planning_and_about_as_soon_as_a_minimal_operator(
@@ -32,7 +21,8 @@ def test_a_burst_of_new_jobs_gets_statuses_before_planning_and_about_as_soon_as_
 ) -> None:
     operator.stop()  # the benchmark runs each side's operator alone
     try:
-        result = benchmark().measure(cluster, release, jobs=JOBS, rounds=1)
+        result = benchmark_script("operator_reaction").measure(cluster, release, jobs=JOBS,
+                                                               rounds=1)
     finally:
         operator.start()
     print(json.dumps(result, indent=1))

@@ -5,33 +5,23 @@ of the cluster ever reaches it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from types import ModuleType
 
 import pytest
 
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.whisperfleet_release import OperatorProcess, Release
-from tests.support.paths import REPO
+from tests.support.benchmark_scripts import benchmark_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-def benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "operator_scale", REPO / "benchmarks" / "operator_scale.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_many_jobs_among_unrelated_pods(
     cluster: LocalCluster, release: Release, operator: OperatorProcess
 ) -> None:
     user = f"system:serviceaccount:{release.namespace}:{release.service_account}"
-    result = benchmark().measure(cluster, operator, user, jobs=12, unrelated=300, timeout=600)
+    result = benchmark_script("operator_scale").measure(cluster, operator, user, jobs=12,
+                                                        unrelated=300, timeout=600)
     print(json.dumps(result, indent=1))
     assert result["pod_list_and_watch_requests"] > 0
     assert result["without_selector"] == []
