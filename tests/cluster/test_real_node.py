@@ -253,8 +253,8 @@ def test_the_chart_with_only_its_images_set_runs_a_job_on_the_real_node(
     final = tjs.wait_for(cluster, ns, "first", "Succeeded", "PartiallySucceeded", "Failed")
     assert final["metadata"]["uid"] == created["metadata"]["uid"]
     assert_every_file_once(cluster, bucket, final, 8)
-    # hello.wav's own words after its first: packed beside the other clips, tiny.en has
-    # heard "Hello" as "The" since each packed clip's decoder starts at its timestamp.
+    # hello.wav's own words after its first: packed, a clip's frames are encoded with the
+    # whole window, and beside these neighbours tiny.en has heard "Hello" as "The".
     assert "world this is a test" in json.loads(tjs.objects(
         cluster, bucket, "out/clip01.json")["out/clip01.json"])["text"].lower().replace(",", "")
     # Every pod (planner, workers, the operator) ran in containerd on the real node.

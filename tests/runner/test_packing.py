@@ -239,8 +239,8 @@ def test_neighbours_change_a_packed_clip_less_than_the_model_errs_alone(
     clips = [packing.Clip(name, audio.decode((folder / name).read_bytes(), name))
              for name in sorted(refs)]
     alone = TranscriptionOptions(batch_size=1, language="en")
-    bare = {c.source: wer(refs[c.source], engine.transcribe(c.audio, c.source, alone).text)
-            for c in clips}
+    bare_text = {c.source: engine.transcribe(c.audio, c.source, alone).text for c in clips}
+    bare = {source: wer(refs[source], text) for source, text in bare_text.items()}
     packed: dict[str, list[str]] = {c.source: [] for c in clips}
     for seed in range(3):
         order = clips[:]
@@ -258,6 +258,17 @@ def test_neighbours_change_a_packed_clip_less_than_the_model_errs_alone(
     # (0.20 before the layout stopped depending on arrival order).
     assert packed_wer <= bare_wer + 0.10, (packed_wer, bare_wer)
     assert spread <= max(bare_wer, 0.10) + 0.10, (spread, bare_wer)
+    # A clip's first word may change with its neighbours (its frames attend to theirs), but
+    # packing must not cost clips their first words. Measured here, 2-vCPU AMD EPYC: bare
+    # 0.81, packed 0.98; each decoder started 0.5 s late (a bug), packed 0.81.
+    def first_right(source: str, text: str) -> bool:
+        return words(text)[:1] == words(refs[source])[:1]
+
+    bare_first = sum(first_right(s, t) for s, t in bare_text.items()) / len(clips)
+    packed_first = sum(first_right(s, t) for s, ts in packed.items()
+                       for t in ts) / (3 * len(clips))
+    print(f"first words right: bare {bare_first:.2f}, packed {packed_first:.2f}")
+    assert packed_first >= max(bare_first, 0.85), (packed_first, bare_first)
 
 
 @pytest.mark.slow

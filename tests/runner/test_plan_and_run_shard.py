@@ -91,9 +91,10 @@ def test_local_job_plans_runs_and_reruns(tmp_path: Path, audio_dir: Path,
             assert (out / f"{stem(key)}.{fmt}").is_file(), (key, fmt)
     for key in ("bad/empty", "bad/truncated", "bad/notes"):
         assert not list(out.glob(f"{key}.*"))
-    # The file's own words: packed with the other clips, tiny.en has heard its first word
-    # as "The low" since each packed clip's decoder starts at its clip's timestamp ("Hello"
-    # before; the short corpus's WER is the same either way: benchmarks/README.md).
+    # The file's own words after its first: packed, a clip's frames are encoded with the
+    # whole window, and beside these neighbours tiny.en hears "Hello" as "The low" (alone
+    # or beside one of them, "Hello"). Over the short corpora packing gets more first words
+    # right than --no-pack (benchmarks/README.md, "Measurements behind design choices").
     assert "world, this is a test of the transcription system" in \
         (out / "hello.txt").read_text().lower()
     assert (out / "silence.txt").read_text().strip() == ""
