@@ -7,7 +7,7 @@ subprocesses printed to pipes (`Popen.communicate`, which `subprocess.run` uses)
 its failure, the files under its `tmp_path`, the objects of moto buckets created during it,
 and, for a test on the local cluster's `namespace`, that namespace's TranscriptionJob
 status, Events, and pods' status (termination messages) and logs. Its teardown's output is
-checked at teardown. The secrets: the tests' S3 keys, values a test registers
+checked at teardown. The secrets: the tests' S3 and Azurite keys, values a test registers
 (`secrets_guard.register`), and on the cluster its admin token and S3 keys and every value
 of the namespace's Secrets. What a test only passes in (a deliberately wrong key in the
 environment) is not a secret unless registered. Reports of a leak mask the values, and so
