@@ -61,7 +61,7 @@ _REFRESH_FAILED = {"TokenRetrievalError", "NoAuthTokenError", "RefreshWithMFAUns
                    "LoginTokenLoadError"}
 _DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden",
            # Azure: a SAS or role without the permission, a firewall rule
-           "AuthorizationFailure", "AuthorizationPermissionMismatch",
+           "AuthorizationPermissionMismatch",
            "AuthorizationSourceIPMismatch", "AuthorizationResourceTypeMismatch"}
 # Azure's codes (azure-core's `error_code`) that mean what S3's above mean.
 _AZURE_CODES = {"ContainerNotFound": "NoSuchBucket", "BlobNotFound": "NoSuchKey",
@@ -135,8 +135,8 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
             code = str(response["Error"]["Code"])
             break
         azure = getattr(cause, "error_code", None)  # azure-core's HttpResponseError
-        if isinstance(azure, str) and azure:
-            code = _AZURE_CODES.get(azure, azure)
+        if isinstance(azure, str) and azure:  # a str or azure's StorageErrorCode (a str enum)
+            code = _AZURE_CODES.get(azure, str(getattr(azure, "value", azure)))
             break
     names = {type(c).__name__ for c in _causes(exc)}
     _, credential_hint, endpoint = _hints(uri)
@@ -157,9 +157,10 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
                 "DefaultCredentialsError", "CredentialUnavailableError"}:
         return StorageError(Reason.NO_CREDENTIALS, f"{uri}: no usable credentials found; "
                             + credential_hint)
-    if code in ("403", "Forbidden"):
+    if code in ("403", "Forbidden", "AuthorizationFailure"):
         # A HEAD response has no body, so S3 cannot say why: a missing permission and a
-        # wrong secret look the same.
+        # wrong secret look the same. Azure's AuthorizationFailure is a request refused by
+        # the account's rules (a firewall, a SAS), and Azurite's answer to a wrong key.
         return StorageError(Reason.ACCESS_DENIED, f"access denied to {uri} (403 Forbidden): grant "
                             "list/read on the input and write on the output, or "
                             + credential_hint)
