@@ -154,3 +154,11 @@ def test_a_wrong_azure_key_is_refused_without_showing_either_key(
     assert "access denied" in said and "AZURE_STORAGE_CONNECTION_STRING" in said
     assert wrong not in result.stdout + result.stderr  # the guard looks for the right one
 
+
+
+def test_staging_a_model_into_a_missing_bucket_names_it(bucket: Bucket) -> None:
+    missing = f"{bucket.scheme}://wf-no-such-bucket-9/models/tiny-en/"
+    result = whisperfleet("models", "pull", "tiny.en", "--to", missing, env=bucket.env)
+    said = " ".join(result.stderr.split())
+    assert result.returncode != 0 and "BucketNotFound" in said, result.stderr
+    assert "'wf-no-such-bucket-9'" in said and "does not exist" in said

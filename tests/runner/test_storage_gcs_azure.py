@@ -75,9 +75,13 @@ def test_a_missing_bucket_is_named_when_listing_and_writing(
     bucket_of(scheme, request)  # the server and its environment, with a bucket of its own
     word = "bucket" if scheme == "gs" else "container"
     missing = f"{scheme}://wf-no-such-bucket/"
+    def lock() -> None:
+        with run_lock.run_lock(missing + "out", lambda why: None):
+            pass
+
     for action in (lambda: storage.list_inputs(missing + "in/"),
                    lambda: storage.publish(missing + "out/a.txt", "x"),
-                   lambda: storage.check_writable(missing + "out/")):
+                   lambda: storage.check_writable(missing + "out/"), lock):
         with pytest.raises(StorageError) as info:
             action()
         assert info.value.reason == Reason.BUCKET_NOT_FOUND

@@ -104,6 +104,15 @@ def missing_bucket(uri: str) -> StorageError:
                         f"the endpoint ({endpoint})")
 
 
+def write_error(uri: str, exc: BaseException) -> StorageError:
+    """Why a write failed. An object needs no folder to be written, so on an object store a
+    write that found nothing there found no bucket: that is how gcsfs reports a missing
+    bucket (a bare 404), which wrap_error alone would call a missing object."""
+    if isinstance(exc, FileNotFoundError) and "://" in uri and not uri.startswith("file://"):
+        return missing_bucket(uri)
+    return wrap_error(uri, exc)
+
+
 def _scrub(text: str) -> str:
     """Remove secret values and URL user-info (`s3://key:secret@…`) from a message."""
     text = re.sub(r"(://)[^/@\s:]*:[^/@\s]*@", r"\1***@", text)
