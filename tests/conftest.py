@@ -147,10 +147,12 @@ def gcs_bucket(gcs_env: dict[str, str]) -> str:
     """A fresh, empty bucket name on the GCS emulator."""
     import uuid
 
-    from tests.support.object_stores import gcs_files
+    from tests.support.object_stores import gcs_files, made
 
     name = f"wf-{uuid.uuid4().hex[:12]}"
-    gcs_files(gcs_env["STORAGE_EMULATOR_HOST"]).mkdir(name)
+    files = gcs_files(gcs_env["STORAGE_EMULATOR_HOST"])
+    files.mkdir(name)
+    made(f"gs://{name}", files)  # the secret guard reads what the test left there
     return name
 
 
@@ -181,10 +183,12 @@ def azure_container(azure_env: dict[str, str]) -> str:
     """A fresh, empty container name on Azurite."""
     import uuid
 
-    from tests.support.object_stores import azure_files
+    from tests.support.object_stores import azure_files, made
 
     name = f"wf-{uuid.uuid4().hex[:12]}"
-    azure_files(azure_env["AZURE_STORAGE_CONNECTION_STRING"]).mkdir(name)
+    files = azure_files(azure_env["AZURE_STORAGE_CONNECTION_STRING"])
+    files.mkdir(name)
+    made(f"az://{name}", files)  # the secret guard reads what the test left there
     return name
 
 

@@ -4,9 +4,30 @@ it finds there afterwards."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# The buckets made for the running test, (URI, files): the secret guard reads their objects.
+_made: list[tuple[str, Any]] = []
+
+
+def made(uri: str, files: Any) -> None:
+    """Have the secret guard read every object of the bucket at `uri` after this test."""
+    _made.append((uri.rstrip("/"), files))
+
+
+def made_objects() -> Iterator[tuple[str, bytes]]:
+    """(URI, body) of every object in the buckets made for the running test."""
+    for uri, files in _made:
+        root = uri.split("://", 1)[1]
+        for name in files.find(root):
+            yield f"{uri.split('://', 1)[0]}://{name}", bytes(files.cat_file(name))
+
+
+def forget_made() -> None:
+    _made.clear()
 
 
 def gcs_files(endpoint: str) -> Any:
