@@ -1,6 +1,6 @@
 """Fixtures shared by every test folder: paths, the bundled tiny.en and Whisper base models,
-a moto S3 server; and the secret guard every test runs under
-(tests/support/secret_guard_plugin.py)."""
+a moto S3 server, a GCS emulator and Azurite (tests/support/emulators.py); and the secret
+guard every test runs under (tests/support/secret_guard_plugin.py)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,72 @@ def s3_bucket(s3_env: dict[str, str]) -> str:
 
     name = f"wf-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[str]:
+    """A GCS JSON API server (gcp-storage-emulator) on loopback, shared by the session."""
+    from tests.support import emulators
+
+    with emulators.gcs_emulator() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def gcs_env(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """STORAGE_EMULATOR_HOST pointing at the emulator; also returned for subprocesses."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    return dict(os.environ)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_env: dict[str, str]) -> str:
+    """A fresh, empty bucket name on the GCS emulator."""
+    import uuid
+
+    from tests.support.object_stores import gcs_files, made
+
+    name = f"wf-{uuid.uuid4().hex[:12]}"
+    files = gcs_files(gcs_env["STORAGE_EMULATOR_HOST"])
+    files.mkdir(name)
+    made(f"gs://{name}", files)  # the secret guard reads what the test left there
+    return name
+
+
+@pytest.fixture(scope="session")
+def azurite_endpoint() -> Iterator[str]:
+    """Azurite's Blob service on loopback for the tests' account, shared by the session."""
+    from tests.support import emulators
+
+    with emulators.azurite() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def azure_env(azurite_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """AZURE_STORAGE_CONNECTION_STRING for Azurite (its key is a guarded secret); also
+    returned for subprocesses."""
+    from tests.support.emulators import azure_connection_string
+
+    for name in [n for n in os.environ if n.startswith("AZURE_STORAGE_")]:
+        monkeypatch.delenv(name)  # the developer's own must not mix in
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       azure_connection_string(azurite_endpoint))
+    return dict(os.environ)
+
+
+@pytest.fixture
+def azure_container(azure_env: dict[str, str]) -> str:
+    """A fresh, empty container name on Azurite."""
+    import uuid
+
+    from tests.support.object_stores import azure_files, made
+
+    name = f"wf-{uuid.uuid4().hex[:12]}"
+    files = azure_files(azure_env["AZURE_STORAGE_CONNECTION_STRING"])
+    files.mkdir(name)
+    made(f"az://{name}", files)  # the secret guard reads what the test left there
     return name
 
 

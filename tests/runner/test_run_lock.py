@@ -1,5 +1,6 @@
-"""One `whisperfleet transcribe` per output at a time: the run lock, on local folders and on
-S3 (moto's conditional writes), in-process; then two real CLI runs on one output."""
+"""One `whisperfleet transcribe` per output at a time: the run lock, on local folders, on S3
+(moto's conditional writes) and, advisory, on gs:// and az:// (the GCS emulator, Azurite),
+in-process; then two real CLI runs on one output."""
 
 from __future__ import annotations
 
@@ -23,15 +24,25 @@ from tests.support.paths import WHISPERFLEET
 from whisperfleet_runner import storage
 from whisperfleet_runner.storage import run_lock
 
-STORES = ["folder", "s3"]
+CONDITIONAL = ["folder", "s3"]  # stores whose lock writes are conditional
+STORES = [*CONDITIONAL, "gs", "az"]  # gs:// and az:// (emulators): advisory, check then write
+BUCKETS = {"s3": "s3_bucket", "gs": "gcs_bucket", "az": "azure_container"}
+
+
+def _output(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "folder":
+        return str(tmp_path / "out")
+    return f"{request.param}://{request.getfixturevalue(BUCKETS[request.param])}/out"
 
 
 @pytest.fixture(params=STORES)
 def output(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "folder":
-        return str(tmp_path / "out")
-    bucket = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/out"
+    return _output(request, tmp_path)
+
+
+@pytest.fixture(params=CONDITIONAL)
+def conditional_output(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _output(request, tmp_path)
 
 
 def lock_text(output: str) -> str | None:
@@ -45,7 +56,7 @@ def plant(output: str, *, host: str, pid: int, heartbeat: float, machine: str = 
     storage.publish(uri, json.dumps({"run": "other", "host": host, "pid": pid,
                                      "started": "2026-11-30T10:00:00Z",
                                      "heartbeat": heartbeat, "machine": machine}))
-    if not uri.startswith("s3://"):
+    if "://" not in uri:  # a folder
         os.utime(uri, (heartbeat, heartbeat))
 
 
@@ -102,7 +113,8 @@ def test_another_hosts_lock_is_respected_while_fresh_and_taken_once_stale(
         assert json.loads(lock_text(output) or "{}")["run"] == me.run
 
 
-def test_of_runs_racing_for_a_stale_lock_exactly_one_wins(output: str) -> None:
+def test_of_runs_racing_for_a_stale_lock_exactly_one_wins(conditional_output: str) -> None:
+    output = conditional_output
     for _ in range(5):  # a race: several rounds, so an unlucky interleaving shows up
         plant(output, host="elsewhere", pid=1,
               heartbeat=time.time() - run_lock.STALE_SECONDS - 5)

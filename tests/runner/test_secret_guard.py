@@ -83,6 +83,13 @@ def test_s3_object(own):
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="out/a.txt", Body=b"say " + own.encode())
 
+def test_gcs_object(own):
+    from tests.support.object_stores import gcs_files, made
+    files, bucket = gcs_files(os.environ["STORAGE_EMULATOR_HOST"]), f"guard-{uuid.uuid4().hex[:12]}"
+    files.mkdir(bucket)
+    made(f"gs://{bucket}", files)  # as the gcs_bucket and azure_container fixtures do
+    files.pipe_file(f"{bucket}/out/a.txt", b"say " + own.encode())
+
 def test_teardown_output(noisy_teardown):
     pass
 """
@@ -121,6 +128,7 @@ CAUGHT = {
     "test_exception_text": ("the test's own key", "the failure report (call)"),
     "test_written_file": ("the test's own key", "file out/a.json"),
     "test_s3_object": ("the test's own key", "s3://guard-"),
+    "test_gcs_object": ("the test's own key", "gs://guard-"),
     "test_teardown_output": ("the test's own key", "captured stdout teardown"),
 }
 
@@ -139,7 +147,7 @@ def _outcomes(pytester: pytest.Pytester) -> dict[str, tuple[str, str]]:
 
 
 def test_every_channel_is_caught_and_the_value_never_shown(
-    pytester: pytest.Pytester, s3_env: dict[str, str]
+    pytester: pytest.Pytester, s3_env: dict[str, str], gcs_env: dict[str, str]
 ) -> None:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_leaky=LEAKY)

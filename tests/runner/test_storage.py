@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from whisperfleet_runner import storage
+from whisperfleet_runner.contract import Reason
 from whisperfleet_runner.storage import (
     InputFile,
     StorageError,
@@ -221,6 +222,18 @@ def test_credentials_inside_a_uri_are_refused_and_never_echoed() -> None:
     assert info.value.reason == "InvalidUri"
     assert "t0p-secret-value" not in "".join(traceback.format_exception(info.value))
     assert "s3://***@bucket/in/" in str(info.value)
+
+
+def test_the_key_inside_an_azure_connection_string_is_never_shown_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Libraries name the key without the rest of the string (a signing error, a parsed
+    # credential): hiding the whole string is not enough.
+    key, token = "a2V5LW9mLXRoaXMtYWNjb3VudA==", "sv=2024&sig=c2lnbmF0dXJl"
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       f"AccountName=acct;AccountKey={key};SharedAccessSignature={token};")
+    error = StorageError(Reason.STORAGE_ERROR, f"az://c/x: cannot sign with {key} or {token}")
+    assert key not in str(error) and token not in str(error)
+    assert "cannot sign with *** or ***" in str(error)
 
 
 def test_memory_filesystem_works_like_a_bucket() -> None:

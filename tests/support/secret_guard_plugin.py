@@ -4,10 +4,11 @@ credential value reaches what people read.
 Checked after each test's call, while its fixtures still stand: the test's captured
 stdout/stderr and logs, the output its capture fixtures (capsys, capfd) read, what its
 subprocesses printed to pipes (`Popen.communicate`, which `subprocess.run` uses), the text of
-its failure, the files under its `tmp_path`, the objects of moto buckets created during it,
+its failure, the files under its `tmp_path`, the objects of moto buckets created during it
+and of the GCS emulator's and Azurite's buckets made for it (tests/support/object_stores),
 and, for a test on the local cluster's `namespace`, that namespace's TranscriptionJob
 status, Events, and pods' status (termination messages) and logs. Its teardown's output is
-checked at teardown. The secrets: the tests' S3 keys, values a test registers
+checked at teardown. The secrets: the tests' S3 and Azurite keys, values a test registers
 (`secrets_guard.register`), and on the cluster its admin token and S3 keys and every value
 of the namespace's Secrets. What a test only passes in (a deliberately wrong key in the
 environment) is not a secret unless registered. Reports of a leak mask the values, and so
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import object_stores
 from tests.support import secret_sources as sources
 from tests.support import secrets_guard as guard
 
@@ -111,6 +113,7 @@ def pytest_runtest_makereport(item: pytest.Item
     finally:
         if report.when == "teardown":
             guard.end(watch)
+            object_stores.forget_made()
         _spent.append(time.perf_counter() - began)
     return report
 
@@ -138,6 +141,7 @@ def _check(item: pytest.Item, report: pytest.TestReport, watch: guard.Watch, *,
     new = _moto_buckets() - watch.buckets
     if new:
         leaks += watch.find_all(sources.moto_objects(new))
+    leaks += watch.find_all(list(object_stores.made_objects()))
     if "namespace" in funcargs and "cluster" in funcargs:
         leaks += _cluster_leaks(watch, funcargs["cluster"], funcargs["namespace"])
     return leaks

@@ -2,9 +2,9 @@
 
 `Secrets` holds the values to look for, each under a label: reports name the label and
 show the context with every value masked, so a report of a leak never repeats it. `Watch` is
-one test's state: its secrets (the tests' own S3 keys, plus what the test registers), and
-text its subprocesses printed and its capture fixtures read. `register` adds a value for
-the test running now; the plugin (`secret_guard_plugin`) decides where to look.
+one test's state: its secrets (the tests' own S3 and Azurite keys, plus what the test
+registers), and text its subprocesses printed and its capture fixtures read. `register`
+adds a value for the test running now; the plugin (`secret_guard_plugin`) decides where to look.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from tests.support.credentials import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.credentials import AZURE_ACCOUNT_KEY, S3_ACCESS_KEY, S3_SECRET_KEY
 
 # Shorter values would match by chance ("eu-1", "late"): no credential is that short.
 MIN_LENGTH = 8
-KNOWN = {"S3_ACCESS_KEY": S3_ACCESS_KEY, "S3_SECRET_KEY": S3_SECRET_KEY}
+KNOWN = {"S3_ACCESS_KEY": S3_ACCESS_KEY, "S3_SECRET_KEY": S3_SECRET_KEY,
+         "AZURE_ACCOUNT_KEY": AZURE_ACCOUNT_KEY}
 _CONTEXT = 40  # characters shown either side of a hit
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from whisperfleet_runner import storage
 from whisperfleet_runner.contract import Reason
-from whisperfleet_runner.storage.errors import StorageError, wrap_error
+from whisperfleet_runner.storage.errors import StorageError, write_error
 from whisperfleet_runner.storage.fs import filesystem, is_local, is_s3, s3_upload
 from whisperfleet_runner.storage.keys import local_path
 
@@ -128,7 +128,7 @@ def _upload(path: Path, uri: str) -> None:
     except StorageError:
         raise
     except Exception as exc:
-        raise wrap_error(uri, exc) from exc
+        raise write_error(uri, exc) from exc
 
 
 def cache_root() -> Path:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from whisperfleet_runner.contract import STATE_DIR, Reason
 from whisperfleet_runner.storage.done import common_start, iter_outputs, mark_done
-from whisperfleet_runner.storage.errors import StorageError, store_lost, wrap_error
+from whisperfleet_runner.storage.errors import StorageError, store_lost, wrap_error, write_error
 from whisperfleet_runner.storage.fs import filesystem as _filesystem
 from whisperfleet_runner.storage.fs import is_local as _is_local
 from whisperfleet_runner.storage.fs import is_s3, s3_upload
@@ -159,7 +159,7 @@ def publish(uri: str, data: bytes | str, *, once: bool = False) -> None:
     except StorageError:
         raise
     except Exception as exc:
-        raise wrap_error(uri, exc) from exc
+        raise write_error(uri, exc) from exc
     log.debug("published %s (%d bytes)", uri, len(payload))
 
 
@@ -227,10 +227,11 @@ def publish_stream(uri: str) -> Iterator[BinaryIO]:
     except StorageError:
         raise
     except OSError as exc:
-        raise wrap_error(uri, exc) from exc
+        raise write_error(uri, exc) from exc
     except Exception as exc:
-        if type(exc).__module__.startswith(("botocore", "aiobotocore", "s3fs", "fsspec")):
-            raise wrap_error(uri, exc) from exc
+        if type(exc).__module__.startswith(("botocore", "aiobotocore", "s3fs", "fsspec",
+                                            "gcsfs", "adlfs", "azure.")):
+            raise write_error(uri, exc) from exc
         raise  # the caller's own error inside the block: not a storage failure
 
 

@@ -1,4 +1,5 @@
-"""Storage errors: translate fsspec/s3fs/botocore/OS failures into one error with a reason.
+"""Storage errors: translate fsspec/s3fs/botocore, gcsfs, adlfs (azure-core) and OS failures into
+one error with a reason.
 
 Messages name the URI and what to do, and never hold credentials: secret values found in
 the environment and URL user-info are scrubbed from every message.
@@ -40,7 +41,7 @@ def store_lost(reason: str) -> bool:
 _SECRET_ENV = (
     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
     "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
-    "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET",
+    "AZURE_STORAGE_CONNECTION_STRING", "AZURE_CLIENT_SECRET", "AZURE_STORAGE_CLIENT_SECRET",
     "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",  # a hub token (models pull, named models)
 )
 _BAD_CREDENTIALS = {
@@ -58,21 +59,67 @@ _EXPIRED_CREDENTIALS = {"ExpiredToken", "TokenRefreshRequired", "ExpiredTokenExc
 _REFRESH_FAILED = {"TokenRetrievalError", "NoAuthTokenError", "RefreshWithMFAUnsupportedError",
                    "SSOTokenLoadError", "UnauthorizedSSOTokenError", "LoginRefreshRequired",
                    "LoginTokenLoadError"}
-_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden"}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden",
+           # Azure: a SAS or role without the permission, a firewall rule
+           "AuthorizationPermissionMismatch",
+           "AuthorizationSourceIPMismatch", "AuthorizationResourceTypeMismatch"}
+# Azure's codes (azure-core's `error_code`) that mean what S3's above mean.
+_AZURE_CODES = {"ContainerNotFound": "NoSuchBucket", "BlobNotFound": "NoSuchKey",
+                "AuthenticationFailed": "SignatureDoesNotMatch",
+                "InvalidAuthenticationInfo": "InvalidToken"}
 # Throttling and server errors (a HEAD's carry only the status): retried by the client.
 _SERVER_TROUBLE = {"SlowDown", "InternalError", "ServiceUnavailable", "500", "502", "503",
                    "504"}
 _CREDENTIAL_HINT = (
     "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the profile/role) in the storage secret"
 )
+# What configures each store, for the hints: (bucket word, credentials, endpoint).
+_STORE_HINTS = {
+    "gs": ("bucket", "check GOOGLE_APPLICATION_CREDENTIALS (or the workload identity) in the "
+           "storage secret", "STORAGE_EMULATOR_HOST for an emulator"),
+    "az": ("container", "check AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME "
+           "with AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_SAS_TOKEN, in the storage secret",
+           "the account and endpoint in AZURE_STORAGE_CONNECTION_STRING / "
+           "AZURE_STORAGE_ACCOUNT_NAME"),
+}
+_STORE_OF = {"gs": "gs", "gcs": "gs", "az": "az", "abfs": "az", "abfss": "az"}
+# Connection-string fields that are secrets themselves: a message may hold one alone.
+_SECRET_FIELDS = re.compile(r"(?:AccountKey|SharedAccessSignature)=([^;]+)", re.IGNORECASE)
+
+
+def _hints(uri: str) -> tuple[str, str, str]:
+    store = _STORE_OF.get(uri.split("://", 1)[0].lower()) if "://" in uri else None
+    if store is None:
+        return "bucket", _CREDENTIAL_HINT, "AWS_ENDPOINT_URL"
+    return _STORE_HINTS[store]
+
+
+def missing_bucket(uri: str) -> StorageError:
+    """The error for a URI whose bucket (an Azure container) does not exist."""
+    word, _, endpoint = _hints(uri)
+    bucket = uri.split("://", 1)[-1].split("/", 1)[0]
+    region = ", the region" if endpoint == "AWS_ENDPOINT_URL" else ""
+    return StorageError(Reason.BUCKET_NOT_FOUND,
+                        f"{word} {bucket!r} of {uri} does not exist: check the URI{region} and "
+                        f"the endpoint ({endpoint})")
+
+
+def write_error(uri: str, exc: BaseException) -> StorageError:
+    """Why a write failed. An object needs no folder to be written, so on an object store a
+    write that found nothing there found no bucket: that is how gcsfs reports a missing
+    bucket (a bare 404), which wrap_error alone would call a missing object."""
+    if isinstance(exc, FileNotFoundError) and "://" in uri and not uri.startswith("file://"):
+        return missing_bucket(uri)
+    return wrap_error(uri, exc)
 
 
 def _scrub(text: str) -> str:
     """Remove secret values and URL user-info (`s3://key:secret@…`) from a message."""
     text = re.sub(r"(://)[^/@\s:]*:[^/@\s]*@", r"\1***@", text)
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
+    values = [os.environ.get(name) or "" for name in _SECRET_ENV]
+    values += _SECRET_FIELDS.findall(os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or "")
+    for value in sorted(values, key=len, reverse=True):  # a whole string before its parts
+        if len(value) >= 4:
             text = text.replace(value, "***")
     return text
 
@@ -96,34 +143,39 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
         if isinstance(response, dict) and response.get("Error", {}).get("Code"):
             code = str(response["Error"]["Code"])
             break
+        azure = getattr(cause, "error_code", None)  # azure-core's HttpResponseError
+        if isinstance(azure, str) and azure:  # a str or azure's StorageErrorCode (a str enum)
+            code = _AZURE_CODES.get(azure, str(getattr(azure, "value", azure)))
+            break
     names = {type(c).__name__ for c in _causes(exc)}
-    bucket = uri.split("://", 1)[-1].split("/", 1)[0]
+    _, credential_hint, endpoint = _hints(uri)
     if code in ("NoSuchBucket",) or (code == "" and "bucket does not exist" in str(exc)):
-        return StorageError(
-            Reason.BUCKET_NOT_FOUND,
-            f"bucket {bucket!r} of {uri} does not exist: check the URI, the region and the "
-            "endpoint (AWS_ENDPOINT_URL)",
-        )
+        return missing_bucket(uri)
     if code in _BAD_CREDENTIALS:
         return StorageError(Reason.INVALID_CREDENTIALS, f"{uri}: credentials rejected ({code}); "
-                            + _CREDENTIAL_HINT)
+                            + credential_hint)
     if code in _EXPIRED_CREDENTIALS:
         return StorageError(Reason.NO_CREDENTIALS,
                             f"{uri}: the credentials expired ({code}); run again with fresh "
                             "ones (a retried pod takes them anew from its secret or role)")
     if names & _REFRESH_FAILED:
         return StorageError(Reason.NO_CREDENTIALS,
-                            f"{uri}: the credentials could not be refreshed; " + _CREDENTIAL_HINT)
-    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+                            f"{uri}: the credentials could not be refreshed; " + credential_hint)
+    # google-auth's DefaultCredentialsError, azure-identity's CredentialUnavailableError
+    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                "DefaultCredentialsError", "CredentialUnavailableError"}:
         return StorageError(Reason.NO_CREDENTIALS, f"{uri}: no usable credentials found; "
-                            + _CREDENTIAL_HINT)
-    if code in ("403", "Forbidden"):
+                            + credential_hint)
+    if code in ("403", "Forbidden", "AuthorizationFailure"):
         # A HEAD response has no body, so S3 cannot say why: a missing permission and a
-        # wrong secret look the same.
+        # wrong secret look the same. Azure's AuthorizationFailure is a request refused by
+        # the account's rules (a firewall, a SAS), and Azurite's answer to a wrong key.
         return StorageError(Reason.ACCESS_DENIED, f"access denied to {uri} (403 Forbidden): grant "
                             "list/read on the input and write on the output, or "
-                            + _CREDENTIAL_HINT)
-    if code in _DENIED or (not code and isinstance(exc, PermissionError)):
+                            + credential_hint)
+    # gcsfs raises a 403 as OSError("Forbidden: <path>\n<message>")
+    forbidden = isinstance(exc, OSError) and str(exc).startswith("Forbidden:")
+    if code in _DENIED or (not code and (isinstance(exc, PermissionError) or forbidden)):
         return StorageError(Reason.ACCESS_DENIED, f"access denied to {uri}"
                             + (f" ({code})" if code else "")
                             + ": grant list/read on the input and write on the output")
@@ -136,11 +188,12 @@ def wrap_error(uri: str, exc: BaseException) -> StorageError:
                             f"no filesystem driver for {uri} ({exc}): install "
                             "whisperfleet[gcs] for gs://, whisperfleet[azure] for az://")
     # ConnectionClosedError: every try's connection dropped before an answer came back.
+    # ServiceRequestError: azure-core could not send the request (refused, no route, DNS).
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
                 "ConnectionError", "ConnectionRefusedError", "ReadTimeoutError",
-                "ConnectionClosedError"}:
+                "ConnectionClosedError", "ServiceRequestError"}:
         return StorageError(Reason.UNREACHABLE, f"cannot reach the storage endpoint for {uri}: "
-                            "check AWS_ENDPOINT_URL / network access")
+                            f"check {endpoint} / network access")
     if code in _SERVER_TROUBLE:  # the client retried these already (storage.fs)
         said = next((str(c) for c in _causes(exc) if getattr(c, "response", None)), str(exc))
         return StorageError(Reason.STORAGE_ERROR,

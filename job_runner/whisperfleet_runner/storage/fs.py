@@ -2,7 +2,9 @@
 
 s3fs (via botocore) honours the standard AWS environment itself, including
 `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`, profiles and `AWS_DEFAULT_REGION`; only
-`AWS_REGION` is passed on explicitly. Anonymous access is never used implicitly.
+`AWS_REGION` is passed on explicitly. gcsfs and adlfs read their own environment
+(`GOOGLE_APPLICATION_CREDENTIALS`, `STORAGE_EMULATOR_HOST`; `AZURE_STORAGE_*`). Anonymous
+access is never used implicitly, except against a GCS emulator (`gcs_emulator`).
 
 Retries are the storage client's own, never a loop of ours: botocore retries each S3
 request (`s3_client_config`), and s3fs repeats a whole call once more (`S3FS_TRIES`); a
@@ -30,9 +32,12 @@ log = logging.getLogger(__name__)
 LOCAL = ("file", "local")
 PART_BYTES = 5 << 20  # S3's smallest multipart part: uploads hold one part at a time
 _S3 = ("s3", "s3a")
+_GCS = ("gs", "gcs")
+# Stores whose URIs start with a bucket (a container on Azure) that may be missing.
+BUCKET_STORES = (*_S3, *_GCS, "az", "abfs", "abfss")
 _fs_cache: dict[tuple[str, bool], Any] = {}  # (digest of the environment, once) -> fs
 _fs_lock = threading.Lock()
-_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "FSSPEC_")
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "FSSPEC_", "STORAGE_EMULATOR_HOST")
 
 # botocore's "standard" mode: exponential backoff with full jitter (up to 20 s between tries)
 # on throttling (503 SlowDown), 5xx, timeouts and broken connections, and a retry quota that
@@ -63,6 +68,37 @@ def is_local(uri: str) -> bool:
 
 def is_s3(uri: str) -> bool:
     return protocol(uri) in _S3
+
+
+def bucket_missing(uri: str, fs: Any, path: str) -> bool:
+    """Whether the bucket (container) that `path` lies in does not exist, on stores whose
+    listings and writes cannot tell (gcsfs answers a missing bucket as a missing object,
+    adlfs lists a missing container as empty); False for other stores."""
+    bucket = path.lstrip("/").split("/", 1)[0]
+    if protocol(uri) not in BUCKET_STORES or is_s3(uri) or not bucket:
+        return False
+    try:
+        return not fs.exists(bucket)
+    except Exception as exc:
+        raise wrap_error(uri, exc) from exc
+
+
+def _emulator_host() -> str:
+    """STORAGE_EMULATOR_HOST as gcsfs reads it ("default": none)."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    return "" if host == "default" else host
+
+
+def gcs_emulator(options: dict[str, Any]) -> Any:
+    """A gcsfs filesystem for the GCS emulator that STORAGE_EMULATOR_HOST names.
+
+    Anonymous, as Google's own clients are against an emulator: otherwise gcsfs would look
+    for Google credentials (and ask the metadata server). The core class, not the one gcsfs
+    registers for gs://: that one first asks the gRPC Storage Control API for each bucket's
+    layout, which emulators do not serve, and waits 60 s for the answer."""
+    from gcsfs.core import GCSFileSystem
+
+    return GCSFileSystem(token="anon", **options)
 
 
 def filesystem(uri: str, *, once: bool = False) -> tuple[Any, str]:
@@ -99,7 +135,10 @@ def filesystem(uri: str, *, once: bool = False) -> tuple[Any, str]:
                     region = os.environ.get("AWS_REGION")
                     if region and not os.environ.get("AWS_DEFAULT_REGION"):
                         options["client_kwargs"] = {"region_name": region}
-                fs, _ = url_to_fs(uri, **options)
+                if scheme in _GCS and _emulator_host():
+                    fs = gcs_emulator(options)
+                else:
+                    fs, _ = url_to_fs(uri, **options)
                 if scheme in _S3:
                     fs.retries = 1 if once else S3FS_TRIES
                 # The environment changed: drop instances with old credentials.

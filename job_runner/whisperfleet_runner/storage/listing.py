@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from whisperfleet_runner.contract import DEFAULT_INCLUDE, STATE_DIR, Reason
-from whisperfleet_runner.storage.errors import StorageError, wrap_error
-from whisperfleet_runner.storage.fs import filesystem, is_local, is_s3, s3_pages
+from whisperfleet_runner.storage.errors import StorageError, missing_bucket, wrap_error
+from whisperfleet_runner.storage.fs import bucket_missing, filesystem, is_local, is_s3, s3_pages
 from whisperfleet_runner.storage.keys import in_state_dir, is_temporary, local_path, matcher
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,12 @@ def remote_objects(uri: str, fs: Any, root: str, start: str = ""
                         yield obj["Key"][len(folder):], int(obj.get("Size") or 0)
             return
         # Other stores (gs://, az://, memory://): fsspec's find holds the whole listing.
-        entries = fs.find(root, detail=True)
+        try:
+            entries = fs.find(root, detail=True)
+        except FileNotFoundError:  # gcsfs: no such bucket (or nothing there, elsewhere)
+            entries = {}
+        if not entries and bucket_missing(uri, fs, root):
+            raise missing_bucket(uri)
     except StorageError:
         raise
     except Exception as exc:

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from whisperfleet_runner.contract import STATE_DIR, Reason
-from whisperfleet_runner.storage.errors import StorageError, wrap_error
+from whisperfleet_runner.storage.errors import StorageError, wrap_error, write_error
 from whisperfleet_runner.storage.fs import filesystem, is_local, is_s3
 from whisperfleet_runner.storage.keys import local_path
 
@@ -353,16 +353,21 @@ class _S3(_Store):
 
 
 class _Advisory(_Store):
-    """Other object stores: check, then write (no conditional write through fsspec)."""
+    """Other object stores (gs://, az://): check, then write. gcsfs and adlfs could create
+    only if absent (ifGenerationMatch=0, If-None-Match), but the GCS emulator the tests run
+    ignores the condition, so the lock stays advisory where it cannot be tested."""
 
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         self.fs, self.path = filesystem(uri)
 
     def create(self, data: bytes) -> bool:
-        if self.fs.exists(self.path):
-            return False
-        self.fs.pipe_file(self.path, data)
+        try:
+            if self.fs.exists(self.path):
+                return False
+            self.fs.pipe_file(self.path, data)
+        except Exception as exc:
+            raise write_error(self.uri, exc) from exc
         return True
 
     def read(self, *, once: bool = False) -> tuple[Any, Holder] | None:
@@ -370,13 +375,23 @@ class _Advisory(_Store):
             return None, _decode(self.fs.cat_file(self.path)) or _LONG_GONE
         except FileNotFoundError:
             return None
+        except Exception as exc:
+            raise wrap_error(self.uri, exc) from exc
 
     def replace(self, data: bytes, version: Any) -> bool:
-        self.fs.pipe_file(self.path, data)
+        try:
+            self.fs.pipe_file(self.path, data)
+        except Exception as exc:
+            raise write_error(self.uri, exc) from exc
         return True
 
     def _delete(self, *, once: bool = False) -> None:
-        self.fs.rm_file(self.path)
+        try:
+            self.fs.rm_file(self.path)
+        except FileNotFoundError:
+            return  # removed meanwhile (by a run that took it over and ended)
+        except Exception as exc:
+            raise wrap_error(self.uri, exc) from exc
 
 
 def _store(uri: str) -> _Store:
