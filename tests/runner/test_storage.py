@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -206,7 +207,9 @@ def test_unknown_protocol_is_an_invalid_uri() -> None:
 def test_missing_optional_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # The gs:// driver absent, whether or not this machine has it: `import gcsfs` fails,
     # and fsspec has no class of it registered from an earlier import.
-    registered = vars(sys.modules["fsspec.registry"])["_registry"]
+    # The module (`fsspec.registry` is also the name of its read-only view), imported here:
+    # run alone, this test is the first to use it.
+    registered = vars(importlib.import_module("fsspec.registry"))["_registry"]
     monkeypatch.setitem(sys.modules, "gcsfs", None)
     for protocol in ("gs", "gcs"):
         monkeypatch.delitem(registered, protocol, raising=False)
