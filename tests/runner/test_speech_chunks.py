@@ -150,3 +150,30 @@ def test_vad_in_steps_hears_what_faster_whispers_own_model_hears(
     spans = silero(window)
     found = get_speech_timestamps(window.copy(), vad_options())  # type: ignore[arg-type]
     assert spans == [(s["start"], s["end"]) for s in found] and len(spans) > 10
+
+
+def test_cutting_a_long_recording_holds_about_one_window_whatever_its_length(
+        recording: np.ndarray) -> None:
+    """The intake's working memory while it cuts a recording into windows (Silero included)
+    stays within two windows' worth (150 s, the 32 s heard first and a block), from the
+    first windows to the last: a long recording cuts beside the model's batches for its
+    whole length, so whatever it holds adds to the run's peak (before, 66 MiB: the
+    buffer concatenated per block, and get_speech_timestamps' padded and framed copies)."""
+    import tracemalloc
+
+    from whisperfleet_runner.media.speech_chunks import WARMUP_SAMPLES, WINDOW_SECONDS, silero
+
+    silero(recording[:SAMPLE_RATE])  # the model loaded before measuring
+    long = np.tile(recording, 4)  # about 16 minutes, 6 windows and more
+    held = (WARMUP_SAMPLES + int(WINDOW_SECONDS * SAMPLE_RATE) + BLOCK) * 4  # float32 bytes
+    peaks = []
+    tracemalloc.start()
+    try:
+        for window in cut_windows((b.copy() for b in blocks(long)), vad=True):
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.reset_peak()
+            del window  # taken by the model stage
+    finally:
+        tracemalloc.stop()
+    assert len(peaks) > 6
+    assert max(peaks) < 2 * held, [round(p / 2**20) for p in peaks]

@@ -95,12 +95,14 @@ def cut_windows(
     heard = 0  # samples of it before `start`
     start = 0
     for block in blocks:
-        held.append(block)
+        # Room for the most it will hold, once: growing by steps had two copies alive.
+        held.append(block, reserve=WARMUP_SAMPLES + _VAD_FRAME + size + block.shape[0])
         while held.size - heard >= size:
             window = (_cut(held.samples, heard, start, size, tail, detect) if vad
                       else Window(start, held.samples[:size].copy()))
-            yield window
             cut = window.samples.shape[0]
+            yield window
+            del window  # the consumer's now: not kept alive here while the next is cut
             start += cut
             # VAD hears from a frame boundary of the file: Silero then sees the frames a
             # whole-file run sees (a cut need not fall on one)
@@ -126,10 +128,10 @@ class _Held:
     def samples(self) -> np.ndarray:
         return self._array[: self.size]
 
-    def append(self, block: np.ndarray) -> None:
+    def append(self, block: np.ndarray, reserve: int = 0) -> None:
         need = self.size + block.shape[0]
         if need > self._array.shape[0]:
-            grown = np.empty(max(need, self._array.shape[0] * 5 // 4), np.float32)
+            grown = np.empty(max(need, reserve), np.float32)
             grown[: self.size] = self._array[: self.size]
             self._array = grown
         self._array[self.size: need] = block
