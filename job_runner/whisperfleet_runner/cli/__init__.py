@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from whisperfleet_runner import __version__
+from whisperfleet_runner import __version__, allocator
 from whisperfleet_runner.cli.forget import forget_state_command
 from whisperfleet_runner.cli.gpus import gpus_command
 from whisperfleet_runner.cli.models import models_command
@@ -21,6 +21,7 @@ from whisperfleet_runner.cli.transcribe import transcribe_command
 @click.version_option(__version__, prog_name="whisperfleet")
 def main() -> None:
     """Batch speech transcription with faster-whisper on the GPUs you choose."""
+    allocator.one_arena()  # before any thread starts (a spawned worker sets its own)
 
 
 for _command in (transcribe_command, gpus_command, models_command, run_shard_command,
