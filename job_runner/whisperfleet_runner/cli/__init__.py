@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import click
 
-from whisperfleet_runner import __version__, allocator
+from whisperfleet_runner import __version__
 from whisperfleet_runner.cli.forget import forget_state_command
 from whisperfleet_runner.cli.gpus import gpus_command
 from whisperfleet_runner.cli.models import models_command
 from whisperfleet_runner.cli.plan import plan_command
 from whisperfleet_runner.cli.shard import run_shard_command
 from whisperfleet_runner.cli.transcribe import transcribe_command
+from whisperfleet_runner.fleet import allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from whisperfleet_runner import allocator
 from whisperfleet_runner.contract import GpuIdentity, JobOptions, ShardReport
 from whisperfleet_runner.decode.lazy_engine import EngineGetter
 from whisperfleet_runner.decode.protocols import Engine
+from whisperfleet_runner.fleet import allocator
 from whisperfleet_runner.gpu.devices import ModelPlacement
 from whisperfleet_runner.pipeline.failures import LossBoard
 from whisperfleet_runner.pipeline.ledger import LedgerRecord
