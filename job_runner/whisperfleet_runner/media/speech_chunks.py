@@ -95,8 +95,8 @@ def cut_windows(
     heard = 0  # samples of it before `start`
     start = 0
     for block in blocks:
-        # Room for the most it will hold, once: growing by steps had two copies alive.
-        held.append(block, reserve=WARMUP_SAMPLES + _VAD_FRAME + size + block.shape[0])
+        # Room for the most it will hold: grown in small steps, two copies were alive often.
+        held.append(block, most=WARMUP_SAMPLES + _VAD_FRAME + size + block.shape[0])
         while held.size - heard >= size:
             window = (_cut(held.samples, heard, start, size, tail, detect) if vad
                       else Window(start, held.samples[:size].copy()))
@@ -128,10 +128,12 @@ class _Held:
     def samples(self) -> np.ndarray:
         return self._array[: self.size]
 
-    def append(self, block: np.ndarray, reserve: int = 0) -> None:
+    def append(self, block: np.ndarray, most: int = 0) -> None:
+        """`block` after what is held; room doubles, up to `most` if that is more than
+        needed (a window of a million seconds, as tests cut a whole file, grows as needed)."""
         need = self.size + block.shape[0]
         if need > self._array.shape[0]:
-            grown = np.empty(max(need, reserve), np.float32)
+            grown = np.empty(max(need, min(most, 2 * need)), np.float32)
             grown[: self.size] = self._array[: self.size]
             self._array = grown
         self._array[self.size: need] = block
