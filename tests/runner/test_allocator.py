@@ -1,5 +1,5 @@
-"""A runner process keeps one glibc malloc arena for all its threads (whisperfleet_runner.
-allocator): with an arena per thread, the read-ahead thread's heaps and the model's kept
+"""A runner process keeps one glibc malloc arena for all its threads (fleet/allocator.py):
+with an arena per thread, the read-ahead thread's heaps and the model's kept
 their own fragments, and a long recording's peak RSS grew with its length.
 
 The arenas are counted by glibc's own `malloc_info` in a child process that starts the
