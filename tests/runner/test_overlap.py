@@ -133,3 +133,32 @@ def test_publisher_and_inline_report_failures_in_the_future() -> None:
         future.result()
     with pytest.raises(RuntimeError, match="disk full"):
         Inline().submit(boom).result()
+
+
+def test_a_long_recordings_windows_wait_one_at_a_time_in_the_read_ahead() -> None:
+    """A streamed file's later windows weigh the whole budget (events.size_of): one waits at
+    a time, so a recording of any length does not keep 32 MiB of windows beside the model
+    for its whole length; its first window, and short clips, still queue by their bytes. All
+    of them still come through, in order."""
+    import numpy as np
+
+    from whisperfleet_runner.media.speech_chunks import Window
+    from whisperfleet_runner.pipeline.events import Clip, Closed, FileItem, Opened, Part, size_of
+    from whisperfleet_runner.pipeline.ledger import LedgerRecord
+    from whisperfleet_runner.pipeline.overlap import DEFAULT_PREFETCH_BYTES
+    from whisperfleet_runner.storage import InputFile
+
+    def item(key: str) -> FileItem:
+        return FileItem(InputFile(uri=f"/in/{key}", key=key, size=1),
+                        LedgerRecord(uri=f"/in/{key}", key=key, status="failed"))
+
+    window = 100 * 16000  # samples: 6.4 MB, five fit in the budget
+    talk, clip = item("talk.mp3"), item("clip.wav")
+    events = [Clip(clip, np.zeros(16000, np.float32)), Opened(talk),
+              *[Part(talk, Window(n * window, np.zeros(window, np.float32)))
+                for n in range(6)], Closed(talk)]
+    weights = [size_of(e) for e in events]
+    assert weights[0] == 64000 and weights[2] == window * 4
+    assert all(w > DEFAULT_PREFETCH_BYTES for w in weights[3:8])
+    with Prefetcher(events, lambda e: e, size_of=size_of) as prefetcher:
+        assert list(prefetcher) == events

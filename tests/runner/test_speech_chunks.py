@@ -130,23 +130,50 @@ def test_without_vad_chunks_are_the_30_second_pieces_of_the_file(
     assert all(c.offset == c.spans[0][0] / SAMPLE_RATE for c in chunks)
 
 
-def test_vad_in_steps_hears_what_faster_whispers_own_model_hears(recording: np.ndarray) -> None:
-    """Silero run 16 s at a time (vad_steps, for memory) gives every frame the probability
-    faster-whisper's model gives it running the whole window at once, bit for bit; the
-    spans a window's cut uses are therefore the ones faster-whisper finds."""
-    from faster_whisper.vad import SileroVADModel, get_speech_timestamps, get_vad_model
+@pytest.mark.parametrize("extra", [0, 449, 500])  # whole frames; a last frame cut short
+def test_vad_in_steps_hears_what_faster_whispers_own_model_hears(
+        recording: np.ndarray, extra: int) -> None:
+    """Silero run 16 s at a time from the audio itself (vad_steps, for memory) gives every
+    frame the probability faster-whisper's model gives it over the whole window at once, bit
+    for bit, and the spans are the ones faster-whisper's get_speech_timestamps finds."""
+    from faster_whisper.vad import get_speech_timestamps, get_vad_model
 
     from whisperfleet_runner.media.speech_chunks import silero, vad_options
-    from whisperfleet_runner.media.vad_steps import STEP_FRAMES, SessionInSteps
+    from whisperfleet_runner.media.vad_steps import STEP_FRAMES, probabilities
 
     window = recording[: 182 * SAMPLE_RATE]  # one VAD window: 150 s and the 32 s heard first
-    window = window[: window.shape[0] // 512 * 512]
+    window = window[: window.shape[0] // 512 * 512 - 512 + extra]
     assert window.shape[0] // 512 > 2 * STEP_FRAMES  # several steps, one partial
+    model = get_vad_model()
+    padded = np.pad(window, (0, 512 - window.shape[0] % 512))  # as get_speech_timestamps does
+    assert np.array_equal(probabilities(model.session, window), model(padded))
     spans = silero(window)
-    stepped = get_vad_model()
-    assert isinstance(stepped.session, SessionInSteps)
-    whole = SileroVADModel.__new__(SileroVADModel)
-    whole.session = stepped.session.session  # the same ONNX session, faster-whisper's calls
-    assert np.array_equal(stepped(window.copy()), whole(window.copy()))
-    found = get_speech_timestamps(window, vad_options())  # type: ignore[arg-type]
+    found = get_speech_timestamps(window.copy(), vad_options())  # type: ignore[arg-type]
     assert spans == [(s["start"], s["end"]) for s in found] and len(spans) > 10
+
+
+def test_cutting_a_long_recording_holds_about_one_window_whatever_its_length(
+        recording: np.ndarray) -> None:
+    """The intake's working memory while it cuts a recording into windows (Silero included)
+    stays within two windows' worth (150 s, the 32 s heard first and a block), from the
+    first windows to the last: a long recording cuts beside the model's batches for its
+    whole length, so whatever it holds adds to the run's peak (before, 66 MiB: the
+    buffer concatenated per block, and get_speech_timestamps' padded and framed copies)."""
+    import tracemalloc
+
+    from whisperfleet_runner.media.speech_chunks import WARMUP_SAMPLES, WINDOW_SECONDS, silero
+
+    silero(recording[:SAMPLE_RATE])  # the model loaded before measuring
+    long = np.tile(recording, 4)  # about 16 minutes, 6 windows and more
+    held = (WARMUP_SAMPLES + int(WINDOW_SECONDS * SAMPLE_RATE) + BLOCK) * 4  # float32 bytes
+    peaks = []
+    tracemalloc.start()
+    try:
+        for window in cut_windows((b.copy() for b in blocks(long)), vad=True):
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.reset_peak()
+            del window  # taken by the model stage
+    finally:
+        tracemalloc.stop()
+    assert len(peaks) > 6
+    assert max(peaks) < 2 * held, [round(p / 2**20) for p in peaks]

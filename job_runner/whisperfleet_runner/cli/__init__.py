@@ -15,12 +15,14 @@ from whisperfleet_runner.cli.models import models_command
 from whisperfleet_runner.cli.plan import plan_command
 from whisperfleet_runner.cli.shard import run_shard_command
 from whisperfleet_runner.cli.transcribe import transcribe_command
+from whisperfleet_runner.fleet import allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="whisperfleet")
 def main() -> None:
     """Batch speech transcription with faster-whisper on the GPUs you choose."""
+    allocator.one_arena()  # before any thread starts (a spawned worker sets its own)
 
 
 for _command in (transcribe_command, gpus_command, models_command, run_shard_command,

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from whisperfleet_runner.contract import GpuIdentity, JobOptions, ShardReport
 from whisperfleet_runner.decode.lazy_engine import EngineGetter
 from whisperfleet_runner.decode.protocols import Engine
+from whisperfleet_runner.fleet import allocator
 from whisperfleet_runner.gpu.devices import ModelPlacement
 from whisperfleet_runner.pipeline.failures import LossBoard
 from whisperfleet_runner.pipeline.ledger import LedgerRecord
@@ -177,6 +178,7 @@ def worker_main(spec: WorkerSpec, options: JobOptions, tasks: TaskQueue, events:
     `board`: where the workers tell each other that the store is gone.
     """
     os.environ.update(spec.env)  # first: before anything may initialise CUDA
+    allocator.one_arena()  # before this process starts threads
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, _terminate)
     _exit_with_parent()

@@ -70,14 +70,14 @@ def vad_options() -> object:
 
 
 def silero(audio: np.ndarray) -> list[Span]:
-    """Speech in `audio` as faster-whisper's batched mode finds it (Silero VAD)."""
-    from faster_whisper.vad import get_speech_timestamps, get_vad_model
+    """Speech in `audio` as faster-whisper's batched mode finds it (Silero VAD), in the
+    working memory of 16 s of audio (media.vad_steps)."""
+    from faster_whisper.vad import get_vad_model
 
-    from whisperfleet_runner.media.vad_steps import in_steps
+    from whisperfleet_runner.media import vad_steps
 
-    in_steps(get_vad_model())  # the (cached) model get_speech_timestamps runs: in steps
-    found = get_speech_timestamps(audio, vad_options())  # type: ignore[arg-type]
-    return [(int(s["start"]), int(s["end"])) for s in found]
+    probs = vad_steps.probabilities(get_vad_model().session, audio)
+    return vad_steps.spans(probs, audio.shape[0], vad_options())
 
 
 def cut_windows(
@@ -91,40 +91,74 @@ def cut_windows(
     tail = int(tail_seconds * SAMPLE_RATE)
     if not vad:
         size = max(1, round(window_seconds / CHUNK_SECONDS)) * CHUNK_SECONDS * SAMPLE_RATE
-    buffer = np.zeros(0, np.float32)
-    heard = np.zeros(0, np.float32)  # the audio just before `buffer`
+    held = _Held()  # the audio just before `start` that VAD hears first, then from `start` on
+    heard = 0  # samples of it before `start`
     start = 0
     for block in blocks:
-        buffer = np.concatenate((buffer, block)) if buffer.size else block
-        while buffer.shape[0] >= size:
-            window = (_cut(buffer, heard, start, size, tail, detect) if vad
-                      else Window(start, buffer[:size]))
+        # Room for the most it will hold: grown in small steps, two copies were alive often.
+        held.append(block, most=WARMUP_SAMPLES + _VAD_FRAME + size + block.shape[0])
+        while held.size - heard >= size:
+            window = (_cut(held.samples, heard, start, size, tail, detect) if vad
+                      else Window(start, held.samples[:size].copy()))
+            cut = window.samples.shape[0]
             yield window
-            start += window.samples.shape[0]
-            if vad:  # from a frame boundary of the file: Silero then sees the frames a
-                # whole-file run sees (a cut need not fall on one)
-                keep = min(start, WARMUP_SAMPLES + start % _VAD_FRAME)
-                heard = np.concatenate((heard, window.samples))[-keep:]
-            buffer = buffer[window.samples.shape[0]:]
-    if buffer.size:
-        yield _last(buffer, heard, start, detect) if vad else Window(start, buffer)
+            del window  # the consumer's now: not kept alive here while the next is cut
+            start += cut
+            # VAD hears from a frame boundary of the file: Silero then sees the frames a
+            # whole-file run sees (a cut need not fall on one)
+            keep = min(start, WARMUP_SAMPLES + start % _VAD_FRAME, heard + cut) if vad else 0
+            held.drop(heard + cut - keep)
+            heard = keep
+    if held.size - heard:
+        yield (_last(held.samples, heard, start, detect) if vad
+               else Window(start, held.samples[heard:].copy()))
 
 
-def _speech(samples: np.ndarray, heard: np.ndarray, detect: Detector) -> list[Span]:
-    """Speech spans in `samples` (sample positions in it), VAD having heard `heard` first;
-    a span that began in `heard` starts at 0."""
-    audio = np.concatenate((heard, samples)) if heard.size else samples
-    before = heard.shape[0]
-    return [(max(0, a - before), b - before) for a, b in detect(audio) if b > before]
+class _Held:
+    """Consecutive samples in one array that is reused: blocks are written after what it
+    holds, and what is no longer needed is dropped from the front. Concatenating instead
+    made a new array of up to a window and its warm-up per block, next to the old one, and
+    a long recording makes them beside the model's batches for its whole length."""
+
+    def __init__(self) -> None:
+        self._array = np.zeros(0, np.float32)
+        self.size = 0
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self._array[: self.size]
+
+    def append(self, block: np.ndarray, most: int = 0) -> None:
+        """`block` after what is held; room doubles, up to `most` if that is more than
+        needed (a window of a million seconds, as tests cut a whole file, grows as needed)."""
+        need = self.size + block.shape[0]
+        if need > self._array.shape[0]:
+            grown = np.empty(max(need, min(most, 2 * need)), np.float32)
+            grown[: self.size] = self._array[: self.size]
+            self._array = grown
+        self._array[self.size: need] = block
+        self.size = need
+
+    def drop(self, count: int) -> None:
+        rest = self.size - count
+        self._array[:rest] = self._array[count: self.size]  # numpy copies overlaps safely
+        self.size = rest
 
 
-def _cut(buffer: np.ndarray, heard: np.ndarray, start: int, size: int, tail: int,
+def _speech(audio: np.ndarray, heard: int, detect: Detector) -> list[Span]:
+    """Speech spans in `audio` after its first `heard` samples (positions from there), VAD
+    having heard those first; a span that began in them starts at 0."""
+    return [(max(0, a - heard), b - heard) for a, b in detect(audio) if b > heard]
+
+
+def _cut(held: np.ndarray, heard: int, start: int, size: int, tail: int,
          detect: Detector) -> Window:
-    """The first window of `buffer`: VAD over `size` samples, cut in the longest pause
-    between spans over the last 30 s before the tail (speech near the end may go on past
-    the window, so it waits for the next one, which runs VAD over it again)."""
-    view = buffer[:size]
-    spans = _speech(view, heard, detect)
+    """The first window after `held`'s first `heard` samples: VAD over `size` samples, cut
+    in the longest pause between spans over the last 30 s before the tail (speech near the
+    end may go on past the window, so it waits for the next one, which runs VAD over it
+    again)."""
+    view = held[heard: heard + size]
+    spans = _speech(held[: heard + size], heard, detect)
     limit = size - tail
     # Pauses: (length, where to cut) between consecutive spans that end before the limit,
     # the last span followed by the window's end. No speech at all: no pause, cut at limit.
@@ -144,12 +178,14 @@ def _cut(buffer: np.ndarray, heard: np.ndarray, start: int, size: int, tail: int
     if cut <= 0:
         cut = limit
     kept = [s for s in spans if s[1] <= cut]
-    return Window(start, view[:cut], [(start + a, start + b) for a, b in kept])
+    # A copy: a view would keep the whole held array alive while the window waits in the
+    # read-ahead, which counts only the window's own bytes.
+    return Window(start, view[:cut].copy(), [(start + a, start + b) for a, b in kept])
 
 
-def _last(buffer: np.ndarray, heard: np.ndarray, start: int, detect: Detector) -> Window:
-    return Window(start, buffer,
-                  [(start + a, start + b) for a, b in _speech(buffer, heard, detect)])
+def _last(held: np.ndarray, heard: int, start: int, detect: Detector) -> Window:
+    return Window(start, held[heard:].copy(),
+                  [(start + a, start + b) for a, b in _speech(held, heard, detect)])
 
 
 class ChunkJoiner:

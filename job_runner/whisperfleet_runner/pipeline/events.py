@@ -83,10 +83,21 @@ FLUSH = Flush()
 Event = Settled | Clip | Opened | Part | Closed | Flush
 
 
+# More than any read-ahead budget: such an event waits for an empty queue, and the next for it
+# to be taken (overlap.Prefetcher lets one result larger than its budget pass, alone).
+ALONE = 1 << 62
+
+
 def size_of(event: Event) -> int:
-    """Bytes of samples an event holds (the prefetch budget)."""
+    """What an event weighs in the read-ahead's budget: the bytes of samples it holds, but
+    a streamed file's later windows weigh the whole budget, so one of them waits at a time.
+    Cut in pauses, a recording of any length would otherwise keep the read-ahead full of its
+    windows (32 MiB) beside the model's batches for its whole length, and the run's peak
+    grew with the length (benchmarks/README.md, "Measurements behind design choices");
+    one window ahead is enough there, as cutting one takes a fraction of transcribing it. A
+    file's first window still weighs its bytes: files' first windows queue up as before."""
     if isinstance(event, Clip):
         return event.samples.nbytes
     if isinstance(event, Part):
-        return event.window.samples.nbytes
+        return event.window.samples.nbytes if event.window.start == 0 else ALONE
     return 0

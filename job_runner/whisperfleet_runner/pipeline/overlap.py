@@ -29,7 +29,8 @@ R = TypeVar("R")
 DEFAULT_PREFETCH_ITEMS = 16
 # Decoded audio is 64 KB per second (16 kHz float32): 32 MiB is about 8 minutes ahead, which
 # hides a read and a decode behind inference. More only holds more of a long recording: with
-# 256 MiB a pod's read-ahead grew with the recording up to about 70 minutes of it.
+# 256 MiB a pod's read-ahead grew with the recording up to about 70 minutes of it. Within a
+# long recording the run's events weigh its later windows as the whole budget (events.size_of).
 DEFAULT_PREFETCH_BYTES = 32 * 1024 * 1024
 DEFAULT_PUBLISH_QUEUE = 8
 # How soon a consumer waiting for the next item notices `give_up`.
