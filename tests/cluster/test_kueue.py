@@ -63,15 +63,18 @@ def worker_job(cluster: LocalCluster, ns: str, name: str) -> Obj:
 
 
 def ledger_outcomes(cluster: LocalCluster, bucket: str, done: Obj) -> Counter[tuple[str, str]]:
-    """(file key, status) -> how many records every shard attempt of the job wrote."""
+    """(file key, status) -> how many distinct records the job's shard attempts wrote. A
+    later attempt of a shard copies the records an earlier one flushed into its own ledger
+    (its report counts them once): a copy is the same record, finish time included, where a
+    file transcribed again has a record of its own."""
     state = done["status"]["manifestUri"].rsplit("/", 1)[0].split(f"s3://{bucket}/", 1)[1]
-    counts: Counter[tuple[str, str]] = Counter()
+    records: set[tuple[str, str, float]] = set()
     for key, body in tjs.objects(cluster, bucket, f"{state}/ledger/").items():
         assert key.endswith(".jsonl"), key
         for line in body.decode().splitlines():
             record = json.loads(line)
-            counts[(record["key"], record["status"])] += 1
-    return counts
+            records.add((record["key"], record["status"], record["time"]))
+    return Counter((key, status) for key, status, _ in records)
 
 
 def assert_every_file_done_once(cluster: LocalCluster, bucket: str, done: Obj,
