@@ -169,14 +169,16 @@ def exec_in(cluster: LocalCluster, ns: str, pod: str, code: str) -> Obj:
 
 def ledger(cluster: LocalCluster, bucket: str, uid: str) -> dict[str, Counter[str]]:
     """status -> how often each file was recorded with it, over every attempt of every
-    shard. (A pod that is killed loses the lines it had not flushed yet; a pod stopped
-    by SIGTERM flushes them.)"""
+    shard, in distinct records. (A pod that is killed loses the lines it had not flushed
+    yet; a pod stopped by SIGTERM flushes them. A later attempt copies the records earlier
+    ones flushed into its own ledger: the same record, finish time included.)"""
     prefix = f"out/{contract.STATE_DIR}/{uid}/ledger/"
-    records = [r for key, value in tjs.objects(cluster, bucket, prefix).items()
-               for r in parse_records(value.decode(), key)]
+    records = {(r.status, r.uri, r.time) for key, value in tjs.objects(cluster, bucket,
+                                                                        prefix).items()
+               for r in parse_records(value.decode(), key)}
     found: dict[str, Counter[str]] = {}
-    for record in records:
-        found.setdefault(record.status, Counter())[record.uri] += 1
+    for status, uri, _ in records:
+        found.setdefault(status, Counter())[uri] += 1
     return found
 
 
