@@ -145,15 +145,9 @@ def gcs_env(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
 @pytest.fixture
 def gcs_bucket(gcs_env: dict[str, str]) -> str:
     """A fresh, empty bucket name on the GCS emulator."""
-    import uuid
+    from tests.support.object_stores import gcs_files, new_bucket
 
-    from tests.support.object_stores import gcs_files, made
-
-    name = f"wf-{uuid.uuid4().hex[:12]}"
-    files = gcs_files(gcs_env["STORAGE_EMULATOR_HOST"])
-    files.mkdir(name)
-    made(f"gs://{name}", files)  # the secret guard reads what the test left there
-    return name
+    return new_bucket("gs", gcs_files(gcs_env["STORAGE_EMULATOR_HOST"]))
 
 
 @pytest.fixture(scope="session")
@@ -181,15 +175,9 @@ def azure_env(azurite_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[st
 @pytest.fixture
 def azure_container(azure_env: dict[str, str]) -> str:
     """A fresh, empty container name on Azurite."""
-    import uuid
+    from tests.support.object_stores import azure_files, new_bucket
 
-    from tests.support.object_stores import azure_files, made
-
-    name = f"wf-{uuid.uuid4().hex[:12]}"
-    files = azure_files(azure_env["AZURE_STORAGE_CONNECTION_STRING"])
-    files.mkdir(name)
-    made(f"az://{name}", files)  # the secret guard reads what the test left there
-    return name
+    return new_bucket("az", azure_files(azure_env["AZURE_STORAGE_CONNECTION_STRING"]))
 
 
 

@@ -30,6 +30,17 @@ def forget_made() -> None:
     _made.clear()
 
 
+def new_bucket(scheme: str, files: Any) -> str:
+    """A fresh, empty bucket (container) made through `files`; the secret guard reads what
+    the test leaves there."""
+    import uuid
+
+    name = f"wf-{uuid.uuid4().hex[:12]}"
+    files.mkdir(name)
+    made(f"{scheme}://{name}", files)
+    return name
+
+
 def gcs_files(endpoint: str) -> Any:
     """gcsfs on the emulator, anonymous (the emulator checks no credentials)."""
     from gcsfs.core import GCSFileSystem
