@@ -27,9 +27,10 @@ def one_arena() -> bool:
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+        libc = ctypes.CDLL(None)  # the C library this process runs on
+        mallopt = libc.mallopt
     except (OSError, AttributeError):  # no mallopt (macOS)
         return False
-    if not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"):
+    if not hasattr(libc, "gnu_get_libc_version"):
         return False  # musl's mallopt does nothing, and its allocator has no arenas to limit
     return bool(mallopt(_M_ARENA_MAX, 1))
