@@ -20,6 +20,10 @@ moment it starts the child: that floor is printed last, and is far below either 
 the `--equal-minutes` recording it also prints the WER between whisperfleet's transcript and
 the bare one (the cuts between windows are the only place they may differ) and each side's
 WER against the script of every talk written (missing trailing speech counts).
+With `--heap`, whisperfleet runs under `heap_sampler.py` (a thread in its process samples
+RSS and glibc's heap every 50 ms), and each length also prints, at the highest RSS sampled,
+the heap's size, what was in use in it and what it kept free, and the most ever in use:
+what the run held, against what the allocator kept.
 """
 
 from __future__ import annotations
@@ -57,16 +61,21 @@ class Talk:
 
 @dataclass
 class Run:
-    """One side's runs on one recording: best wall time, highest peak RSS, last transcript."""
+    """One side's runs on one recording: best wall time, highest peak RSS, last transcript,
+    and the heap figures (heap_sampler.py) of the run with the highest sampled RSS."""
 
     walls: list[float]
     peaks: list[float]
     text: str = ""
+    heap: dict[str, float] | None = None
 
-    def add(self, wall: float, peak: float, text: str) -> None:
+    def add(self, wall: float, peak: float, text: str,
+            heap: dict[str, float] | None = None) -> None:
         self.walls.append(wall)
         self.peaks.append(peak)
         self.text = text
+        if heap and (self.heap is None or heap["peak_rss"] > self.heap["peak_rss"]):
+            self.heap = heap
 
 
 def talks(work: Path) -> list[Talk]:
@@ -135,12 +144,26 @@ def cpu_threads() -> int:
     return cpus.available_cpus()
 
 
-def whisperfleet(path: Path, model: str, out: Path) -> tuple[float, float, str]:
-    wall, rss = run([str(BIN / "whisperfleet"), "transcribe", str(path), "-o", str(out),
-                     "--model", model, "--device", "cpu", "--compute-type", "int8",
-                     "--formats", "json", "--overwrite", "--quiet"])
+def whisperfleet(path: Path, model: str, out: Path, heap: bool = False
+                 ) -> tuple[float, float, str, dict[str, float] | None]:
+    args = ["transcribe", str(path), "-o", str(out), "--model", model, "--device", "cpu",
+            "--compute-type", "int8", "--formats", "json", "--overwrite", "--quiet"]
+    figures = out.parent / "heap.json"
+    command = ([sys.executable, str(HERE / "heap_sampler.py"), str(figures), *args] if heap
+               else [str(BIN / "whisperfleet"), *args])
+    wall, rss = run(command)
     text = json.loads((out / f"{path.stem}.json").read_text())["text"]
-    return wall, rss, text
+    return wall, rss, text, json.loads(figures.read_text()) if heap else None
+
+
+def heap_line(heap: dict[str, float]) -> str:
+    """What glibc's heap held at the highest RSS sampled (heap_sampler.py)."""
+    if "heap_at_peak" not in heap:
+        return f"sampled peak RSS {heap['peak_rss']:.0f} MiB (no glibc heap figures)"
+    return (f"at the sampled peak RSS {heap['peak_rss']:.0f} MiB: heap "
+            f"{heap['heap_at_peak']:.0f} MiB ({heap['in_use_at_peak']:.0f} in use, "
+            f"{heap['free_at_peak']:.0f} free), {heap['mapped_at_peak']:.0f} MiB mapped "
+            f"blocks; most in use at any time {heap['most_in_use']:.0f} MiB")
 
 
 def bare(path: Path, model: str, work: Path) -> tuple[float, float, str]:
@@ -186,6 +209,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side per length")
     parser.add_argument("--model", default=None, help="default: bundled tiny.en")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "wf-long")
+    parser.add_argument("--heap", action="store_true",
+                        help="sample whisperfleet's RSS and glibc heap (heap_sampler.py)")
     args = parser.parse_args()
     model = args.model or corpus_model()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -205,7 +230,7 @@ def main() -> None:
         runs = {side: Run([], []) for side in sides}
         for number, order in enumerate(alternated(args.rounds, sides), 1):
             for side in order:
-                runs[side].add(*(whisperfleet(path, model, args.work / "out") if
+                runs[side].add(*(whisperfleet(path, model, args.work / "out", args.heap) if
                                  side == "whisperfleet" else bare(path, model, args.work)))
             print(f"{minutes:g} min round {number}: " + ", ".join(
                 f"{side} {runs[side].walls[-1]:.1f} s" for side in order), flush=True)
@@ -222,6 +247,8 @@ def main() -> None:
                       f"wer_whisperfleet = {wer(reference, ours.text):.4f}; "
                       f"wer_bare = {wer(reference, theirs.text):.4f}")
         print(line, flush=True)
+        if ours.heap is not None:
+            print(f"{minutes:g} min whisperfleet heap: {heap_line(ours.heap)}", flush=True)
     print(f"this script's own peak RSS (the floor of every figure above): {own_peak_mib():.0f} MiB")
 
 

@@ -51,3 +51,30 @@ def test_a_short_run_alternates_whole_processes_and_bounds_its_figures(tmp_path:
     assert float(wers["wer_whisperfleet"]) <= 0.15 and float(wers["wer_bare"]) <= 0.15
     ratio = float(re.search(r"time ratio ([\d.]+)", out).group(1))  # type: ignore[union-attr]
     assert 0.5 <= ratio <= 3.0, out  # the same work on one machine, however loaded
+
+
+@pytest.mark.slow
+def test_heap_figures_say_what_the_run_held_against_what_the_allocator_kept(
+        tmp_path: Path) -> None:
+    """`--heap` runs whisperfleet under heap_sampler.py: at the sampled peak, the heap's
+    bytes in use and free add up to its size, and no sample exceeds the process's peak."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "long_recording.py"), "--minutes", "1",
+         "--bare-up-to", "0", "--equal-minutes", "0", "--rounds", "1", "--heap",
+         "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = re.search(
+        r"^1 min whisperfleet heap: at the sampled peak RSS (\d+) MiB: heap (\d+) MiB "
+        r"\((\d+) in use, (\d+) free\), (\d+) MiB mapped blocks; most in use at any time "
+        r"(\d+) MiB$", result.stdout, re.M)
+    assert found, result.stdout
+    rss, heap, in_use, free, mapped, most = map(int, found.groups())
+    assert abs(in_use + free - heap) <= 2  # rounding of each figure to whole MiB
+    assert in_use + mapped <= most + 1
+    # The model (tiny.en int8, ~40 MiB) and a batch's buffers were sampled at some point
+    # (217 MiB measured on a 1-minute recording): the sampler saw the run, not only its end.
+    assert most >= 100, result.stdout
+    peak = float(re.search(r"peak RSS (\d+) MiB, ", result.stdout).group(1))  # type: ignore[union-attr]
+    assert rss <= peak + 1  # a sample cannot exceed the process's own high-water mark
