@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PERIOD = 0.05
@@ -31,7 +32,7 @@ class _Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in _FIELDS.split()]
 
 
-def _mallinfo() -> object | None:
+def _mallinfo() -> Callable[[], _Mallinfo2] | None:
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "mallinfo2"):  # not glibc, or glibc before 2.33
         return None
