@@ -86,7 +86,8 @@ def main() -> int:
     from whisperfleet_runner.cli import main as cli
     from whisperfleet_runner.fleet import allocator
 
-    allocator.one_arena()  # as the CLI does first, before this thread can make an arena
+    allocator.restart_with_huge_pages()  # as the whisperfleet command does first
+    allocator.one_arena()  # as the command group does, before this thread can make an arena
     sampler = Sampler()
     sampler.start()
     sys.argv = ["whisperfleet", *args]

@@ -16,9 +16,10 @@ from tests.support.paths import REPO
 
 RUNNER = REPO / "job_runner" / "whisperfleet_runner"
 OPERATOR = REPO / "operator" / "whisperfleet_operator"
-# The runner's packages, lowest first: a package may import those of a lower layer.
+# The runner's packages, lowest first: a package may import those of a lower layer
+# (`__main__`, the program, sits above the commands).
 LAYERS = {"contract": 0, "storage": 1, "gpu": 1, "media": 2, "decode": 3, "pipeline": 4,
-          "fleet": 5, "local": 6, "pod": 6, "cli": 7}
+          "fleet": 5, "local": 6, "pod": 6, "cli": 7, "__main__": 8}
 
 
 def unit_of(module: str) -> str:
